@@ -1,0 +1,335 @@
+//! Content-addressed blob storage behind a small trait.
+//!
+//! The store holds committed, verified blobs (layers, configs and manifests alike) by digest. A fill
+//! writes into a [`Staged`] file first, which readers may follow while it grows; only after the
+//! digest and size have been verified does [`BlobStore::commit`] make it visible under its digest.
+//!
+//! The only backend today is [`FsBlobStore`] (`<root>/blobs/sha256/ab/abcd…`, staging in `<root>/tmp`).
+//! An S3-compatible store for replicas that share one cache will implement the same trait, staging
+//! locally and uploading on commit.
+//!
+//! Contract: a read of a digest that is not stored is `Ok(None)` (a miss), never an error; errors are
+//! for storage that cannot answer (permissions, I/O errors, a full disk).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+
+use crate::oci::Digest;
+
+/// A body of bytes read from storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// How much one read from a file returns: large enough to keep syscalls and task hops rare, small
+/// enough that many concurrent readers stay light on memory.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Blobs of at most this size are read in one go on a hit.
+pub const SMALL_BLOB: u64 = 256 * 1024;
+
+/// Storage of committed blobs.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The size of a committed blob; `Ok(None)` when it is not stored.
+    async fn size(&self, digest: &Digest) -> io::Result<Option<u64>>;
+
+    /// Opens a committed blob; `Ok(None)` when it is not stored.
+    async fn open(&self, digest: &Digest) -> io::Result<Option<BlobFile>>;
+
+    /// A new, empty staging file for a fill.
+    async fn stage(&self) -> io::Result<Staged>;
+
+    /// Makes a verified staging file visible under `digest`. The bytes are durable when this returns.
+    async fn commit(&self, staged: Staged, digest: &Digest) -> io::Result<()>;
+
+    /// Removes a committed blob; removing one that is not there is not an error.
+    async fn remove(&self, digest: &Digest) -> io::Result<()>;
+}
+
+/// An open blob (committed or being filled): a shared file handle read with positional reads, so any
+/// number of readers share it without seeking.
+#[derive(Clone)]
+pub struct BlobFile {
+    file: Arc<File>,
+    size: u64,
+}
+
+/// A staging file being filled. Dropping it without committing removes the file.
+pub struct Staged {
+    path: PathBuf,
+    file: Arc<File>,
+    committed: bool,
+}
+
+/// The local-disk store.
+#[derive(Debug)]
+pub struct FsBlobStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    counter: AtomicU64,
+}
+
+// === impl BlobFile ===
+
+impl BlobFile {
+    /// Wraps an open file of known size.
+    pub fn new(file: Arc<File>, size: u64) -> Self {
+        Self { file, size }
+    }
+
+    /// The size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads `[start, end)` in one call (blocking work runs on the blocking pool).
+    ///
+    /// # Errors
+    /// I/O errors, and `UnexpectedEof` when the file is shorter than `end`.
+    pub async fn read_range(&self, start: u64, end: u64) -> io::Result<Bytes> {
+        let file = self.file.clone();
+        let len = usize::try_from(end.saturating_sub(start))
+            .map_err(|_| io::Error::other("read too large"))?;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = BytesMut::zeroed(len);
+            file.read_exact_at(&mut buf, start)?;
+            Ok(buf.freeze())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Streams `[start, end)` in [`READ_CHUNK`] pieces.
+    pub fn stream_range(self, start: u64, end: u64) -> ByteStream {
+        Box::pin(futures_util::stream::unfold(
+            (self, start),
+            move |(blob, pos)| async move {
+                if pos >= end {
+                    return None;
+                }
+                let next = end.min(pos + READ_CHUNK as u64);
+                match blob.read_range(pos, next).await {
+                    Ok(bytes) => Some((Ok(bytes), (blob, next))),
+                    // Stop after an error: the stream's consumer aborts the response.
+                    Err(e) => Some((Err(e), (blob, end))),
+                }
+            },
+        ))
+    }
+}
+
+// === impl Staged ===
+
+impl Staged {
+    /// A handle readers can follow while the file is written.
+    pub fn reader(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Writes `bytes` at `offset` (blocking work runs on the blocking pool).
+    ///
+    /// # Errors
+    /// Any I/O error, such as a full disk.
+    pub async fn write_at(&self, bytes: Bytes, offset: u64) -> io::Result<()> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Truncates the file to `len` (used when a fill restarts from an offset).
+    ///
+    /// # Errors
+    /// Any I/O error.
+    pub async fn truncate(&self, len: u64) -> io::Result<()> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.set_len(len))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// The path of the staging file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: start-up removes whatever a crash leaves in tmp/.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+// === impl FsBlobStore ===
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store under `root`, and removes staging files left by a process
+    /// that died mid-fill: they were never verified, so nothing may read them.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or read.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(root.join("blobs").join("sha256"))?;
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            tmp,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The path a committed blob lives at.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("blobs")
+            .join("sha256")
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        Self::blocking(move || not_found_is_none(std::fs::metadata(path).map(|m| m.len()))).await
+    }
+
+    async fn open(&self, digest: &Digest) -> io::Result<Option<BlobFile>> {
+        let path = self.blob_path(digest);
+        Self::blocking(move || {
+            not_found_is_none(File::open(path).and_then(|f| {
+                let size = f.metadata()?.len();
+                Ok(BlobFile::new(Arc::new(f), size))
+            }))
+        })
+        .await
+    }
+
+    async fn stage(&self) -> io::Result<Staged> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .tmp
+            .join(format!("{}-{n}.partial", std::process::id()));
+        let p = path.clone();
+        let file = Self::blocking(move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(p)
+        })
+        .await?;
+        Ok(Staged {
+            path,
+            file: Arc::new(file),
+            committed: false,
+        })
+    }
+
+    async fn commit(&self, mut staged: Staged, digest: &Digest) -> io::Result<()> {
+        let dest = self.blob_path(digest);
+        let from = staged.path.clone();
+        let file = staged.file.clone();
+        Self::blocking(move || {
+            file.sync_all()?;
+            let dir = dest.parent().expect("blob paths have a parent");
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(&from, &dest)?;
+            File::open(dir)?.sync_all()
+        })
+        .await?;
+        staged.committed = true;
+        Ok(())
+    }
+
+    async fn remove(&self, digest: &Digest) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        Self::blocking(move || not_found_is_none(std::fs::remove_file(path)).map(|_| ())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    #[tokio::test]
+    async fn stage_commit_open_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let data = Bytes::from(vec![7u8; READ_CHUNK * 2 + 5]);
+        let digest = Digest::of(&data);
+        assert!(store.open(&digest).await.unwrap().is_none());
+
+        let staged = store.stage().await.unwrap();
+        let partial = staged.path().to_owned();
+        staged.write_at(data.slice(..10), 0).await.unwrap();
+        staged.write_at(data.slice(10..), 10).await.unwrap();
+        store.commit(staged, &digest).await.unwrap();
+        assert!(!partial.exists());
+
+        let blob = store.open(&digest).await.unwrap().unwrap();
+        assert_eq!(blob.size(), data.len() as u64);
+        let chunks: Vec<Bytes> = blob.clone().stream_range(3, data.len() as u64).try_collect().await.unwrap();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks.concat(), &data[3..]);
+        assert_eq!(store.size(&digest).await.unwrap(), Some(data.len() as u64));
+
+        store.remove(&digest).await.unwrap();
+        store.remove(&digest).await.unwrap();
+        assert!(store.open(&digest).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn dropped_stage_and_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let staged = store.stage().await.unwrap();
+        let path = staged.path().to_owned();
+        assert!(path.exists());
+        drop(staged);
+        assert!(!path.exists());
+
+        let leftover = dir.path().join("tmp").join("123-0.partial");
+        std::fs::write(&leftover, b"half").unwrap();
+        drop(store);
+        let _store = FsBlobStore::open(dir.path()).unwrap();
+        assert!(!leftover.exists());
+    }
+}

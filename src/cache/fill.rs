@@ -1,0 +1,407 @@
+//! Fills: one detached task per blob digest fetching it from the upstream, any number of readers
+//! following it.
+//!
+//! The first request for a missing blob starts a [`Fill`]: a task, detached from that request, that
+//! streams the upstream body into a staging file while hashing it, and publishes its progress on a
+//! `watch` channel. Every request for the digest while the fill runs, the first one included, reads
+//! the staging file through a shared handle up to the bytes written so far and waits on the channel
+//! for more; nobody holds a copy of the blob in memory. A client that disconnects only drops its own
+//! reader: the fill goes on, and the cache still gets the blob.
+//!
+//! Readers never see a clean end on bad data: the last byte is held back until the digest and size
+//! have been verified, so when a fill fails every attached response is cut short and the client
+//! knows the body is incomplete. The failed staging file is removed with the task's [`Staged`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, OnceLock};
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::header::{CONTENT_RANGE, RANGE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::blob_store::{BlobFile, ByteStream, Staged, READ_CHUNK};
+use super::Cache;
+use crate::oci::digest::Mismatch;
+use crate::oci::{Digest, RepoName, Verifier};
+use crate::upstream::{auth, Upstream, UpstreamError};
+
+/// The fills in flight, by digest.
+#[derive(Default)]
+pub struct Inflight {
+    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+/// One blob being fetched from an upstream.
+pub struct Fill {
+    digest: Digest,
+    state: watch::Receiver<FillState>,
+    file: OnceLock<Arc<File>>,
+}
+
+/// Where a fill is.
+#[derive(Clone)]
+pub enum FillState {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// The body is arriving; `written` bytes are in the staging file.
+    Streaming {
+        /// The size the upstream announced, if it did.
+        size: Option<u64>,
+        /// Bytes written so far.
+        written: u64,
+    },
+    /// Verified and committed.
+    Done {
+        /// The blob's size.
+        size: u64,
+    },
+    /// Failed; readers must abort.
+    Failed(Arc<FillError>),
+}
+
+/// Why a fill failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError {
+    /// The upstream refused or failed the request.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The body broke off.
+    #[error("upstream {upstream} body broke off after {written} bytes")]
+    BodyCut {
+        /// The upstream's name.
+        upstream: String,
+        /// Bytes received before the break.
+        written: u64,
+    },
+    /// The bytes did not match the digest.
+    #[error("upstream {upstream} sent content that does not match {digest}: {mismatch}")]
+    Mismatch {
+        /// The upstream's name.
+        upstream: String,
+        /// The digest asked for.
+        digest: Digest,
+        /// What differed.
+        mismatch: Mismatch,
+    },
+    /// Local storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] super::index::IndexError),
+    /// The fill task went away without a result (it panicked or the runtime shut down).
+    #[error("the fill stopped unexpectedly")]
+    Abandoned,
+}
+
+// === impl Inflight ===
+
+impl Inflight {
+    /// The fill for `digest`, if one is running.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.fills.lock().get(digest).cloned()
+    }
+
+    /// Returns the running fill for `digest`, or registers the one `start` makes. The flag is true
+    /// when `start` was called (the caller leads the fill).
+    pub fn get_or_start(
+        &self,
+        digest: Digest,
+        start: impl FnOnce() -> Arc<Fill>,
+    ) -> (Arc<Fill>, bool) {
+        let mut fills = self.fills.lock();
+        if let Some(fill) = fills.get(&digest) {
+            return (fill.clone(), false);
+        }
+        let fill = start();
+        fills.insert(digest, fill.clone());
+        (fill, true)
+    }
+
+    fn remove(&self, digest: &Digest) {
+        self.fills.lock().remove(digest);
+    }
+
+    /// How many fills are running.
+    pub fn len(&self) -> usize {
+        self.fills.lock().len()
+    }
+
+    /// Whether no fill is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// === impl Fill ===
+
+impl Fill {
+    /// Starts a fill of `digest` from `upstream`, detached from the caller.
+    pub fn spawn(cache: Arc<Cache>, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Arc<Self> {
+        let (tx, rx) = watch::channel(FillState::Connecting);
+        let fill = Arc::new(Self {
+            digest,
+            state: rx,
+            file: OnceLock::new(),
+        });
+        let task_fill = fill.clone();
+        tokio::spawn(async move {
+            let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
+            match result {
+                Ok(size) => {
+                    info!(%digest, upstream = %upstream.name(), %repo, size, "blob cached");
+                    tx.send_replace(FillState::Done { size });
+                }
+                Err(error) => {
+                    if !matches!(error, FillError::Upstream(UpstreamError::Status { .. })) {
+                        warn!(%digest, upstream = %upstream.name(), %repo, %error, "blob fill failed; nothing was kept");
+                    }
+                    tx.send_replace(FillState::Failed(Arc::new(error)));
+                }
+            }
+            cache.inflight.remove(&digest);
+        });
+        fill
+    }
+
+    /// The digest being filled.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Waits until the upstream's response has started (or the fill failed). Returns the size the
+    /// upstream announced, when it did.
+    ///
+    /// # Errors
+    /// The fill's error, when it failed before or during the wait.
+    pub async fn started(&self) -> Result<Option<u64>, Arc<FillError>> {
+        let mut rx = self.state.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                FillState::Connecting => {}
+                FillState::Streaming { size, .. } => return Ok(*size),
+                FillState::Done { size } => return Ok(Some(*size)),
+                FillState::Failed(e) => return Err(e.clone()),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(FillError::Abandoned));
+            }
+        }
+    }
+
+    /// Streams `[start, end)` of the blob (to the end when `end` is `None`) as it is written. The
+    /// stream ends with an error if the fill fails.
+    pub fn follow(self: Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
+        let rx = self.state.clone();
+        Box::pin(futures_util::stream::unfold(
+            (self, rx, start),
+            move |(fill, mut rx, pos)| async move {
+                loop {
+                    let state = rx.borrow_and_update().clone();
+                    let (available, done) = match &state {
+                        FillState::Connecting => (0, false),
+                        // Hold the last byte back until the blob is verified.
+                        FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
+                        FillState::Done { size } => (*size, true),
+                        FillState::Failed(e) => {
+                            return Some((Err(std::io::Error::other(e.to_string())), (fill, rx, u64::MAX)));
+                        }
+                    };
+                    if pos == u64::MAX {
+                        return None;
+                    }
+                    let limit = end.map_or(available, |e| e.min(available));
+                    if pos < limit {
+                        let next = limit.min(pos + READ_CHUNK as u64);
+                        let Some(file) = fill.file.get().cloned() else {
+                            return Some((Err(std::io::Error::other("fill has no file")), (fill, rx, u64::MAX)));
+                        };
+                        let blob = BlobFile::new(file, next);
+                        return match blob.read_range(pos, next).await {
+                            Ok(bytes) => Some((Ok(bytes), (fill, rx, next))),
+                            Err(e) => Some((Err(e), (fill, rx, u64::MAX))),
+                        };
+                    }
+                    if done || end.is_some_and(|e| pos >= e) {
+                        return None;
+                    }
+                    if rx.changed().await.is_err() {
+                        return Some((
+                            Err(std::io::Error::other("the fill stopped unexpectedly")),
+                            (fill, rx, u64::MAX),
+                        ));
+                    }
+                }
+            },
+        ))
+    }
+}
+
+/// How often a broken upstream body is resumed with a `Range` request before the fill fails.
+const MAX_RESUMES: u32 = 3;
+
+/// The fill itself: request, stream to the staging file while hashing (resuming a broken body from
+/// the last byte written), verify, commit, index.
+async fn run(
+    cache: &Cache,
+    upstream: &Upstream,
+    repo: &RepoName,
+    fill: &Fill,
+    tx: &watch::Sender<FillState>,
+) -> Result<u64, FillError> {
+    let digest = fill.digest;
+    let path = format!("/v2/{repo}/blobs/{digest}");
+    let scope = auth::pull_scope(repo.as_str());
+    let response = upstream
+        .send(Method::GET, &path, HeaderMap::new(), &scope)
+        .await?;
+    if !response.status().is_success() {
+        return Err(upstream.status_error(response).await.into());
+    }
+    let size = response.content_length();
+    let staged = cache.store.stage().await?;
+    let _ = fill.file.set(staged.reader());
+    tx.send_replace(FillState::Streaming { size, written: 0 });
+
+    let mut sink = Sink {
+        staged,
+        verifier: Verifier::new(),
+        written: 0,
+        size,
+        tx,
+    };
+    let mut next = Some((response, 0));
+    let mut resumes = 0;
+    loop {
+        if let Some((response, skip)) = next.take() {
+            if sink.copy(response, skip).await? == Copied::Ended {
+                break;
+            }
+            if size.is_some_and(|s| sink.written >= s) {
+                break; // Everything arrived; only the connection's end was unclean.
+            }
+        }
+        if resumes == MAX_RESUMES {
+            return Err(FillError::BodyCut {
+                upstream: upstream.name().to_owned(),
+                written: sink.written,
+            });
+        }
+        resumes += 1;
+        tokio::time::sleep(Duration::from_millis(200 << resumes)).await;
+        warn!(%digest, upstream = %upstream.name(), written = sink.written, attempt = resumes, "upstream body broke off; resuming");
+        match resume(upstream, &path, &scope, sink.written).await {
+            Ok(resumed) => next = Some(resumed),
+            Err(error) => debug!(%digest, upstream = %upstream.name(), %error, "resume request failed"),
+        }
+    }
+    let Sink {
+        staged,
+        verifier,
+        written,
+        ..
+    } = sink;
+    verifier
+        .finish(&digest, size)
+        .map_err(|mismatch| FillError::Mismatch {
+            upstream: upstream.name().to_owned(),
+            digest,
+            mismatch,
+        })?;
+    cache.store.commit(staged, &digest).await?;
+    cache.index.insert_blob(&digest, written)?;
+    Ok(written)
+}
+
+/// Asks for the rest of a blob from `offset`. Returns the response and how many leading bytes of its
+/// body to skip (all of `offset` when the upstream ignores `Range` and sends the whole blob again).
+async fn resume(
+    upstream: &Upstream,
+    path: &str,
+    scope: &str,
+    offset: u64,
+) -> Result<(reqwest::Response, u64), UpstreamError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        RANGE,
+        HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits are a valid header"),
+    );
+    let response = upstream.send(Method::GET, path, headers, scope).await?;
+    match response.status() {
+        StatusCode::OK => Ok((response, offset)),
+        StatusCode::PARTIAL_CONTENT => {
+            let start = response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start == Some(offset) {
+                Ok((response, 0))
+            } else {
+                Err(UpstreamError::Protocol {
+                    upstream: upstream.name().to_owned(),
+                    reason: format!("asked to resume at byte {offset}, got Content-Range starting at {start:?}"),
+                })
+            }
+        }
+        _ => Err(upstream.status_error(response).await),
+    }
+}
+
+/// Where a fill's bytes go: hashed, written at the end of the staging file, announced to readers.
+struct Sink<'a> {
+    staged: Staged,
+    verifier: Verifier,
+    written: u64,
+    size: Option<u64>,
+    tx: &'a watch::Sender<FillState>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Copied {
+    /// The body ended (or ran past the announced size, which verification then refuses).
+    Ended,
+    /// The body broke off.
+    Broke,
+}
+
+impl Sink<'_> {
+    async fn copy(&mut self, response: reqwest::Response, mut skip: u64) -> Result<Copied, FillError> {
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let Ok(mut chunk) = chunk else {
+                return Ok(Copied::Broke);
+            };
+            if skip > 0 {
+                let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+                chunk = chunk.slice(n..);
+                skip -= n as u64;
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            self.verifier.update(&chunk);
+            let len = chunk.len() as u64;
+            if self.size.is_some_and(|s| self.written + len > s) {
+                return Ok(Copied::Ended);
+            }
+            self.staged.write_at(chunk, self.written).await?;
+            self.written += len;
+            let written = self.written;
+            self.tx.send_modify(|s| {
+                if let FillState::Streaming { written: w, .. } = s {
+                    *w = written;
+                }
+            });
+        }
+        Ok(Copied::Ended)
+    }
+}

@@ -1,0 +1,255 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: served from the store on a hit, from a fill otherwise,
+//! with single `Range` requests.
+
+use std::sync::Arc;
+
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use super::response::{self, header, ApiError, Area, Body, CacheStatus};
+use super::route::Route;
+use super::App;
+use crate::cache::blob_store::SMALL_BLOB;
+use crate::cache::{BlobFile, BlobSource, Fill};
+use crate::oci::{media, Digest, ErrorCode};
+use crate::upstream::auth;
+
+/// What a `Range` header asks of a blob of known size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// The whole blob (no header, or one wharf ignores: several ranges, bad syntax).
+    Full,
+    /// Bytes `[start, end)`.
+    Partial(u64, u64),
+    /// Nothing of the blob can satisfy it.
+    Unsatisfiable,
+}
+
+/// Serves a blob request.
+pub async fn get(app: &App, route: &Route, digest: Digest, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+    let head = *method == Method::HEAD;
+    if head {
+        return head_blob(app, route, digest).await;
+    }
+    let upstream = &app.upstreams[route.upstream];
+    let source = app
+        .cache
+        .blob(upstream, &route.name, digest)
+        .await
+        .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+    let range = headers.get(http::header::RANGE);
+    match source {
+        BlobSource::Hit(blob) => serve_file(blob, digest, range, CacheStatus::Hit).await,
+        BlobSource::Fill { fill, leader } => {
+            let size = fill.started().await.map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+            let status = if leader { CacheStatus::Miss } else { CacheStatus::Coalesced };
+            Ok(serve_fill(fill, size, digest, range, status))
+        }
+    }
+}
+
+async fn head_blob(app: &App, route: &Route, digest: Digest) -> Result<Response<Body>, ApiError> {
+    let cache = &app.cache;
+    let fail = |e: crate::cache::FillError| ApiError::from_fill(&e, Area::Blob);
+    if let Some(blob) = cache.committed(&digest).await.map_err(fail)? {
+        return Ok(blob_head(digest, Some(blob.size()), CacheStatus::Hit));
+    }
+    if let Some(fill) = cache.inflight().get(&digest) {
+        let size = fill.started().await.map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+        return Ok(blob_head(digest, size, CacheStatus::Coalesced));
+    }
+    // A HEAD does not start a fill: ask the upstream for the size only.
+    let upstream = &app.upstreams[route.upstream];
+    let path = format!("/v2/{}/blobs/{digest}", route.name);
+    let response = upstream
+        .send(Method::HEAD, &path, HeaderMap::new(), &auth::pull_scope(route.name.as_str()))
+        .await
+        .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
+    if !response.status().is_success() {
+        let e = upstream.status_error(response).await;
+        return Err(ApiError::from_upstream(&e, Area::Blob));
+    }
+    let size = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok(blob_head(digest, size, CacheStatus::Miss))
+}
+
+fn blob_head(digest: Digest, size: Option<u64>, cache: CacheStatus) -> Response<Body> {
+    let mut response = Response::new(response::empty());
+    set_blob_headers(&mut response, digest, cache);
+    if let Some(size) = size {
+        response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    response
+}
+
+fn set_blob_headers(response: &mut Response<Body>, digest: Digest, cache: CacheStatus) {
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCTET_STREAM));
+    h.insert(header::DOCKER_CONTENT_DIGEST, response::header_value(&digest.to_string()));
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::X_CACHE, cache.header_value());
+}
+
+/// Builds the response for `[start, end)` of a blob of `size` bytes, or the 416.
+fn ranged(
+    digest: Digest,
+    size: u64,
+    range: Option<&HeaderValue>,
+    cache: CacheStatus,
+) -> Result<(Response<()>, u64, u64), ApiError> {
+    let (status, start, end) = match parse_range(range, size) {
+        RangeRequest::Full => (StatusCode::OK, 0, size),
+        RangeRequest::Partial(start, end) => (StatusCode::PARTIAL_CONTENT, start, end),
+        RangeRequest::Unsatisfiable => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::RangeInvalid,
+                format!("range not satisfiable for a blob of {size} bytes"),
+            ));
+        }
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCTET_STREAM));
+    h.insert(header::DOCKER_CONTENT_DIGEST, response::header_value(&digest.to_string()));
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::X_CACHE, cache.header_value());
+    h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            CONTENT_RANGE,
+            response::header_value(&format!("bytes {start}-{}/{size}", end - 1)),
+        );
+    }
+    Ok((response, start, end))
+}
+
+async fn serve_file(
+    blob: BlobFile,
+    digest: Digest,
+    range: Option<&HeaderValue>,
+    cache: CacheStatus,
+) -> Result<Response<Body>, ApiError> {
+    let size = blob.size();
+    let (head, start, end) = match ranged(digest, size, range, cache) {
+        Ok(parts) => parts,
+        Err(e) => return Ok(range_error(size, e)),
+    };
+    let body = if end - start <= SMALL_BLOB {
+        let bytes = blob
+            .read_range(start, end)
+            .await
+            .map_err(|e| ApiError::internal("reading a stored blob", &e))?;
+        response::full(bytes)
+    } else {
+        response::stream(blob.stream_range(start, end))
+    };
+    Ok(head.map(|()| body))
+}
+
+fn serve_fill(
+    fill: Arc<Fill>,
+    size: Option<u64>,
+    digest: Digest,
+    range: Option<&HeaderValue>,
+    cache: CacheStatus,
+) -> Response<Body> {
+    match size {
+        Some(size) => match ranged(digest, size, range, cache) {
+            Ok((head, start, end)) => head.map(|()| response::stream(fill.follow(start, Some(end)))),
+            Err(e) => range_error(size, e),
+        },
+        None => {
+            // Size unknown until the upstream finishes: serve the whole blob, ignoring Range.
+            let mut response = Response::new(response::stream(fill.follow(0, None)));
+            set_blob_headers(&mut response, digest, cache);
+            response
+        }
+    }
+}
+
+fn range_error(size: u64, e: ApiError) -> Response<Body> {
+    let mut response = e.into_response(false);
+    response.headers_mut().insert(CONTENT_RANGE, response::header_value(&format!("bytes */{size}")));
+    response
+}
+
+/// Parses a single-range `Range` header against a blob of `size` bytes (RFC 9110 §14.1.2).
+pub fn parse_range(header: Option<&HeaderValue>, size: u64) -> RangeRequest {
+    let Some(spec) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let parse = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    match (parse(first), parse(last), last.trim().is_empty()) {
+        // bytes=-N: the last N bytes.
+        (None, Some(n), _) if first.trim().is_empty() => {
+            if n == 0 || size == 0 {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial(size - n.min(size), size)
+            }
+        }
+        (Some(start), None, true) => {
+            if start >= size {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial(start, size)
+            }
+        }
+        (Some(start), Some(end), _) if start <= end => {
+            if start >= size {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Partial(start, end.min(size - 1) + 1)
+            }
+        }
+        _ => RangeRequest::Full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_table() {
+        let cases: &[(Option<&str>, u64, RangeRequest)] = &[
+            (None, 10, RangeRequest::Full),
+            (Some("bytes=0-9"), 100, RangeRequest::Partial(0, 10)),
+            (Some("bytes=10-"), 100, RangeRequest::Partial(10, 100)),
+            (Some("bytes=-5"), 100, RangeRequest::Partial(95, 100)),
+            (Some("bytes=-500"), 100, RangeRequest::Partial(0, 100)),
+            (Some("bytes=90-200"), 100, RangeRequest::Partial(90, 100)),
+            (Some("bytes=100-"), 100, RangeRequest::Unsatisfiable),
+            (Some("bytes=100-200"), 100, RangeRequest::Unsatisfiable),
+            (Some("bytes=-0"), 100, RangeRequest::Unsatisfiable),
+            (Some("bytes=0-0"), 0, RangeRequest::Unsatisfiable),
+            (Some("bytes=5-2"), 100, RangeRequest::Full),
+            (Some("bytes=0-1,5-6"), 100, RangeRequest::Full),
+            (Some("items=0-1"), 100, RangeRequest::Full),
+            (Some("bytes=a-b"), 100, RangeRequest::Full),
+            (Some("bytes=+1-2"), 100, RangeRequest::Full),
+        ];
+        for (header, size, want) in cases {
+            let value = header.map(HeaderValue::from_static);
+            assert_eq!(parse_range(value.as_ref(), *size), *want, "{header:?} of {size}");
+        }
+    }
+}

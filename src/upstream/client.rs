@@ -1,0 +1,394 @@
+//! The HTTP client for one upstream registry: authentication, redirects and error classification.
+//!
+//! Every request goes through [`Upstream::send`], which
+//! 1. attaches a cached token for the request's scope (or Basic credentials once the upstream has
+//!    asked for them),
+//! 2. follows redirects itself, sending `Authorization` only to the upstream's own origin, so a blob
+//!    served from a CDN never sees the upstream's credentials or token,
+//! 3. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
+//!    [`auth::check_realm`] before anything is sent there) or Basic credentials, then retries.
+//!
+//! Tokens are cached per scope in moka until shortly before they expire; concurrent requests for the
+//! same scope share one token request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tracing::{debug, warn};
+use url::Url;
+
+use super::auth::{self, AuthError, Challenge, Token};
+use crate::config::UpstreamConfig;
+use crate::oci::{ErrorCode, ErrorEnvelope};
+use crate::secret::Credentials;
+
+/// How many redirects one request may follow.
+const MAX_REDIRECTS: usize = 5;
+/// A token is dropped this long before it expires, so it is not sent just as it lapses.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+/// The largest error body read from an upstream (to find its OCI error code).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// One configured upstream registry.
+pub struct Upstream {
+    name: String,
+    base: Url,
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
+    token_realms: Vec<String>,
+    tokens: moka::future::Cache<String, Arc<Token>>,
+    /// Set once the upstream has answered with a Basic challenge: later requests send credentials
+    /// up front instead of taking a 401 each time.
+    wants_basic: AtomicBool,
+}
+
+/// A request to an upstream that did not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made, or it broke before a response.
+    #[error("upstream {upstream} is unreachable")]
+    Unreachable {
+        /// The upstream's configured name.
+        upstream: String,
+        /// The transport error, for the log only.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream {upstream} did not answer in time")]
+    Timeout {
+        /// The upstream's configured name.
+        upstream: String,
+    },
+    /// The upstream answered with an error status.
+    #[error("upstream {upstream} answered {status}")]
+    Status {
+        /// The upstream's configured name.
+        upstream: String,
+        /// The status it sent.
+        status: StatusCode,
+        /// The OCI error code in its body, if any.
+        code: Option<ErrorCode>,
+        /// Its `Retry-After`, kept for 429 and 503.
+        retry_after: Option<HeaderValue>,
+    },
+    /// Authentication with the upstream failed or was refused by policy.
+    #[error("upstream {upstream}: {source}")]
+    Auth {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What went wrong.
+        #[source]
+        source: AuthError,
+    },
+    /// A protocol problem: bad redirect, unreadable token response, a body cut short.
+    #[error("upstream {upstream}: {reason}")]
+    Protocol {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What went wrong, in words safe to show a client.
+        reason: String,
+    },
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Builds the client for one configured upstream.
+    ///
+    /// # Errors
+    /// When the TLS client cannot be built.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.timeout)
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        let tokens = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .expire_after(TokenExpiry)
+            .build();
+        Ok(Self {
+            name: config.name.clone(),
+            base: config.url.clone(),
+            http,
+            credentials: config.credentials.clone(),
+            token_realms: config.token_realms.clone(),
+            tokens,
+            wants_basic: AtomicBool::new(false),
+        })
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends a request for `path` (`/v2/...`, with an optional query) under the pull `scope`
+    /// (`repository:<name>:pull`), authenticating as the upstream asks. Returns the upstream's
+    /// response whatever its status; [`UpstreamError::from_status`] classifies error statuses.
+    ///
+    /// # Errors
+    /// Transport failures, timeouts, refused or failed authentication, bad redirects.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self
+            .base
+            .join(path_and_query)
+            .map_err(|e| self.protocol(format!("bad request path: {e}")))?;
+        let started = Instant::now();
+        let auth = self.cached_auth(scope).await;
+        let had_token = auth.is_some();
+        let response = self
+            .send_following(&method, url.clone(), &headers, auth.clone())
+            .await?;
+        let response = if response.status() == StatusCode::UNAUTHORIZED {
+            let challenges = response
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(auth::parse_challenges)
+                .collect::<Vec<_>>();
+            if had_token {
+                self.tokens.invalidate(scope).await;
+            }
+            match self.answer(&challenges, scope).await? {
+                Some(auth) => {
+                    self.send_following(&method, url, &headers, Some(auth))
+                        .await?
+                }
+                None => response,
+            }
+        } else {
+            response
+        };
+        debug!(
+            upstream = %self.name,
+            %method,
+            path = %path_and_query,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "upstream request"
+        );
+        Ok(response)
+    }
+
+    /// The `Authorization` to send before any challenge: a cached token, or Basic credentials when
+    /// this upstream uses Basic.
+    async fn cached_auth(&self, scope: &str) -> Option<HeaderValue> {
+        if self.wants_basic.load(Ordering::Relaxed) {
+            return self.credentials.as_ref().map(auth::basic_header);
+        }
+        let token = self.tokens.get(scope).await?;
+        auth::bearer_header(&token).ok()
+    }
+
+    /// Works out the `Authorization` that answers a 401's challenges, or `None` when there is no
+    /// challenge wharf can answer (the 401 then goes back to the caller).
+    async fn answer(
+        &self,
+        challenges: &[Challenge],
+        scope: &str,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        let bearer = challenges.iter().find_map(|c| match c {
+            Challenge::Bearer(b) => Some(b),
+            Challenge::Basic { .. } => None,
+        });
+        if let Some(challenge) = bearer {
+            let token = self
+                .tokens
+                .try_get_with(scope.to_owned(), self.fetch_token(challenge, scope))
+                .await
+                .map_err(|e: Arc<UpstreamError>| self.shared_error(&e))?;
+            return Ok(Some(
+                auth::bearer_header(&token).map_err(|source| self.auth_error(source))?,
+            ));
+        }
+        let basic = challenges.iter().any(|c| matches!(c, Challenge::Basic { .. }));
+        if let (true, Some(creds)) = (basic, &self.credentials) {
+            self.wants_basic.store(true, Ordering::Relaxed);
+            return Ok(Some(auth::basic_header(creds)));
+        }
+        Ok(None)
+    }
+
+    async fn fetch_token(
+        &self,
+        challenge: &auth::BearerChallenge,
+        scope: &str,
+    ) -> Result<Arc<Token>, UpstreamError> {
+        let url = auth::token_url(challenge, scope).map_err(|e| self.auth_error(e))?;
+        auth::check_realm(
+            &self.name,
+            &self.base,
+            &url,
+            &self.token_realms,
+            self.credentials.is_some(),
+        )
+        .map_err(|e| self.auth_error(e))?;
+        let mut request = self.http.get(url.clone());
+        if let Some(creds) = &self.credentials {
+            request = request.header(AUTHORIZATION, auth::basic_header(creds));
+        }
+        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), status = status.as_u16(), "token request refused");
+            return Err(UpstreamError::Auth {
+                upstream: self.name.clone(),
+                source: AuthError::TokenRefused {
+                    realm: url.host_str().unwrap_or_default().to_owned(),
+                    status: status.as_u16(),
+                },
+            });
+        }
+        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        let token = auth::parse_token_response(&body).map_err(|e| self.auth_error(e))?;
+        debug!(upstream = %self.name, %scope, expires_in = token.expires_in.as_secs(), "new upstream token");
+        Ok(Arc::new(token))
+    }
+
+    /// Sends one request, following redirects; `Authorization` goes only to the upstream's origin.
+    async fn send_following(
+        &self,
+        method: &Method,
+        mut url: Url,
+        headers: &HeaderMap,
+        auth: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            if let Some(auth) = &auth {
+                if url.origin() == self.base.origin() {
+                    request = request.header(AUTHORIZATION, auth.clone());
+                }
+            }
+            let response = request.send().await.map_err(|e| self.transport(e))?;
+            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED {
+                return Ok(response);
+            }
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| self.protocol("redirect without a Location".into()))?;
+            let next = url
+                .join(location)
+                .map_err(|_| self.protocol("redirect to an invalid Location".into()))?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(self.protocol("redirect to a non-HTTP location".into()));
+            }
+            debug!(upstream = %self.name, to = %next.host_str().unwrap_or(""), "following redirect");
+            url = next;
+        }
+        Err(self.protocol(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code.
+    pub async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
+        let status = response.status();
+        let retry_after = response.headers().get(RETRY_AFTER).cloned();
+        let body = read_bounded(response, MAX_ERROR_BODY).await;
+        UpstreamError::Status {
+            upstream: self.name.clone(),
+            status,
+            code: ErrorEnvelope::first_code(&body),
+            retry_after,
+        }
+    }
+
+    /// Maps a transport error (connect, timeout, broken body) to an [`UpstreamError`].
+    pub fn transport(&self, e: reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            UpstreamError::Timeout {
+                upstream: self.name.clone(),
+            }
+        } else {
+            UpstreamError::Unreachable {
+                upstream: self.name.clone(),
+                source: e,
+            }
+        }
+    }
+
+    fn protocol(&self, reason: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            reason,
+        }
+    }
+
+    fn auth_error(&self, source: AuthError) -> UpstreamError {
+        UpstreamError::Auth {
+            upstream: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Turns a shared (coalesced) token error back into an owned one.
+    fn shared_error(&self, e: &UpstreamError) -> UpstreamError {
+        match e {
+            UpstreamError::Unreachable { upstream, .. } => UpstreamError::Protocol {
+                upstream: upstream.clone(),
+                reason: "token realm is unreachable".into(),
+            },
+            UpstreamError::Timeout { upstream } => UpstreamError::Timeout {
+                upstream: upstream.clone(),
+            },
+            UpstreamError::Status {
+                upstream,
+                status,
+                code,
+                retry_after,
+            } => UpstreamError::Status {
+                upstream: upstream.clone(),
+                status: *status,
+                code: *code,
+                retry_after: retry_after.clone(),
+            },
+            UpstreamError::Auth { upstream, source } => UpstreamError::Auth {
+                upstream: upstream.clone(),
+                source: source.clone(),
+            },
+            UpstreamError::Protocol { upstream, reason } => UpstreamError::Protocol {
+                upstream: upstream.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
+struct TokenExpiry;
+
+impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        token: &Arc<Token>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(token.expires_in.saturating_sub(TOKEN_MARGIN).max(Duration::from_secs(1)))
+    }
+}
