@@ -9,8 +9,159 @@
 //! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
 //! index and in-flight fills). `main.rs` only wires these together.
 
-// LEAD-WIP: cache, server and start/run are being wired in (see the lead's working copy).
+pub mod cache;
 pub mod config;
 pub mod oci;
 pub mod secret;
+pub mod server;
+pub mod telemetry;
 pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+pub use config::Config;
+
+/// A failure to start or run wharf.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cache could not be opened.
+    #[error(transparent)]
+    Cache(#[from] cache::OpenError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An upstream client could not be built.
+    #[error("upstream {name}: cannot build the HTTP client: {source}")]
+    Upstream {
+        /// The upstream's name.
+        name: String,
+        /// The error.
+        source: reqwest::Error,
+    },
+    /// The index could not be written at shutdown.
+    #[error(transparent)]
+    Index(#[from] cache::IndexError),
+}
+
+/// A wharf that is serving; see [`start`].
+pub struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    cache: Arc<cache::Cache>,
+}
+
+/// Opens the cache, builds the upstream clients, binds the listener and starts serving. Returns once
+/// the listener is bound, so callers (tests, the binary) know the address.
+///
+/// # Errors
+/// When the storage, the index, an upstream client or the listener cannot be set up.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let cache = Arc::new(cache::Cache::open(&config.storage.path)?);
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for u in &config.upstreams {
+        let client = upstream::Upstream::new(u).map_err(|source| Error::Upstream {
+            name: u.name.clone(),
+            source,
+        })?;
+        upstreams.push(Arc::new(client));
+    }
+    let registries = server::route::RegistryTable::new(
+        config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.is_docker_hub()))
+            .collect(),
+        config.upstreams.iter().position(|u| u.default),
+    );
+    let app = Arc::new(server::App {
+        registries,
+        upstreams,
+        cache: cache.clone(),
+        tag_ttl: config.cache.tag_ttl,
+        manifest_flights: moka::future::Cache::builder().max_capacity(10_000).build(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    info!(%addr, storage = %config.storage.path.display(), upstreams = config.upstreams.len(), "wharf is listening");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        addr,
+        stop,
+        task,
+        cache,
+    })
+}
+
+// === impl Running ===
+
+impl Running {
+    /// The address wharf listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, waits for open responses, and flushes the index.
+    ///
+    /// # Errors
+    /// When the index cannot be flushed.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        self.cache.index().flush().await?;
+        Ok(())
+    }
+}
+
+/// Runs wharf until SIGINT or SIGTERM, then shuts down gracefully.
+///
+/// # Errors
+/// As [`start`] and [`Running::shutdown`].
+pub async fn run(config: Config) -> Result<(), Error> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    info!("signal received; shutting down");
+    running.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

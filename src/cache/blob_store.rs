@@ -243,9 +243,7 @@ impl BlobStore for FsBlobStore {
 
     async fn stage(&self) -> io::Result<Staged> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .tmp
-            .join(format!("{}-{n}.partial", std::process::id()));
+        let path = self.tmp.join(format!("{}-{n}.partial", std::process::id()));
         let p = path.clone();
         let file = Self::blocking(move || {
             std::fs::OpenOptions::new()
@@ -306,7 +304,12 @@ mod tests {
 
         let blob = store.open(&digest).await.unwrap().unwrap();
         assert_eq!(blob.size(), data.len() as u64);
-        let chunks: Vec<Bytes> = blob.clone().stream_range(3, data.len() as u64).try_collect().await.unwrap();
+        let chunks: Vec<Bytes> = blob
+            .clone()
+            .stream_range(3, data.len() as u64)
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(chunks.len(), 3);
         assert_eq!(chunks.concat(), &data[3..]);
         assert_eq!(store.size(&digest).await.unwrap(), Some(data.len() as u64));

@@ -143,7 +143,12 @@ impl Inflight {
 
 impl Fill {
     /// Starts a fill of `digest` from `upstream`, detached from the caller.
-    pub fn spawn(cache: Arc<Cache>, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) -> Arc<Self> {
+    pub fn spawn(
+        cache: Arc<Cache>,
+        upstream: Arc<Upstream>,
+        repo: RepoName,
+        digest: Digest,
+    ) -> Arc<Self> {
         let (tx, rx) = watch::channel(FillState::Connecting);
         let fill = Arc::new(Self {
             digest,
@@ -210,7 +215,10 @@ impl Fill {
                         FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
                         FillState::Done { size } => (*size, true),
                         FillState::Failed(e) => {
-                            return Some((Err(std::io::Error::other(e.to_string())), (fill, rx, u64::MAX)));
+                            return Some((
+                                Err(std::io::Error::other(e.to_string())),
+                                (fill, rx, u64::MAX),
+                            ));
                         }
                     };
                     if pos == u64::MAX {
@@ -220,7 +228,10 @@ impl Fill {
                     if pos < limit {
                         let next = limit.min(pos + READ_CHUNK as u64);
                         let Some(file) = fill.file.get().cloned() else {
-                            return Some((Err(std::io::Error::other("fill has no file")), (fill, rx, u64::MAX)));
+                            return Some((
+                                Err(std::io::Error::other("fill has no file")),
+                                (fill, rx, u64::MAX),
+                            ));
                         };
                         let blob = BlobFile::new(file, next);
                         return match blob.read_range(pos, next).await {
@@ -258,6 +269,7 @@ async fn run(
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
     let scope = auth::pull_scope(repo.as_str());
+    let _slot = upstream.fill_slot().await?;
     let response = upstream
         .send(Method::GET, &path, HeaderMap::new(), &scope)
         .await?;
@@ -298,7 +310,9 @@ async fn run(
         warn!(%digest, upstream = %upstream.name(), written = sink.written, attempt = resumes, "upstream body broke off; resuming");
         match resume(upstream, &path, &scope, sink.written).await {
             Ok(resumed) => next = Some(resumed),
-            Err(error) => debug!(%digest, upstream = %upstream.name(), %error, "resume request failed"),
+            Err(error) => {
+                debug!(%digest, upstream = %upstream.name(), %error, "resume request failed")
+            }
         }
     }
     let Sink {
@@ -348,7 +362,9 @@ async fn resume(
             } else {
                 Err(UpstreamError::Protocol {
                     upstream: upstream.name().to_owned(),
-                    reason: format!("asked to resume at byte {offset}, got Content-Range starting at {start:?}"),
+                    reason: format!(
+                        "asked to resume at byte {offset}, got Content-Range starting at {start:?}"
+                    ),
                 })
             }
         }
@@ -374,7 +390,11 @@ enum Copied {
 }
 
 impl Sink<'_> {
-    async fn copy(&mut self, response: reqwest::Response, mut skip: u64) -> Result<Copied, FillError> {
+    async fn copy(
+        &mut self,
+        response: reqwest::Response,
+        mut skip: u64,
+    ) -> Result<Copied, FillError> {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let Ok(mut chunk) = chunk else {

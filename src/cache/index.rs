@@ -64,7 +64,10 @@ impl Index {
     /// # Errors
     /// sled errors.
     pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, IndexError> {
-        Ok(self.blobs.get(digest.as_bytes())?.and_then(|v| decode_u64(&v)))
+        Ok(self
+            .blobs
+            .get(digest.as_bytes())?
+            .and_then(|v| decode_u64(&v)))
     }
 
     /// Records a committed blob.
@@ -108,7 +111,8 @@ impl Index {
         media_type: &str,
     ) -> Result<(), IndexError> {
         self.insert_blob(digest, size)?;
-        self.manifests.insert(digest.as_bytes(), media_type.as_bytes())?;
+        self.manifests
+            .insert(digest.as_bytes(), media_type.as_bytes())?;
         Ok(())
     }
 
@@ -116,7 +120,12 @@ impl Index {
     ///
     /// # Errors
     /// sled errors.
-    pub fn tag(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> Result<Option<TagEntry>, IndexError> {
+    pub fn tag(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<TagEntry>, IndexError> {
         let Some(v) = self.tags.get(tag_key(upstream, repo, tag))? else {
             return Ok(None);
         };
@@ -193,15 +202,31 @@ mod tests {
             let index = Index::open(dir.path()).unwrap();
             assert_eq!(index.blob_size(&d).unwrap(), None);
             index.insert_manifest(&d, 1, "application/x").unwrap();
-            index.set_tag("up", &repo, &tag, TagEntry { digest: d, fetched_at: at }).unwrap();
+            index
+                .set_tag(
+                    "up",
+                    &repo,
+                    &tag,
+                    TagEntry {
+                        digest: d,
+                        fetched_at: at,
+                    },
+                )
+                .unwrap();
             index.flush().await.unwrap();
         }
         let index = Index::open(dir.path()).unwrap();
         assert_eq!(index.blob_size(&d).unwrap(), Some(1));
-        assert_eq!(index.manifest_type(&d).unwrap().as_deref(), Some("application/x"));
+        assert_eq!(
+            index.manifest_type(&d).unwrap().as_deref(),
+            Some("application/x")
+        );
         assert_eq!(
             index.tag("up", &repo, &tag).unwrap(),
-            Some(TagEntry { digest: d, fetched_at: at })
+            Some(TagEntry {
+                digest: d,
+                fetched_at: at
+            })
         );
         assert_eq!(index.tag("other", &repo, &tag).unwrap(), None);
         index.remove_blob(&d).unwrap();

@@ -170,7 +170,9 @@ impl Cache {
         media_type: &str,
     ) -> Result<(), FillError> {
         let len = bytes.len() as u64;
-        if self.index.manifest_type(digest)?.is_none() || self.store.size(digest).await? != Some(len) {
+        if self.index.manifest_type(digest)?.is_none()
+            || self.store.size(digest).await? != Some(len)
+        {
             let staged = self.store.stage().await?;
             staged.write_at(bytes, 0).await?;
             self.store.commit(staged, digest).await?;

@@ -86,9 +86,11 @@ impl FromStr for Digest {
         let (algorithm, encoded) = s.split_once(':').ok_or(DigestError::MissingAlgorithm)?;
         // Grammar from the distribution spec: algorithm-component ([a-z0-9]+) joined by [+._-].
         let valid_algorithm = !algorithm.is_empty()
-            && algorithm
-                .split(['+', '.', '_', '-'])
-                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            && algorithm.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
         if algorithm != "sha256" {
             if valid_algorithm && !encoded.is_empty() {
                 return Err(DigestError::UnsupportedAlgorithm(algorithm.to_owned()));
@@ -209,7 +211,10 @@ mod tests {
                 "sha256:z3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
                 Err(DigestError::InvalidEncoding),
             ),
-            ("sha512:abcd", Err(DigestError::UnsupportedAlgorithm("sha512".into()))),
+            (
+                "sha512:abcd",
+                Err(DigestError::UnsupportedAlgorithm("sha512".into())),
+            ),
             ("nocolon", Err(DigestError::MissingAlgorithm)),
             (":abcd", Err(DigestError::MissingAlgorithm)),
             ("SHA256:abcd", Err(DigestError::MissingAlgorithm)),
@@ -240,9 +245,15 @@ mod tests {
         assert_eq!(v.clone().finish(&digest, Some(11)), Ok(()));
         assert_eq!(
             v.clone().finish(&digest, Some(12)),
-            Err(Mismatch::Size { expected: 12, actual: 11 })
+            Err(Mismatch::Size {
+                expected: 12,
+                actual: 11
+            })
         );
         let other = Digest::of(b"other");
-        assert_eq!(v.finish(&other, None), Err(Mismatch::Digest { actual: digest }));
+        assert_eq!(
+            v.finish(&other, None),
+            Err(Mismatch::Digest { actual: digest })
+        );
     }
 }

@@ -125,7 +125,9 @@ impl ErrorEnvelope {
             code: String,
         }
         let wire: Wire = serde_json::from_slice(body).ok()?;
-        wire.errors.first().and_then(|e| ErrorCode::from_wire(&e.code))
+        wire.errors
+            .first()
+            .and_then(|e| ErrorCode::from_wire(&e.code))
     }
 }
 

@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn accept_keeps_client_order_and_adds_the_rest() {
-        let got = upstream_accept([DOCKER_MANIFEST, "application/vnd.oci.image.manifest.v1+json; q=0.5"]);
+        let got = upstream_accept([
+            DOCKER_MANIFEST,
+            "application/vnd.oci.image.manifest.v1+json; q=0.5",
+        ]);
         assert_eq!(
             got,
             format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}; q=0.5, {OCI_INDEX}, {DOCKER_LIST}")
@@ -86,13 +89,23 @@ mod tests {
         let cases: &[(&str, Option<&str>)] = &[
             (r#"{"mediaType":"x/y","layers":[]}"#, Some("x/y")),
             (r#"{"schemaVersion":2,"manifests":[]}"#, Some(OCI_INDEX)),
-            (r#"{"schemaVersion":2,"config":{},"layers":[]}"#, Some(OCI_MANIFEST)),
-            (r#"{"schemaVersion":1,"fsLayers":[]}"#, Some(DOCKER_V1_SIGNED)),
+            (
+                r#"{"schemaVersion":2,"config":{},"layers":[]}"#,
+                Some(OCI_MANIFEST),
+            ),
+            (
+                r#"{"schemaVersion":1,"fsLayers":[]}"#,
+                Some(DOCKER_V1_SIGNED),
+            ),
             ("[1]", None),
             ("nope", None),
         ];
         for (input, want) in cases {
-            assert_eq!(sniff_manifest_type(input.as_bytes()).as_deref(), *want, "{input}");
+            assert_eq!(
+                sniff_manifest_type(input.as_bytes()).as_deref(),
+                *want,
+                "{input}"
+            );
         }
     }
 }

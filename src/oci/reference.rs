@@ -246,11 +246,20 @@ mod tests {
             ("a/./b", Err(ParseError::NameInvalidComponent(".".into()))),
             ("-a", Err(ParseError::NameInvalidComponent("-a".into()))),
             ("a_", Err(ParseError::NameInvalidComponent("a_".into()))),
-            ("a___b", Err(ParseError::NameInvalidComponent("a___b".into()))),
+            (
+                "a___b",
+                Err(ParseError::NameInvalidComponent("a___b".into())),
+            ),
             ("a._b", Err(ParseError::NameInvalidComponent("a._b".into()))),
             ("a b", Err(ParseError::NameInvalidComponent("a b".into()))),
-            ("a%2fb", Err(ParseError::NameInvalidComponent("a%2fb".into()))),
-            ("localhost:5000/a", Err(ParseError::NameInvalidComponent("localhost:5000".into()))),
+            (
+                "a%2fb",
+                Err(ParseError::NameInvalidComponent("a%2fb".into())),
+            ),
+            (
+                "localhost:5000/a",
+                Err(ParseError::NameInvalidComponent("localhost:5000".into())),
+            ),
         ];
         for (input, want) in &cases {
             let got = input.parse::<RepoName>().map(|_| ());

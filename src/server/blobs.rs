@@ -26,7 +26,13 @@ pub enum RangeRequest {
 }
 
 /// Serves a blob request.
-pub async fn get(app: &App, route: &Route, digest: Digest, method: &Method, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+pub async fn get(
+    app: &App,
+    route: &Route,
+    digest: Digest,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
     let head = *method == Method::HEAD;
     if head {
         return head_blob(app, route, digest).await;
@@ -41,8 +47,15 @@ pub async fn get(app: &App, route: &Route, digest: Digest, method: &Method, head
     match source {
         BlobSource::Hit(blob) => serve_file(blob, digest, range, CacheStatus::Hit).await,
         BlobSource::Fill { fill, leader } => {
-            let size = fill.started().await.map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
-            let status = if leader { CacheStatus::Miss } else { CacheStatus::Coalesced };
+            let size = fill
+                .started()
+                .await
+                .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+            let status = if leader {
+                CacheStatus::Miss
+            } else {
+                CacheStatus::Coalesced
+            };
             Ok(serve_fill(fill, size, digest, range, status))
         }
     }
@@ -55,14 +68,22 @@ async fn head_blob(app: &App, route: &Route, digest: Digest) -> Result<Response<
         return Ok(blob_head(digest, Some(blob.size()), CacheStatus::Hit));
     }
     if let Some(fill) = cache.inflight().get(&digest) {
-        let size = fill.started().await.map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+        let size = fill
+            .started()
+            .await
+            .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
         return Ok(blob_head(digest, size, CacheStatus::Coalesced));
     }
     // A HEAD does not start a fill: ask the upstream for the size only.
     let upstream = &app.upstreams[route.upstream];
     let path = format!("/v2/{}/blobs/{digest}", route.name);
     let response = upstream
-        .send(Method::HEAD, &path, HeaderMap::new(), &auth::pull_scope(route.name.as_str()))
+        .send(
+            Method::HEAD,
+            &path,
+            HeaderMap::new(),
+            &auth::pull_scope(route.name.as_str()),
+        )
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
     if !response.status().is_success() {
@@ -81,7 +102,9 @@ fn blob_head(digest: Digest, size: Option<u64>, cache: CacheStatus) -> Response<
     let mut response = Response::new(response::empty());
     set_blob_headers(&mut response, digest, cache);
     if let Some(size) = size {
-        response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(size));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(size));
     }
     response
 }
@@ -89,7 +112,10 @@ fn blob_head(digest: Digest, size: Option<u64>, cache: CacheStatus) -> Response<
 fn set_blob_headers(response: &mut Response<Body>, digest: Digest, cache: CacheStatus) {
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCTET_STREAM));
-    h.insert(header::DOCKER_CONTENT_DIGEST, response::header_value(&digest.to_string()));
+    h.insert(
+        header::DOCKER_CONTENT_DIGEST,
+        response::header_value(&digest.to_string()),
+    );
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::X_CACHE, cache.header_value());
 }
@@ -116,7 +142,10 @@ fn ranged(
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCTET_STREAM));
-    h.insert(header::DOCKER_CONTENT_DIGEST, response::header_value(&digest.to_string()));
+    h.insert(
+        header::DOCKER_CONTENT_DIGEST,
+        response::header_value(&digest.to_string()),
+    );
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::X_CACHE, cache.header_value());
     h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -161,7 +190,9 @@ fn serve_fill(
 ) -> Response<Body> {
     match size {
         Some(size) => match ranged(digest, size, range, cache) {
-            Ok((head, start, end)) => head.map(|()| response::stream(fill.follow(start, Some(end)))),
+            Ok((head, start, end)) => {
+                head.map(|()| response::stream(fill.follow(start, Some(end))))
+            }
             Err(e) => range_error(size, e),
         },
         None => {
@@ -175,7 +206,10 @@ fn serve_fill(
 
 fn range_error(size: u64, e: ApiError) -> Response<Body> {
     let mut response = e.into_response(false);
-    response.headers_mut().insert(CONTENT_RANGE, response::header_value(&format!("bytes */{size}")));
+    response.headers_mut().insert(
+        CONTENT_RANGE,
+        response::header_value(&format!("bytes */{size}")),
+    );
     response
 }
 
@@ -249,7 +283,11 @@ mod tests {
         ];
         for (header, size, want) in cases {
             let value = header.map(HeaderValue::from_static);
-            assert_eq!(parse_range(value.as_ref(), *size), *want, "{header:?} of {size}");
+            assert_eq!(
+                parse_range(value.as_ref(), *size),
+                *want,
+                "{header:?} of {size}"
+            );
         }
     }
 }

@@ -43,7 +43,11 @@ impl Logged {
         response: Response<Body>,
     ) -> Response<Self> {
         let (mut parts, inner) = response.into_parts();
-        let cache = match parts.headers.get(header::X_CACHE).and_then(|v| v.to_str().ok()) {
+        let cache = match parts
+            .headers
+            .get(header::X_CACHE)
+            .and_then(|v| v.to_str().ok())
+        {
             Some("hit") => "hit",
             Some("miss") => "miss",
             Some("coalesced") => "coalesced",
@@ -120,15 +124,24 @@ impl Drop for Logged {
                 method = %l.method, path = %l.path, query, status, bytes = l.bytes,
                 elapsed_ms, cache = l.cache, outcome, "request"
             ),
-            Some(ErrorDetail { fault: Fault::Client, detail }) => info!(
+            Some(ErrorDetail {
+                fault: Fault::Client,
+                detail,
+            }) => info!(
                 method = %l.method, path = %l.path, query, status, bytes = l.bytes,
                 elapsed_ms, cache = l.cache, outcome, error = %detail, "request"
             ),
-            Some(ErrorDetail { fault: Fault::Upstream, detail }) => warn!(
+            Some(ErrorDetail {
+                fault: Fault::Upstream,
+                detail,
+            }) => warn!(
                 method = %l.method, path = %l.path, query, status, bytes = l.bytes,
                 elapsed_ms, cache = l.cache, outcome, error = %detail, "request"
             ),
-            Some(ErrorDetail { fault: Fault::Internal, detail }) => error!(
+            Some(ErrorDetail {
+                fault: Fault::Internal,
+                detail,
+            }) => error!(
                 method = %l.method, path = %l.path, query, status, bytes = l.bytes,
                 elapsed_ms, cache = l.cache, outcome, error = %detail, "request"
             ),

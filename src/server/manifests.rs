@@ -44,11 +44,17 @@ pub async fn get(
     let (manifest, cache) = match reference {
         Reference::Digest(digest) => match cached(app, digest).await? {
             Some(m) => (m, CacheStatus::Hit),
-            None => (fetch_once(app, route, reference, headers).await?, CacheStatus::Miss),
+            None => (
+                fetch_once(app, route, reference, headers).await?,
+                CacheStatus::Miss,
+            ),
         },
         Reference::Tag(tag) => match fresh_tag(app, route, tag).await? {
             Some(m) => (m, CacheStatus::Hit),
-            None => (fetch_once(app, route, reference, headers).await?, CacheStatus::Miss),
+            None => (
+                fetch_once(app, route, reference, headers).await?,
+                CacheStatus::Miss,
+            ),
         },
     };
     let len = manifest.bytes.len();
@@ -61,7 +67,10 @@ pub async fn get(
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, response::header_value(&manifest.media_type));
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::DOCKER_CONTENT_DIGEST, response::header_value(&manifest.digest.to_string()));
+    h.insert(
+        header::DOCKER_CONTENT_DIGEST,
+        response::header_value(&manifest.digest.to_string()),
+    );
     h.insert(header::X_CACHE, cache.header_value());
     Ok(response)
 }
@@ -157,7 +166,12 @@ async fn fetch(
     let path = format!("/v2/{}/manifests/{reference}", route.name);
     let up_err = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, Area::Manifest);
     let mut res = upstream
-        .send(Method::GET, &path, headers, &auth::pull_scope(route.name.as_str()))
+        .send(
+            Method::GET,
+            &path,
+            headers,
+            &auth::pull_scope(route.name.as_str()),
+        )
         .await
         .map_err(up_err)?;
     if !res.status().is_success() {
@@ -181,7 +195,10 @@ async fn fetch(
                 if body.len() + chunk.len() > MAX_MANIFEST {
                     return Err(bad_upstream(
                         ErrorCode::ManifestInvalid,
-                        format!("upstream {} sent a manifest larger than {MAX_MANIFEST} bytes", upstream.name()),
+                        format!(
+                            "upstream {} sent a manifest larger than {MAX_MANIFEST} bytes",
+                            upstream.name()
+                        ),
                     ));
                 }
                 body.extend_from_slice(&chunk);
@@ -196,7 +213,10 @@ async fn fetch(
         if *expected != digest {
             return Err(bad_upstream(
                 ErrorCode::DigestInvalid,
-                format!("upstream {} sent a manifest that does not match {expected}", upstream.name()),
+                format!(
+                    "upstream {} sent a manifest that does not match {expected}",
+                    upstream.name()
+                ),
             ));
         }
     } else if announced_digest.is_some_and(|d| d != digest) {
@@ -207,7 +227,10 @@ async fn fetch(
         _ => media::sniff_manifest_type(&bytes).ok_or_else(|| {
             bad_upstream(
                 ErrorCode::ManifestInvalid,
-                format!("upstream {} sent a manifest that is not JSON", upstream.name()),
+                format!(
+                    "upstream {} sent a manifest that is not JSON",
+                    upstream.name()
+                ),
             )
         })?,
     };

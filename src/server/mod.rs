@@ -90,9 +90,10 @@ impl App {
             },
         };
         let mut response = result.unwrap_or_else(|e| e.into_response(head));
-        response
-            .headers_mut()
-            .insert(header::API_VERSION, HeaderValue::from_static("registry/2.0"));
+        response.headers_mut().insert(
+            header::API_VERSION,
+            HeaderValue::from_static("registry/2.0"),
+        );
         response
     }
 }
@@ -130,7 +131,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 Ok::<_, Infallible>(log::Logged::wrap(method, path, query, started, response))
             }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

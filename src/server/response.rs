@@ -114,7 +114,9 @@ impl CacheStatus {
 
 /// A body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -163,9 +165,13 @@ impl ApiError {
 
     /// An internal failure: the client gets a generic message, the log the detail.
     pub fn internal(what: &str, error: &dyn std::error::Error) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, format!("internal error: {what}"))
-            .fault(Fault::Internal)
-            .detail(error_chain(error))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unknown,
+            format!("internal error: {what}"),
+        )
+        .fault(Fault::Internal)
+        .detail(error_chain(error))
     }
 
     /// The status.
@@ -197,7 +203,25 @@ impl ApiError {
                 status,
                 code,
                 retry_after,
-            } => return Self::from_upstream_status(upstream, *status, *code, retry_after.clone(), area).detail(detail),
+            } => {
+                return Self::from_upstream_status(
+                    upstream,
+                    *status,
+                    *code,
+                    retry_after.clone(),
+                    area,
+                )
+                .detail(detail)
+            }
+            UpstreamError::Busy { .. } => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::TooManyRequests,
+                    error.to_string(),
+                );
+                e.retry_after = Some(HeaderValue::from_static("1"));
+                e
+            }
             UpstreamError::Auth { .. } | UpstreamError::Protocol { .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::Unknown,
@@ -267,11 +291,18 @@ impl ApiError {
     pub fn from_fill(error: &FillError, area: Area) -> Self {
         match error {
             FillError::Upstream(e) => Self::from_upstream(e, area),
-            FillError::BodyCut { .. } => Self::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, error.to_string())
-                .fault(Fault::Upstream),
-            FillError::Mismatch { .. } => {
-                Self::new(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, error.to_string()).fault(Fault::Upstream)
-            }
+            FillError::BodyCut { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unavailable,
+                error.to_string(),
+            )
+            .fault(Fault::Upstream),
+            FillError::Mismatch { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::DigestInvalid,
+                error.to_string(),
+            )
+            .fault(Fault::Upstream),
             FillError::Storage(e) => Self::internal("storage failure", e),
             FillError::Index(e) => Self::internal("index failure", e),
             FillError::Abandoned => Self::internal("fill stopped", error),
@@ -295,7 +326,9 @@ impl ApiError {
         }
         response.extensions_mut().insert(ErrorDetail {
             fault: self.fault,
-            detail: self.detail.unwrap_or_else(|| format!("{}: {}", self.code.as_str(), self.message)),
+            detail: self
+                .detail
+                .unwrap_or_else(|| format!("{}: {}", self.code.as_str(), self.message)),
         });
         response
     }

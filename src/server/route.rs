@@ -225,7 +225,12 @@ mod tests {
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-    fn api(upstream: usize, client: &str, name: &str, endpoint: Endpoint) -> Result<Parsed, RouteError> {
+    fn api(
+        upstream: usize,
+        client: &str,
+        name: &str,
+        endpoint: Endpoint,
+    ) -> Result<Parsed, RouteError> {
         Ok(Parsed::Api(Route {
             upstream,
             client_name: client.into(),
@@ -245,45 +250,207 @@ mod tests {
         let cases: Vec<(Method, String, Option<&str>, Result<Parsed, RouteError>)> = vec![
             (Method::GET, "/v2/".into(), None, Ok(Parsed::Base)),
             (Method::HEAD, "/v2".into(), None, Ok(Parsed::Base)),
-            (Method::GET, "/v2/nginx/manifests/1.27".into(), None, api(0, "nginx", "library/nginx", tag("1.27"))),
-            (Method::GET, "/v2/library/nginx/manifests/latest".into(), None, api(0, "library/nginx", "library/nginx", tag("latest"))),
-            (Method::GET, "/v2/ghcr.io/org/app/manifests/1".into(), None, api(1, "ghcr.io/org/app", "org/app", tag("1"))),
-            (Method::GET, "/v2/org/app/manifests/1".into(), Some("ns=ghcr.io"), api(1, "org/app", "org/app", tag("1"))),
-            (Method::GET, "/v2/nginx/manifests/1".into(), Some("ns=docker.io"), api(0, "nginx", "library/nginx", tag("1"))),
-            (Method::GET, "/v2/localhost:5001/a/manifests/1".into(), None, api(2, "localhost:5001/a", "a", tag("1"))),
-            (Method::GET, "/v2/quay.io/org/app/manifests/1".into(), None, api(0, "quay.io/org/app", "quay.io/org/app", tag("1"))),
-            (Method::GET, format!("/v2/{}", blob("a/blobs/b")), None, api(0, "a/blobs/b", "a/blobs/b", Endpoint::Blob(digest))),
-            (Method::GET, "/v2/a/manifests/b/manifests/x".into(), None, api(0, "a/manifests/b", "a/manifests/b", tag("x"))),
-            (Method::GET, format!("/v2/org/app/manifests/{D}"), None, api(0, "org/app", "org/app", Endpoint::Manifest(Reference::Digest(digest)))),
-            (Method::GET, "/v2/org/app/tags/list".into(), Some("n=2&last=b"), api(0, "org/app", "org/app", Endpoint::TagsList { n: Some(2), last: Some("b".into()) })),
-            (Method::GET, "/v2/org/app/tags/list".into(), Some("n=x"), Err(RouteError::BadQuery("n"))),
-            (Method::GET, "/v2/a/manifests/1".into(), Some("ns=quay.io"), Err(RouteError::UnknownRegistry("quay.io".into()))),
-            (Method::GET, "/v2/Upper/manifests/1".into(), None, Err(RouteError::NameInvalid(ParseError::NameContainsUppercase))),
-            (Method::GET, "/v2/a//b/manifests/1".into(), None, Err(RouteError::NameInvalid(ParseError::NameEmptyComponent))),
-            (Method::GET, "/v2/../etc/manifests/1".into(), None, Err(RouteError::NameInvalid(ParseError::NameInvalidComponent("..".into())))),
-            (Method::GET, "/v2/ghcr.io/manifests/1".into(), None, api(0, "ghcr.io", "library/ghcr.io", tag("1"))),
-            (Method::GET, "/v2/a/manifests/sha256:xyz".into(), None, Err(RouteError::DigestInvalid(DigestError::InvalidEncoding))),
-            (Method::GET, "/v2/a/manifests/bad%20tag".into(), None, Err(RouteError::TagInvalid(ParseError::TagInvalid))),
-            (Method::GET, "/v2/a/blobs/latest".into(), None, Err(RouteError::DigestInvalid(DigestError::MissingAlgorithm))),
-            (Method::GET, "/v2/a/blobs/uploads/".into(), None, Err(RouteError::NotFound)),
+            (
+                Method::GET,
+                "/v2/nginx/manifests/1.27".into(),
+                None,
+                api(0, "nginx", "library/nginx", tag("1.27")),
+            ),
+            (
+                Method::GET,
+                "/v2/library/nginx/manifests/latest".into(),
+                None,
+                api(0, "library/nginx", "library/nginx", tag("latest")),
+            ),
+            (
+                Method::GET,
+                "/v2/ghcr.io/org/app/manifests/1".into(),
+                None,
+                api(1, "ghcr.io/org/app", "org/app", tag("1")),
+            ),
+            (
+                Method::GET,
+                "/v2/org/app/manifests/1".into(),
+                Some("ns=ghcr.io"),
+                api(1, "org/app", "org/app", tag("1")),
+            ),
+            (
+                Method::GET,
+                "/v2/nginx/manifests/1".into(),
+                Some("ns=docker.io"),
+                api(0, "nginx", "library/nginx", tag("1")),
+            ),
+            (
+                Method::GET,
+                "/v2/localhost:5001/a/manifests/1".into(),
+                None,
+                api(2, "localhost:5001/a", "a", tag("1")),
+            ),
+            (
+                Method::GET,
+                "/v2/quay.io/org/app/manifests/1".into(),
+                None,
+                api(0, "quay.io/org/app", "quay.io/org/app", tag("1")),
+            ),
+            (
+                Method::GET,
+                format!("/v2/{}", blob("a/blobs/b")),
+                None,
+                api(0, "a/blobs/b", "a/blobs/b", Endpoint::Blob(digest)),
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/b/manifests/x".into(),
+                None,
+                api(0, "a/manifests/b", "a/manifests/b", tag("x")),
+            ),
+            (
+                Method::GET,
+                format!("/v2/org/app/manifests/{D}"),
+                None,
+                api(
+                    0,
+                    "org/app",
+                    "org/app",
+                    Endpoint::Manifest(Reference::Digest(digest)),
+                ),
+            ),
+            (
+                Method::GET,
+                "/v2/org/app/tags/list".into(),
+                Some("n=2&last=b"),
+                api(
+                    0,
+                    "org/app",
+                    "org/app",
+                    Endpoint::TagsList {
+                        n: Some(2),
+                        last: Some("b".into()),
+                    },
+                ),
+            ),
+            (
+                Method::GET,
+                "/v2/org/app/tags/list".into(),
+                Some("n=x"),
+                Err(RouteError::BadQuery("n")),
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/1".into(),
+                Some("ns=quay.io"),
+                Err(RouteError::UnknownRegistry("quay.io".into())),
+            ),
+            (
+                Method::GET,
+                "/v2/Upper/manifests/1".into(),
+                None,
+                Err(RouteError::NameInvalid(ParseError::NameContainsUppercase)),
+            ),
+            (
+                Method::GET,
+                "/v2/a//b/manifests/1".into(),
+                None,
+                Err(RouteError::NameInvalid(ParseError::NameEmptyComponent)),
+            ),
+            (
+                Method::GET,
+                "/v2/../etc/manifests/1".into(),
+                None,
+                Err(RouteError::NameInvalid(ParseError::NameInvalidComponent(
+                    "..".into(),
+                ))),
+            ),
+            (
+                Method::GET,
+                "/v2/ghcr.io/manifests/1".into(),
+                None,
+                api(0, "ghcr.io", "library/ghcr.io", tag("1")),
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/sha256:xyz".into(),
+                None,
+                Err(RouteError::DigestInvalid(DigestError::InvalidEncoding)),
+            ),
+            (
+                Method::GET,
+                "/v2/a/manifests/bad%20tag".into(),
+                None,
+                Err(RouteError::TagInvalid(ParseError::TagInvalid)),
+            ),
+            (
+                Method::GET,
+                "/v2/a/blobs/latest".into(),
+                None,
+                Err(RouteError::DigestInvalid(DigestError::MissingAlgorithm)),
+            ),
+            (
+                Method::GET,
+                "/v2/a/blobs/uploads/".into(),
+                None,
+                Err(RouteError::NotFound),
+            ),
             (Method::GET, "/v2/a".into(), None, Err(RouteError::NotFound)),
-            (Method::GET, "/v2/manifests/x".into(), None, Err(RouteError::NotFound)),
-            (Method::GET, "/v1/_ping".into(), None, Err(RouteError::NotFound)),
-            (Method::POST, "/v2/a/blobs/uploads/".into(), None, Err(RouteError::ReadOnly(Method::POST))),
-            (Method::PUT, "/v2/a/manifests/1".into(), None, Err(RouteError::ReadOnly(Method::PUT))),
-            (Method::DELETE, format!("/v2/a/manifests/{D}"), None, Err(RouteError::ReadOnly(Method::DELETE))),
-            (Method::PATCH, "/v2/a/blobs/uploads/x".into(), None, Err(RouteError::ReadOnly(Method::PATCH))),
-            (Method::OPTIONS, "/v2/".into(), None, Err(RouteError::MethodNotAllowed(Method::OPTIONS))),
+            (
+                Method::GET,
+                "/v2/manifests/x".into(),
+                None,
+                Err(RouteError::NotFound),
+            ),
+            (
+                Method::GET,
+                "/v1/_ping".into(),
+                None,
+                Err(RouteError::NotFound),
+            ),
+            (
+                Method::POST,
+                "/v2/a/blobs/uploads/".into(),
+                None,
+                Err(RouteError::ReadOnly(Method::POST)),
+            ),
+            (
+                Method::PUT,
+                "/v2/a/manifests/1".into(),
+                None,
+                Err(RouteError::ReadOnly(Method::PUT)),
+            ),
+            (
+                Method::DELETE,
+                format!("/v2/a/manifests/{D}"),
+                None,
+                Err(RouteError::ReadOnly(Method::DELETE)),
+            ),
+            (
+                Method::PATCH,
+                "/v2/a/blobs/uploads/x".into(),
+                None,
+                Err(RouteError::ReadOnly(Method::PATCH)),
+            ),
+            (
+                Method::OPTIONS,
+                "/v2/".into(),
+                None,
+                Err(RouteError::MethodNotAllowed(Method::OPTIONS)),
+            ),
         ];
         for (method, path, query, want) in cases {
-            assert_eq!(parse(&method, &path, query, &table()), want, "{method} {path} {query:?}");
+            assert_eq!(
+                parse(&method, &path, query, &table()),
+                want,
+                "{method} {path} {query:?}"
+            );
         }
     }
 
     #[test]
     fn no_default_upstream() {
         let t = RegistryTable::new(vec![("ghcr.io".into(), false)], None);
-        assert_eq!(parse(&Method::GET, "/v2/org/app/manifests/1", None, &t), Err(RouteError::NoDefault));
+        assert_eq!(
+            parse(&Method::GET, "/v2/org/app/manifests/1", None, &t),
+            Err(RouteError::NoDefault)
+        );
         assert!(parse(&Method::GET, "/v2/ghcr.io/org/app/manifests/1", None, &t).is_ok());
     }
 

@@ -52,7 +52,12 @@ pub async fn list(
     }
     let up_err = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, Area::Tags);
     let mut res = upstream
-        .send(Method::GET, &path, HeaderMap::new(), &auth::pull_scope(route.name.as_str()))
+        .send(
+            Method::GET,
+            &path,
+            HeaderMap::new(),
+            &auth::pull_scope(route.name.as_str()),
+        )
         .await
         .map_err(up_err)?;
     if !res.status().is_success() {
@@ -60,14 +65,18 @@ pub async fn list(
     }
     let has_next = res.headers().contains_key(LINK);
     let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await.map_err(|e| up_err(upstream.transport(e)))? {
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| up_err(upstream.transport(e)))?
+    {
         if body.len() + chunk.len() > MAX_TAGS_BODY {
             return Err(invalid(upstream.name(), "a tag list over 16 MiB"));
         }
         body.extend_from_slice(&chunk);
     }
-    let parsed: UpstreamList =
-        serde_json::from_slice(&body).map_err(|_| invalid(upstream.name(), "a tag list that is not JSON"))?;
+    let parsed: UpstreamList = serde_json::from_slice(&body)
+        .map_err(|_| invalid(upstream.name(), "a tag list that is not JSON"))?;
     let tags = parsed.tags.unwrap_or_default();
     let next = (has_next && !tags.is_empty()).then(|| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -78,7 +87,11 @@ pub async fn list(
         if let Some(ns) = ns {
             q.append_pair("ns", ns);
         }
-        format!("</v2/{}/tags/list?{}>; rel=\"next\"", route.client_name, q.finish())
+        format!(
+            "</v2/{}/tags/list?{}>; rel=\"next\"",
+            route.client_name,
+            q.finish()
+        )
     });
     let json = serde_json::to_vec(&List {
         name: &route.client_name,
@@ -94,7 +107,9 @@ pub async fn list(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(next) = next {
-        response.headers_mut().insert(LINK, response::header_value(&next));
+        response
+            .headers_mut()
+            .insert(LINK, response::header_value(&next));
     }
     Ok(response)
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -43,6 +44,10 @@ pub struct Upstream {
     /// Set once the upstream has answered with a Basic challenge: later requests send credentials
     /// up front instead of taking a 401 each time.
     wants_basic: AtomicBool,
+    /// Slots for blob fills, so a burst of misses opens a bounded number of upstream connections.
+    fill_slots: Arc<Semaphore>,
+    /// How long a fill waits for a slot before giving up.
+    fill_wait: Duration,
 }
 
 /// A request to an upstream that did not give a usable answer.
@@ -84,6 +89,12 @@ pub enum UpstreamError {
         #[source]
         source: AuthError,
     },
+    /// All fill slots stayed taken for the whole bounded wait.
+    #[error("upstream {upstream}: too many blob downloads in flight; try again shortly")]
+    Busy {
+        /// The upstream's configured name.
+        upstream: String,
+    },
     /// A protocol problem: bad redirect, unreadable token response, a body cut short.
     #[error("upstream {upstream}: {reason}")]
     Protocol {
@@ -121,7 +132,23 @@ impl Upstream {
             token_realms: config.token_realms.clone(),
             tokens,
             wants_basic: AtomicBool::new(false),
+            fill_slots: Arc::new(Semaphore::new(config.max_fills)),
+            fill_wait: config.fill_wait,
         })
+    }
+
+    /// Waits (for the configured bounded time) for a slot to run one blob fill in.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Busy`] when no slot freed up in time.
+    pub async fn fill_slot(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        let busy = || UpstreamError::Busy {
+            upstream: self.name.clone(),
+        };
+        match tokio::time::timeout(self.fill_wait, self.fill_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => Err(busy()),
+        }
     }
 
     /// The configured name.
@@ -215,7 +242,9 @@ impl Upstream {
                 auth::bearer_header(&token).map_err(|source| self.auth_error(source))?,
             ));
         }
-        let basic = challenges.iter().any(|c| matches!(c, Challenge::Basic { .. }));
+        let basic = challenges
+            .iter()
+            .any(|c| matches!(c, Challenge::Basic { .. }));
         if let (true, Some(creds)) = (basic, &self.credentials) {
             self.wants_basic.store(true, Ordering::Relaxed);
             return Ok(Some(auth::basic_header(creds)));
@@ -268,14 +297,18 @@ impl Upstream {
         auth: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
         for _ in 0..=MAX_REDIRECTS {
-            let mut request = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(auth) = &auth {
                 if url.origin() == self.base.origin() {
                     request = request.header(AUTHORIZATION, auth.clone());
                 }
             }
             let response = request.send().await.map_err(|e| self.transport(e))?;
-            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED {
+            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED
+            {
                 return Ok(response);
             }
             let location = response
@@ -361,6 +394,9 @@ impl Upstream {
                 upstream: upstream.clone(),
                 source: source.clone(),
             },
+            UpstreamError::Busy { upstream } => UpstreamError::Busy {
+                upstream: upstream.clone(),
+            },
             UpstreamError::Protocol { upstream, reason } => UpstreamError::Protocol {
                 upstream: upstream.clone(),
                 reason: reason.clone(),
@@ -389,6 +425,11 @@ impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
         token: &Arc<Token>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(token.expires_in.saturating_sub(TOKEN_MARGIN).max(Duration::from_secs(1)))
+        Some(
+            token
+                .expires_in
+                .saturating_sub(TOKEN_MARGIN)
+                .max(Duration::from_secs(1)),
+        )
     }
 }
