@@ -247,7 +247,8 @@ mod tests {
     fn route_table() {
         let digest: Digest = D.parse().unwrap();
         let blob = |s: &str| format!("{s}/blobs/{D}");
-        let cases: Vec<(Method, String, Option<&str>, Result<Parsed, RouteError>)> = vec![
+        type Case<'a> = (Method, String, Option<&'a str>, Result<Parsed, RouteError>);
+        let cases: Vec<Case<'_>> = vec![
             (Method::GET, "/v2/".into(), None, Ok(Parsed::Base)),
             (Method::HEAD, "/v2".into(), None, Ok(Parsed::Base)),
             (

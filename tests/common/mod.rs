@@ -1,0 +1,108 @@
+//! Shared test support: an in-process wharf on 127.0.0.1:0 with a temporary storage directory, and
+//! the fake upstream in [`fake`].
+#![allow(dead_code)]
+
+pub mod fake;
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+/// One upstream entry for a test config.
+pub struct Up<'a> {
+    pub name: &'a str,
+    pub url: String,
+    pub default: bool,
+    pub extra: &'a str,
+}
+
+/// A running wharf and its storage.
+pub struct Wharf {
+    pub running: Option<wharf::Running>,
+    pub base: String,
+    pub dir: TempDir,
+}
+
+/// The TOML for a test wharf.
+pub fn config_text(storage: &Path, tag_ttl: &str, ups: &[Up<'_>]) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[cache]\ntag_ttl = \"{tag_ttl}\"\n",
+        storage.display()
+    );
+    for u in ups {
+        text.push_str(&format!(
+            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = {}\n{}\n",
+            u.name, u.url, u.default, u.extra
+        ));
+    }
+    text
+}
+
+impl Wharf {
+    /// Starts wharf with one default upstream named `upstream.test`.
+    pub async fn with_upstream(url: &str) -> Wharf {
+        Self::start(
+            "5m",
+            &[Up {
+                name: "upstream.test",
+                url: url.to_owned(),
+                default: true,
+                extra: "",
+            }],
+        )
+        .await
+    }
+
+    pub async fn start(tag_ttl: &str, ups: &[Up<'_>]) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tag_ttl, ups).await
+    }
+
+    pub async fn start_in(dir: TempDir, tag_ttl: &str, ups: &[Up<'_>]) -> Wharf {
+        let text = config_text(dir.path(), tag_ttl, ups);
+        let config = wharf::Config::from_toml(&text, Path::new("test.toml")).unwrap();
+        let running = wharf::start(config).await.unwrap();
+        let base = format!("http://{}", running.local_addr());
+        Wharf {
+            running: Some(running),
+            base,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops wharf and hands back its storage directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+        self.dir
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Files under `dir` whose path contains `part`, recursively.
+pub fn files_under(dir: &Path, part: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(part) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
