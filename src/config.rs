@@ -1,10 +1,13 @@
 //! The operator's configuration file, in two stages.
 //!
-//! [`RawConfig`] mirrors the TOML exactly (serde, `deny_unknown_fields`, defaults). [`validate`] turns
-//! it into a [`Config`] of checked, typed values; it is pure apart from reading the password sources
-//! the file names, so unit tests drive it directly. Every refusal is one line that names the file, the
-//! key and the fix, because the operator reads it in `journalctl` at 3 a.m.
+//! [`RawConfig`] mirrors the TOML exactly (serde, `deny_unknown_fields` at every level, defaults).
+//! [`validate`] turns it into a [`Config`] of checked, typed values. It is pure apart from reading the
+//! password sources the file names, and those come through the [`Sources`] trait, so unit tests drive
+//! it with a map. [`Config::load`] is the only function that touches the filesystem for the file
+//! itself. Every refusal is one line that names the file, the key and the fix, because the operator
+//! reads it in `journalctl` at 3 a.m.; no refusal and no `Debug` output ever contains a password.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,55 +29,62 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[cache]`.
     pub cache: CacheConfig,
-    /// `[[upstream]]`, in file order.
+    /// `[[upstream]]`, in file order; never empty.
     pub upstreams: Vec<UpstreamConfig>,
 }
 
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The address to listen on.
+    /// The address to listen on (`listen`, default `0.0.0.0:5000`).
     pub listen: SocketAddr,
 }
 
 /// `[storage]`.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// The directory holding blobs, staging files and the index.
+    /// The directory holding blobs, staging files and the index (`path`, default `./data`). A relative
+    /// path is relative to the process's working directory, not to the configuration file.
     pub path: PathBuf,
 }
 
 /// `[cache]`.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// How long a tag's digest is trusted before the upstream is asked again.
+    /// How long a tag's digest is trusted before the upstream is asked again (`tag_ttl`, default
+    /// `5m`); never zero.
     pub tag_ttl: Duration,
 }
 
 /// One `[[upstream]]`.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// The registry name clients use (`docker.io`, `ghcr.io`, `localhost:5001`).
+    /// The registry name clients use (`docker.io`, `ghcr.io`, `localhost:5001`): lower-case
+    /// `host[:port]`, unique among the upstreams.
     pub name: String,
-    /// Where the registry is.
+    /// Where the registry is: http or https, no userinfo, query or fragment, path empty or `/`.
     pub url: Url,
-    /// Whether requests that name no registry go here.
+    /// Whether requests that name no registry go here; at most one upstream sets it.
     pub default: bool,
-    /// Credentials for the registry (or its token realm).
+    /// Credentials for the registry (or its token realm), from `username` plus `password_file` or
+    /// `password_env`.
     pub credentials: Option<Credentials>,
-    /// Extra token-realm hosts that may receive the credentials.
+    /// Extra token-realm hosts (lower case) that may receive the credentials.
     pub token_realms: Vec<String>,
-    /// How long connecting may take.
+    /// How long connecting may take (`connect_timeout`, default `10s`).
     pub connect_timeout: Duration,
-    /// How long the upstream may stay silent mid-response before the request (or fill) fails.
+    /// How long the upstream may stay silent mid-response before the request (or fill) fails
+    /// (`timeout`, default `60s`).
     pub timeout: Duration,
-    /// How many blob fills may run against this upstream at once.
+    /// How many blob fills may run against this upstream at once (`max_fills`, default 16).
     pub max_fills: usize,
-    /// How long a fill waits for a free slot before the request fails.
+    /// How long a fill waits for a free slot before the request fails (`fill_wait`, default `30s`;
+    /// zero means "do not wait").
     pub fill_wait: Duration,
 }
 
-/// A configuration the operator must fix: one line with the file, the key and the fix.
+/// A configuration the operator must fix. Its `Display` is one line:
+/// `<file>: <key>: <problem>; <fix>` (or `<file>: line N: ...` when the key cannot be told).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {}", file.display(), what)]
 pub struct ConfigError {
@@ -82,7 +92,7 @@ pub struct ConfigError {
     what: String,
 }
 
-/// The file as written.
+/// The file as written. Build it with serde (`toml::from_str`) and check it with [`validate`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -117,6 +127,7 @@ struct RawCache {
     tag_ttl: String,
 }
 
+/// One `[[upstream]]` as written. It holds no secret: only where the password is.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -138,6 +149,112 @@ struct RawUpstream {
     #[serde(default = "default_fill_wait")]
     fill_wait: String,
 }
+
+/// Where password values come from: the environment and files, abstracted so tests feed a map
+/// (as linkerd's `Strings` does) instead of mutating the process environment.
+pub trait Sources {
+    /// An environment variable, `None` when unset or not Unicode.
+    fn env(&self, name: &str) -> Option<String>;
+    /// A file's contents.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+}
+
+/// The real process environment and filesystem.
+#[derive(Debug, Clone, Copy)]
+pub struct System;
+
+/// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
+const MAX_FILLS: usize = 4096;
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates the file at `path`, and the password files and variables it names.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the fix.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!(
+                    "cannot read the file ({}); create it (the repository's config.toml is a working default) or pass --config PATH",
+                    io_reason(&e)
+                ),
+            )
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates configuration text, reading passwords from the process environment and
+    /// the filesystem; `file` is only used in messages.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the fix.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml_with(text, file, &System)
+    }
+
+    /// As [`Config::from_toml`], reading passwords through `sources`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the fix.
+    pub fn from_toml_with(
+        text: &str,
+        file: &Path,
+        sources: &dyn Sources,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::new(file, toml_reason(text, &e)))?;
+        validate(raw, file, sources)
+    }
+
+    /// The upstream with this name.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// The `default = true` upstream, if any.
+    pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.default)
+    }
+}
+
+// === impl UpstreamConfig ===
+
+impl UpstreamConfig {
+    /// Whether this is Docker Hub, whose one-segment repository names get `library/`.
+    pub fn is_docker_hub(&self) -> bool {
+        self.name == "docker.io"
+    }
+}
+
+impl fmt::Display for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.url)
+    }
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    fn new(file: &Path, what: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            what,
+        }
+    }
+
+    /// The file the problem is in.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+}
+
+// === impl RawServer, RawStorage, RawCache ===
 
 fn default_listen() -> String {
     "0.0.0.0:5000".into()
@@ -168,6 +285,7 @@ impl Default for RawServer {
         }
     }
 }
+
 impl Default for RawStorage {
     fn default() -> Self {
         Self {
@@ -175,6 +293,7 @@ impl Default for RawStorage {
         }
     }
 }
+
 impl Default for RawCache {
     fn default() -> Self {
         Self {
@@ -183,103 +302,33 @@ impl Default for RawCache {
     }
 }
 
-/// Where password values come from: the environment and files, abstracted so tests feed a map.
-pub trait Sources {
-    /// An environment variable.
-    fn env(&self, name: &str) -> Option<String>;
-    /// A file's contents.
-    ///
-    /// # Errors
-    /// The I/O error.
-    fn read(&self, path: &Path) -> std::io::Result<String>;
-}
-
-/// The real process environment and filesystem.
-pub struct System;
+// === impl System ===
 
 impl Sources for System {
     fn env(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+
     fn read(&self, path: &Path) -> std::io::Result<String> {
         std::fs::read_to_string(path)
     }
 }
 
-// === impl Config ===
-
-impl Config {
-    /// Reads and validates the file at `path`.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the file, the key and the fix.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            what: format!(
-                "cannot read the file ({}); create it (the repository's config.toml is a working default) or pass --config PATH",
-                io_reason(&e)
-            ),
-        })?;
-        Self::from_toml(&text, path)
-    }
-
-    /// Parses and validates configuration text; `file` is only used in messages.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the file, the key and the fix.
-    pub fn from_toml(text: &str, file: &Path) -> Result<Self, ConfigError> {
-        Self::from_toml_with(text, file, &System)
-    }
-
-    /// As [`Config::from_toml`], reading passwords through `sources`.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the file, the key and the fix.
-    pub fn from_toml_with(
-        text: &str,
-        file: &Path,
-        sources: &dyn Sources,
-    ) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: file.to_owned(),
-            what: toml_reason(text, &e),
-        })?;
-        validate(raw, file, sources)
-    }
-
-    /// The upstream with this name.
-    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
-        self.upstreams.iter().find(|u| u.name == name)
-    }
-
-    /// The `default = true` upstream.
-    pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
-        self.upstreams.iter().find(|u| u.default)
-    }
-}
-
-impl UpstreamConfig {
-    /// Whether this is Docker Hub, whose one-segment names get `library/`.
-    pub fn is_docker_hub(&self) -> bool {
-        self.name == "docker.io"
-    }
-}
+// === validation ===
 
 /// Turns the file as written into checked values.
 ///
 /// # Errors
 /// The first problem found, as a [`ConfigError`].
 pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Config, ConfigError> {
-    let err = |key: &str, problem: String| ConfigError {
-        file: file.to_owned(),
-        what: format!("{key}: {problem}"),
-    };
+    let err = |key: &str, problem: String| ConfigError::new(file, format!("{key}: {problem}"));
+    let duration = |key: &str, text: &str| parse_duration(text).map_err(|p| err(key, p));
+
     let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
         err(
             "server.listen",
             format!(
-                "{:?} is not an address with a port; use e.g. listen = \"0.0.0.0:5000\" or \"[::]:5000\"",
+                "{:?} is not an IP address with a port; use e.g. listen = \"0.0.0.0:5000\" or \"[::]:5000\"",
                 raw.server.listen
             ),
         )
@@ -290,8 +339,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             "is empty; set it to the cache directory, e.g. path = \"/var/lib/wharf\"".into(),
         ));
     }
-    let tag_ttl =
-        duration("cache.tag_ttl", &raw.cache.tag_ttl).map_err(|p| err("cache.tag_ttl", p))?;
+    let tag_ttl = duration("cache.tag_ttl", &raw.cache.tag_ttl)?;
     if tag_ttl.is_zero() {
         return Err(err(
             "cache.tag_ttl",
@@ -304,6 +352,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             "no [[upstream]] is configured; add one, e.g. [[upstream]] name = \"docker.io\" url = \"https://registry-1.docker.io\" default = true".into(),
         ));
     }
+
     let mut upstreams: Vec<UpstreamConfig> = Vec::with_capacity(raw.upstream.len());
     for (i, u) in raw.upstream.into_iter().enumerate() {
         let key = |k: &str| format!("upstream[{i}].{k}");
@@ -319,17 +368,18 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
                 format!("{name:?} is not a registry host name; use lower-case host[:port], e.g. \"ghcr.io\" or \"localhost:5001\""),
             ));
         }
-        if let Some(other) = upstreams.iter().find(|o| o.name == name) {
+        if let Some(j) = upstreams.iter().position(|o| o.name == name) {
             return Err(err(
                 &key("name"),
-                format!(
-                    "{:?} is used by two upstreams; give each a different name",
-                    other.name
-                ),
+                format!("{name:?} is also the name of upstream[{j}]; give each upstream a different name"),
             ));
         }
         let url_text = u.url.ok_or_else(|| {
-            err(&key("url"), "is missing; set where the registry is, e.g. url = \"https://registry-1.docker.io\"".into())
+            err(
+                &key("url"),
+                "is missing; set where the registry is, e.g. url = \"https://registry-1.docker.io\""
+                    .into(),
+            )
         })?;
         let url = parse_upstream_url(&url_text).map_err(|p| err(&key("url"), p))?;
         if u.default {
@@ -343,48 +393,59 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
                 ));
             }
         }
-        let credentials = credentials(&u.username, &u.password_file, &u.password_env, sources)
-            .map_err(|(k, p)| err(&key(k), p))?;
+        let credentials = credentials(
+            u.username.as_deref(),
+            u.password_file.as_deref(),
+            u.password_env.as_deref(),
+            sources,
+        )
+        .map_err(|(k, p)| err(&key(k), p))?;
+        let mut token_realms = Vec::with_capacity(u.token_realms.len());
         for realm in &u.token_realms {
-            if realm.is_empty() || realm.contains(['/', ':', ' ']) {
+            if realm.is_empty() || realm.contains(['/', ':', ' ', '@']) {
                 return Err(err(
                     &key("token_realms"),
                     format!("{realm:?} is not a host name; list hosts only, e.g. token_realms = [\"auth.example.com\"]"),
                 ));
             }
+            token_realms.push(realm.to_ascii_lowercase());
         }
-        let connect_timeout = duration(&key("connect_timeout"), &u.connect_timeout)
-            .map_err(|p| err(&key("connect_timeout"), p))?;
-        let timeout = duration(&key("timeout"), &u.timeout).map_err(|p| err(&key("timeout"), p))?;
-        let fill_wait =
-            duration(&key("fill_wait"), &u.fill_wait).map_err(|p| err(&key("fill_wait"), p))?;
-        if u.max_fills == 0 {
-            return Err(err(
-                &key("max_fills"),
-                "must be at least 1; the default is 16".into(),
-            ));
-        }
-        for (k, d) in [("connect_timeout", connect_timeout), ("timeout", timeout)] {
+        let connect_timeout = duration(&key("connect_timeout"), &u.connect_timeout)?;
+        let timeout = duration(&key("timeout"), &u.timeout)?;
+        for (k, d, example) in [
+            ("connect_timeout", connect_timeout, "10s"),
+            ("timeout", timeout, "60s"),
+        ] {
             if d.is_zero() {
-                return Err(err(&key(k), "must be more than zero, e.g. \"10s\"".into()));
+                return Err(err(
+                    &key(k),
+                    format!("must be more than zero; use e.g. {k} = \"{example}\""),
+                ));
             }
         }
+        if !(1..=MAX_FILLS).contains(&u.max_fills) {
+            return Err(err(
+                &key("max_fills"),
+                format!(
+                    "{} is out of range; use 1 to {MAX_FILLS} (the default is 16)",
+                    u.max_fills
+                ),
+            ));
+        }
+        let fill_wait = duration(&key("fill_wait"), &u.fill_wait)?;
         upstreams.push(UpstreamConfig {
             name,
             url,
             default: u.default,
             credentials,
-            token_realms: u
-                .token_realms
-                .iter()
-                .map(|r| r.to_ascii_lowercase())
-                .collect(),
+            token_realms,
             connect_timeout,
             timeout,
             max_fills: u.max_fills,
             fill_wait,
         });
     }
+
     Ok(Config {
         file: file.to_owned(),
         server: ServerConfig { listen },
@@ -396,26 +457,23 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
     })
 }
 
-/// Parses a human duration: `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`.
+/// Parses a human duration: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1h30m"`. A bare number is refused,
+/// because its unit would be a guess.
 ///
 /// # Errors
 /// A message saying what is wrong and what to write.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("{s:?} is not a duration; write it with a unit, e.g. \"30s\", \"5m\", \"1h30m\"")
+    };
     let t = s.trim();
     if t.is_empty() || t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "{s:?} is not a duration; write it with a unit, e.g. \"30s\", \"5m\", \"1h\""
-        ));
+        return Err(bad());
     }
-    humantime::parse_duration(t).map_err(|_| {
-        format!("{s:?} is not a duration; write it with a unit, e.g. \"30s\", \"5m\", \"1h\"")
-    })
+    humantime::parse_duration(t).map_err(|_| bad())
 }
 
-fn duration(_key: &str, s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-}
-
+/// A registry name as clients write it: lower-case DNS labels and an optional non-zero port.
 fn valid_registry_name(name: &str) -> bool {
     let (host, port) = match name.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
@@ -436,33 +494,41 @@ fn valid_registry_name(name: &str) -> bool {
 
 fn parse_upstream_url(text: &str) -> Result<Url, String> {
     let example = "use e.g. url = \"https://registry-1.docker.io\"";
-    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e}); {example}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{text:?} is not an http(s) URL; {example}"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{text:?} has no host; {example}"));
-    }
+    // A URL with userinfo holds a password: never echo it, whatever else is wrong with it.
+    let shown = if text.contains('@') {
+        "the URL".to_owned()
+    } else {
+        format!("{text:?}")
+    };
+    let url = Url::parse(text).map_err(|e| format!("{shown} is not a URL ({e}); {example}"))?;
     if !url.username().is_empty() || url.password().is_some() {
-        // Never echo the URL here: it holds a secret.
         return Err(format!(
             "must not contain credentials; use username and password_file instead; {example}"
         ));
     }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{shown} is not an http(s) URL; {example}"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{shown} has no host; {example}"));
+    }
     if url.query().is_some() || url.fragment().is_some() || !matches!(url.path(), "" | "/") {
         return Err(format!(
-            "{text:?} must be the registry's root, without path or query; {example}"
+            "{shown} must be the registry's root, without path, query or fragment; {example}"
         ));
     }
     Ok(url)
 }
 
+/// A problem with one key of an `[[upstream]]`: the key's last segment and the message.
 type KeyProblem = (&'static str, String);
 
+/// `username` plus one password source, or nothing. Messages name the file or variable, never
+/// the value.
 fn credentials(
-    username: &Option<String>,
-    password_file: &Option<PathBuf>,
-    password_env: &Option<String>,
+    username: Option<&str>,
+    password_file: Option<&Path>,
+    password_env: Option<&str>,
     sources: &dyn Sources,
 ) -> Result<Option<Credentials>, KeyProblem> {
     let password = match (password_file, password_env) {
@@ -472,44 +538,16 @@ fn credentials(
                 "both password_file and password_env are set; keep one".into(),
             ))
         }
-        (Some(path), None) => {
-            let text = sources.read(path).map_err(|e| {
-                (
-                    "password_file",
-                    format!(
-                        "cannot read {} ({}); create it with the password on one line, readable by wharf only",
-                        path.display(),
-                        io_reason(&e)
-                    ),
-                )
-            })?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            let text = text.strip_suffix('\r').unwrap_or(text);
-            if text.is_empty() {
-                return Err((
-                    "password_file",
-                    format!("{} is empty; put the password in it", path.display()),
-                ));
-            }
-            Some(Secret::new(text))
-        }
-        (None, Some(var)) => {
-            let value = sources.env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                (
-                    "password_env",
-                    format!("environment variable {var} is not set or empty; set it in wharf's environment (e.g. an EnvironmentFile= in the systemd unit)"),
-                )
-            })?;
-            Some(Secret::new(value))
-        }
+        (Some(path), None) => Some(password_from_file(path, sources)?),
+        (None, Some(var)) => Some(password_from_env(var, sources)?),
         (None, None) => None,
     };
     match (username, password) {
-        (Some(user), Some(password)) if !user.is_empty() => Ok(Some(Credentials {
-            username: user.clone(),
+        (Some(""), _) => Err(("username", "is empty; set the registry username".into())),
+        (Some(user), Some(password)) => Ok(Some(Credentials {
+            username: user.to_owned(),
             password,
         })),
-        (Some(_), Some(_)) => Err(("username", "is empty; set the registry username".into())),
         (Some(_), None) => Err((
             "username",
             "is set without a password; add password_file = \"/etc/wharf/NAME.password\" or password_env = \"VAR\"".into(),
@@ -522,73 +560,264 @@ fn credentials(
     }
 }
 
+fn password_from_file(path: &Path, sources: &dyn Sources) -> Result<Secret, KeyProblem> {
+    let text = sources.read(path).map_err(|e| {
+        (
+            "password_file",
+            format!(
+                "cannot read {} ({}); create it with the password on one line, readable by wharf only",
+                path.display(),
+                io_reason(&e)
+            ),
+        )
+    })?;
+    // One trailing line ending, as `echo` and editors write it; anything else is the password.
+    let text = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        return Err((
+            "password_file",
+            format!("{} is empty; put the password in it", path.display()),
+        ));
+    }
+    Ok(Secret::new(text))
+}
+
+fn password_from_env(var: &str, sources: &dyn Sources) -> Result<Secret, KeyProblem> {
+    let is_name = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_name {
+        // Likely the password itself pasted into the wrong key: do not echo it.
+        return Err((
+            "password_env",
+            "is not an environment variable name; give the variable's name (letters, digits and _), e.g. password_env = \"WHARF_DOCKER_IO_PASSWORD\", not the password".into(),
+        ));
+    }
+    let value = sources.env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+        (
+            "password_env",
+            format!("environment variable {var} is not set or empty; set it in wharf's environment (e.g. an EnvironmentFile= in the systemd unit)"),
+        )
+    })?;
+    Ok(Secret::new(value))
+}
+
 fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "it is a directory".into(),
         _ => e.to_string(),
     }
 }
 
-/// One line from toml's (multi-line) error: the dotted key or line, and what is wrong.
+// === TOML errors ===
+
+/// toml's error as one line: the dotted key (or the line number), what is wrong, and the fix.
+///
+/// toml's own `Display` spans several lines and quotes the source, and its messages quote values;
+/// only the message's shape and the span are used here, so no value from the file is repeated.
 fn toml_reason(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim().replace('\n', " ");
-    let line = e
-        .span()
-        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-    let key = e.span().and_then(|span| key_at(text, span.start));
-    let fix = if message.starts_with("unknown field") {
-        "; remove or correct it (config.toml in the repository lists every key)"
-    } else {
-        ""
-    };
-    match (key, line) {
-        (Some(key), _) => format!("{key}: {message}{fix}"),
-        (None, Some(line)) => format!("line {line}: {message}{fix}"),
-        (None, None) => format!("{message}{fix}"),
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let at = e.span().map(|span| char_floor(text, span.start));
+    let (named, problem, fix) = describe(&message);
+    let key = at.and_then(|at| key_path(text, at, named.as_deref()));
+    let fix = fix.unwrap_or_else(|| {
+        // Checked here because it needs the key: `[upstream]` written with one pair of brackets.
+        if key.as_deref() == Some("upstream") {
+            "write each upstream as [[upstream]], with two pairs of brackets".into()
+        } else {
+            type_fix(&message, key.as_deref())
+        }
+    });
+    match (key, at) {
+        (Some(key), _) => format!("{key}: {problem}; {fix}"),
+        (None, Some(at)) => format!(
+            "line {}: {problem}; {fix}",
+            text[..at].matches('\n').count() + 1
+        ),
+        (None, None) => format!("{problem}; {fix}"),
     }
 }
 
-/// The dotted key at a byte offset: the nearest `[table]` header above plus the key on that line.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("").trim();
-    let key = line
-        .split('=')
-        .next()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && !k.starts_with('['))?;
-    let mut table: Option<String> = None;
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for l in before[..line_start].lines() {
-        let l = l.trim();
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
-            let n = index
-                .entry(name.to_owned())
-                .and_modify(|c| *c += 1)
-                .or_insert(0);
-            table = Some(format!("{name}[{n}]"));
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            table = Some(name.to_owned());
+/// From toml's message: the key the span points at (when the message names it), the problem, and
+/// the fix when it does not depend on the key.
+fn describe(message: &str) -> (Option<String>, String, Option<String>) {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let fix = if valid.is_empty() {
+            "remove it".to_owned()
+        } else {
+            format!("valid keys here are {}", valid.join(", "))
+        };
+        return (Some(field.to_owned()), "unknown key".into(), Some(fix));
+    }
+    if let Some(rest) = message.strip_prefix("duplicate key `") {
+        let field = rest.split_once('`').map_or(rest, |(f, _)| f);
+        return (
+            Some(field.to_owned()),
+            "is set twice".into(),
+            Some("keep one".into()),
+        );
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // "integer `5000`, expected a string": name the kinds, never the value.
+            let (found, expected) = rest.rsplit_once(", expected ").unwrap_or((rest, "?"));
+            let found = found.split(['`', '"']).next().unwrap_or(found).trim();
+            let problem = if prefix.starts_with("invalid type") {
+                format!("is {}, expected {}", plain(found), plain(expected))
+            } else {
+                format!("is out of range for {}", plain(expected))
+            };
+            return (None, problem, None);
         }
     }
-    Some(match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key.to_owned(),
-    })
+    (
+        None,
+        message.to_owned(),
+        Some("fix the TOML syntax (see https://toml.io)".into()),
+    )
 }
 
-impl fmt::Display for UpstreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.url)
+/// A serde type description in the operator's words.
+fn plain(kind: &str) -> String {
+    let kind = kind.trim();
+    let bare = kind.trim_start_matches("a ").trim_start_matches("an ");
+    match bare {
+        "sequence" => "a list".into(),
+        "map" => "a table".into(),
+        "string" => "a string".into(),
+        "boolean" => "a boolean".into(),
+        "integer" | "usize" | "u16" | "u32" | "u64" | "i64" => "a whole number".into(),
+        "floating point" => "a number with a fraction".into(),
+        _ if bare.starts_with("struct ") => "a table".into(),
+        _ => kind.into(),
     }
+}
+
+/// The fix for a type mismatch, which depends on what was expected and, for durations, on the key.
+fn type_fix(message: &str, key: Option<&str>) -> String {
+    let expected = message.rsplit_once(", expected ").map_or("", |(_, e)| e);
+    let last = key.and_then(|k| k.rsplit('.').next()).unwrap_or("");
+    match plain(expected).as_str() {
+        "a string"
+            if matches!(
+                last,
+                "tag_ttl" | "connect_timeout" | "timeout" | "fill_wait"
+            ) =>
+        {
+            format!("durations are quoted strings with a unit, e.g. {last} = \"30s\"")
+        }
+        "a string" => "put the value in double quotes".into(),
+        "a list" => "use a list, e.g. [\"auth.example.com\"]".into(),
+        "a whole number" => "write a whole number without quotes, e.g. 16".into(),
+        "a boolean" => "write true or false, without quotes".into(),
+        _ => "see the commented config.toml in the repository for every key".into(),
+    }
+}
+
+/// The dotted key path (`server.listen`, `upstream[1].colour`) at byte offset `at`: the `[table]`
+/// or `[[array]]` header above it plus the key on its line. `named` is the key the span starts at,
+/// when toml's message names it. Best effort: `None` sends the caller to a line number.
+fn key_path(text: &str, at: usize, named: Option<&str>) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let prefix = &text[line_start..at];
+    let mut path;
+    if line.trim_start().starts_with('[') {
+        // The span is in a table header: the header alone says where.
+        let header = prefix.trim_start().trim_start_matches('[');
+        path = match named {
+            Some(field) => {
+                let mut p = segments(header);
+                p.push(field.to_owned());
+                p
+            }
+            None => segments(header_name(line)?.0),
+        };
+    } else {
+        path = table_at(&text[..line_start]);
+        path.extend(inline_path(prefix, named)?);
+    }
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+/// The table the line after `before` is in, as path segments; `[[name]]` becomes `name[index]`.
+fn table_at(before: &str) -> Vec<String> {
+    let mut table = Vec::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in before.lines() {
+        let Some((name, array)) = header_name(line) else {
+            continue;
+        };
+        table = segments(name);
+        if array {
+            let n = counts
+                .entry(table.join("."))
+                .and_modify(|c| *c += 1)
+                .or_insert(0);
+            if let Some(last) = table.last_mut() {
+                *last = format!("{last}[{n}]");
+            }
+        }
+    }
+    table
+}
+
+/// The name inside a `[table]` or `[[array]]` header line, and whether it is an array.
+fn header_name(line: &str) -> Option<(&str, bool)> {
+    let line = line.trim_start();
+    if let Some(rest) = line.strip_prefix("[[") {
+        return rest.split_once("]]").map(|(name, _)| (name, true));
+    }
+    let rest = line.strip_prefix('[')?;
+    rest.split_once(']').map(|(name, _)| (name, false))
+}
+
+/// The key path within one line up to the span: dotted keys and inline tables
+/// (`server = { listen = ` gives `server.listen`).
+fn inline_path(prefix: &str, named: Option<&str>) -> Option<Vec<String>> {
+    let parts: Vec<&str> = prefix.split('{').collect();
+    let last = parts.len() - 1;
+    let mut path = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let item = part.rsplit(',').next().unwrap_or(part);
+        match named {
+            Some(field) if i == last => {
+                path.extend(segments(item));
+                path.push(field.to_owned());
+            }
+            _ => path.extend(segments(item.split_once('=')?.0)),
+        }
+    }
+    Some(path)
+}
+
+/// `a . "b"` → `["a", "b"]`.
+fn segments(key: &str) -> Vec<String> {
+    key.split('.')
+        .map(|s| s.trim().trim_matches(['"', '\'']))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The largest char boundary at or below `at`, within `text`.
+fn char_floor(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     struct Fake {
         env: HashMap<&'static str, &'static str>,
@@ -609,8 +838,14 @@ mod tests {
 
     fn fake() -> Fake {
         Fake {
-            env: HashMap::from([("PW", "env-secret")]),
-            files: HashMap::from([("/pw", "file-secret\n"), ("/empty", "\n")]),
+            env: HashMap::from([("PW", "env-secret"), ("EMPTY", "")]),
+            files: HashMap::from([
+                ("/pw", "file-secret\n"),
+                ("/crlf", "file-secret\r\n"),
+                ("/bare", "file-secret"),
+                ("/two", "file-secret\n\n"),
+                ("/empty", "\n"),
+            ]),
         }
     }
 
@@ -624,6 +859,7 @@ mod tests {
     fn repository_default_config_parses() {
         let config =
             Config::from_toml(include_str!("../config.toml"), Path::new("config.toml")).unwrap();
+        assert_eq!(config.file, PathBuf::from("config.toml"));
         assert_eq!(config.server.listen, "0.0.0.0:5000".parse().unwrap());
         assert_eq!(config.storage.path, PathBuf::from("./data"));
         assert_eq!(config.cache.tag_ttl, Duration::from_secs(300));
@@ -633,109 +869,308 @@ mod tests {
         assert_eq!(up.url.as_str(), "https://registry-1.docker.io/");
         assert!(up.default && up.is_docker_hub());
         assert!(up.credentials.is_none());
+        assert!(up.token_realms.is_empty());
+        assert_eq!(up.connect_timeout, Duration::from_secs(10));
+        assert_eq!(up.timeout, Duration::from_secs(60));
         assert_eq!(
             config.default_upstream().map(|u| u.name.as_str()),
             Some("docker.io")
         );
+        assert!(config.upstream("docker.io").is_some());
+        assert!(config.upstream("ghcr.io").is_none());
     }
 
     #[test]
-    fn credentials_from_file_and_env() {
-        let c = load(&format!("{UP}username = \"u\"\npassword_file = \"/pw\"\n")).unwrap();
+    fn repository_default_config_documents_every_key() {
+        let documented = include_str!("../config.toml");
+        // The valid keys come from the unknown-key refusal itself, so a new key cannot be missed.
+        for table in [
+            "",
+            "[server]\n",
+            "[storage]\n",
+            "[cache]\n",
+            "[[upstream]]\n",
+        ] {
+            let got = load(&format!("{table}no_such_key = 1\n"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            let (_, valid) = got.split_once("valid keys here are ").unwrap();
+            for key in valid.split(", ") {
+                let written = if table.is_empty() {
+                    documented.contains(&format!("[{key}]"))
+                        || documented.contains(&format!("[[{key}]]"))
+                } else {
+                    documented.contains(&format!("\n{key} = "))
+                        || documented.contains(&format!("\n# {key} = "))
+                };
+                assert!(written, "config.toml does not show {table:?} key {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_when_keys_are_left_out() {
+        let config =
+            load("[[upstream]]\nname = \"upstream.test\"\nurl = \"http://127.0.0.1:9\"\n").unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(config.storage.path, PathBuf::from("./data"));
+        assert_eq!(config.cache.tag_ttl, Duration::from_secs(300));
+        let up = &config.upstreams[0];
+        assert!(!up.default && !up.is_docker_hub());
+        assert_eq!(config.default_upstream().map(|u| &u.name), None);
+        assert_eq!(up.connect_timeout, Duration::from_secs(10));
+        assert_eq!(up.timeout, Duration::from_secs(60));
+        assert_eq!(up.max_fills, 16);
+        assert_eq!(up.fill_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = r#"
+            [server]
+            listen = "[::1]:5555"
+            [storage]
+            path = "/var/lib/wharf"
+            [cache]
+            tag_ttl = "1h30m"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io/"
+            default = true
+            [[upstream]]
+            name = "localhost:5001"
+            url = "http://127.0.0.1:5001"
+            username = "bot"
+            password_env = "PW"
+            token_realms = ["Auth.Example.com"]
+            connect_timeout = "2s"
+            timeout = "500ms"
+            max_fills = 3
+            fill_wait = "0s"
+        "#;
+        let c = load(text).unwrap();
+        assert_eq!(c.server.listen, "[::1]:5555".parse().unwrap());
+        assert_eq!(c.storage.path, PathBuf::from("/var/lib/wharf"));
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(5400));
+        let up = c.upstream("localhost:5001").unwrap();
+        assert_eq!(up.url.as_str(), "http://127.0.0.1:5001/");
+        let creds = up.credentials.as_ref().unwrap();
         assert_eq!(
-            c.upstreams[0]
-                .credentials
-                .as_ref()
-                .unwrap()
-                .password
-                .expose(),
-            "file-secret"
+            (creds.username.as_str(), creds.password.expose()),
+            ("bot", "env-secret")
         );
-        let c = load(&format!("{UP}username = \"u\"\npassword_env = \"PW\"\n")).unwrap();
-        assert_eq!(
-            c.upstreams[0]
-                .credentials
-                .as_ref()
-                .unwrap()
-                .password
-                .expose(),
-            "env-secret"
+        assert_eq!(up.token_realms, ["auth.example.com"]);
+        assert_eq!(up.connect_timeout, Duration::from_secs(2));
+        assert_eq!(up.timeout, Duration::from_millis(500));
+        assert_eq!(up.max_fills, 3);
+        assert_eq!(up.fill_wait, Duration::ZERO);
+        assert_eq!(c.default_upstream().unwrap().name, "docker.io");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("env-secret"), "{printed}");
+        assert!(printed.contains("bot"));
+    }
+
+    #[test]
+    fn password_sources() {
+        let cases = [
+            ("password_env = \"PW\"", "env-secret"),
+            ("password_file = \"/pw\"", "file-secret"),
+            ("password_file = \"/crlf\"", "file-secret"),
+            ("password_file = \"/bare\"", "file-secret"),
+            ("password_file = \"/two\"", "file-secret\n"),
+        ];
+        for (source, want) in cases {
+            let c = load(&format!("{UP}username = \"u\"\n{source}\n")).unwrap();
+            let creds = c.upstreams[0].credentials.as_ref().unwrap();
+            assert_eq!(creds.password.expose(), want, "{source}");
+            assert!(!format!("{c:?}").contains("file-secret"), "{source}");
+        }
+    }
+
+    #[test]
+    fn password_file_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "disk-secret\r\n").unwrap();
+        let text = format!(
+            "{UP}username = \"u\"\npassword_file = '{}'\n",
+            path.display()
         );
-        assert!(!format!("{c:?}").contains("env-secret"));
+        let c = Config::from_toml(&text, Path::new("wharf.toml")).unwrap();
+        let creds = c.upstreams[0].credentials.as_ref().unwrap();
+        assert_eq!(creds.password.expose(), "disk-secret");
+    }
+
+    #[test]
+    fn load_names_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let got = Config::load(&path).unwrap_err();
+        assert_eq!(got.file(), path);
+        let got = got.to_string();
+        assert!(
+            got.starts_with(&format!(
+                "{}: cannot read the file (no such file)",
+                path.display()
+            )),
+            "{got}"
+        );
+        assert!(got.contains("--config PATH"), "{got}");
     }
 
     #[test]
     fn refusals_name_the_key() {
         let two = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\ndefault = true\n[[upstream]]\nname = \"b.io\"\nurl = \"https://b.io\"\ndefault = true\n";
         let dup = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://b.io\"\n";
+        let up = |rest: &str| format!("[[upstream]]\nname = \"a.io\"\n{rest}\n");
         let cases: Vec<(String, &str)> = vec![
+            // Unknown keys at every level, however the TOML is written.
             (
                 format!("[server]\nlisen = \"x\"\n{UP}"),
-                "server.lisen: unknown field",
+                "server.lisen: unknown key; valid keys here are listen",
             ),
             (
-                format!("[server]\nlisten = \"nope\"\n{UP}"),
-                "server.listen:",
+                format!("server.lisen = \"x\"\n{UP}"),
+                "server.lisen: unknown key; valid keys here are listen",
             ),
-            (format!("[storage]\npath = \"\"\n{UP}"), "storage.path:"),
-            (format!("[cache]\ntag_ttl = \"5\"\n{UP}"), "cache.tag_ttl:"),
+            (
+                format!("server = {{ lisen = \"x\" }}\n{UP}"),
+                "server.lisen: unknown key; valid keys here are listen",
+            ),
+            (
+                format!("[storage]\npth = \"x\"\n{UP}"),
+                "storage.pth: unknown key; valid keys here are path",
+            ),
+            (
+                format!("[cache]\nttl = \"5m\"\n{UP}"),
+                "cache.ttl: unknown key; valid keys here are tag_ttl",
+            ),
+            (
+                format!("[servr]\nlisten = \"x\"\n{UP}"),
+                "servr: unknown key; valid keys here are server, storage, cache, upstream",
+            ),
+            (
+                format!("[server.tls]\ncert = \"x\"\n{UP}"),
+                "server.tls: unknown key; valid keys here are listen",
+            ),
+            (
+                format!("{UP}colour = \"blue\"\n"),
+                "upstream[0].colour: unknown key; valid keys here are name, url, default,",
+            ),
+            (
+                format!("{UP}[[upstream]]\nname = \"b.io\"\npassword = \"hunter2\"\n"),
+                "upstream[1].password: unknown key;",
+            ),
+            // Wrong types and TOML syntax.
+            (
+                format!("[server]\nlisten = 5000\n{UP}"),
+                "server.listen: is a whole number, expected a string; put the value in double quotes",
+            ),
+            (
+                format!("[cache]\ntag_ttl = 300\n{UP}"),
+                "cache.tag_ttl: is a whole number, expected a string; durations are quoted strings",
+            ),
+            (
+                format!("[server]\nlisten = \"a:1\"\nlisten = \"b:1\"\n{UP}"),
+                "server.listen: is set twice; keep one",
+            ),
+            (
+                "[upstream]\nname = \"a.io\"\n".into(),
+                "upstream: is a table, expected a list; write each upstream as [[upstream]]",
+            ),
+            (up("url = \"https://a.io\"\ndefault = \"yes\""), "upstream[0].default: is a string, expected a boolean"),
+            (format!("{UP}max_fills = -1\n"), "upstream[0].max_fills: is out of range"),
+            (
+                format!("{UP}token_realms = \"hunter2\"\n"),
+                "upstream[0].token_realms: is a string, expected a list",
+            ),
+            ("[server\n".into(), "line 1: invalid table header"),
+            // Values.
+            (
+                format!("[server]\nlisten = \"nope\"\n{UP}"),
+                "server.listen: \"nope\" is not an IP address with a port",
+            ),
+            (format!("[storage]\npath = \"\"\n{UP}"), "storage.path: is empty"),
+            (format!("[storage]\npath = \"  \"\n{UP}"), "storage.path: is empty"),
+            (
+                format!("[cache]\ntag_ttl = \"5\"\n{UP}"),
+                "cache.tag_ttl: \"5\" is not a duration",
+            ),
             (
                 format!("[cache]\ntag_ttl = \"0s\"\n{UP}"),
                 "cache.tag_ttl: must be more than zero",
             ),
-            (String::new(), "upstream: no [[upstream]]"),
+            (String::new(), "upstream: no [[upstream]] is configured"),
+            ("[server]\n".into(), "upstream: no [[upstream]] is configured"),
             (
                 two.into(),
-                "upstream[1].default: two upstreams have default = true (a.io and b.io)",
+                "upstream[1].default: two upstreams have default = true (a.io and b.io); set it on one only",
             ),
-            (dup.into(), "upstream[1].name:"),
+            (dup.into(), "upstream[1].name: \"a.io\" is also the name of upstream[0]"),
+            ("[[upstream]]\nurl = \"https://a.io\"\n".into(), "upstream[0].name: is missing"),
             (
-                "[[upstream]]\nurl = \"https://a.io\"\n".into(),
-                "upstream[0].name: is missing",
+                "[[upstream]]\nname = \"\"\nurl = \"https://a.io\"\n".into(),
+                "upstream[0].name: \"\" is not a registry host name",
             ),
             (
-                "[[upstream]]\nname = \"A.io\"\nurl = \"https://a.io\"\n".into(),
-                "upstream[0].name:",
+                "[[upstream]]\nname = \"Docker.io\"\nurl = \"https://a.io\"\n".into(),
+                "upstream[0].name: \"Docker.io\" is not a registry host name",
             ),
             (
                 "[[upstream]]\nname = \"a.io/x\"\nurl = \"https://a.io\"\n".into(),
-                "upstream[0].name:",
+                "upstream[0].name: \"a.io/x\" is not a registry host name",
             ),
+            (up(""), "upstream[0].url: is missing"),
             (
-                "[[upstream]]\nname = \"a.io\"\n".into(),
-                "upstream[0].url: is missing",
+                up("url = \"ftp://x\""),
+                "upstream[0].url: \"ftp://x\" is not an http(s) URL; use e.g. url = \"https://registry-1.docker.io\"",
             ),
+            (up("url = \"not a url\""), "upstream[0].url: \"not a url\" is not a URL"),
+            (up("url = \"https://a.io/v2/\""), "upstream[0].url: \"https://a.io/v2/\" must be the registry's root"),
+            (up("url = \"https://a.io/?x=1\""), "upstream[0].url:"),
+            (up("url = \"https://a.io/#x\""), "upstream[0].url:"),
             (
-                "[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a.io\"\n".into(),
-                "upstream[0].url: \"ftp://a.io\" is not an http(s) URL",
-            ),
-            (
-                "[[upstream]]\nname = \"a.io\"\nurl = \"not a url\"\n".into(),
-                "upstream[0].url:",
-            ),
-            (
-                "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io/v2/\"\n".into(),
-                "upstream[0].url:",
-            ),
-            (
-                "[[upstream]]\nname = \"a.io\"\nurl = \"https://u:hunter2@a.io\"\n".into(),
+                up("url = \"https://u:hunter2@a.io\""),
                 "upstream[0].url: must not contain credentials",
             ),
+            (
+                up("url = \"ftp://u:hunter2@a.io\""),
+                "upstream[0].url: must not contain credentials",
+            ),
+            (up("url = \"https://u:hunter2@\""), "upstream[0].url: the URL is not a URL"),
+            // Credentials.
             (
                 format!("{UP}username = \"u\"\n"),
                 "upstream[0].username: is set without a password",
             ),
             (
+                format!("{UP}username = \"\"\npassword_env = \"PW\"\n"),
+                "upstream[0].username: is empty",
+            ),
+            (
                 format!("{UP}password_env = \"PW\"\n"),
-                "upstream[0].username: is missing",
+                "upstream[0].username: is missing but a password is configured",
+            ),
+            (
+                format!("{UP}password_file = \"/pw\"\n"),
+                "upstream[0].username: is missing but a password is configured",
             ),
             (
                 format!("{UP}username = \"u\"\npassword_env = \"PW\"\npassword_file = \"/pw\"\n"),
-                "upstream[0].password_env: both",
+                "upstream[0].password_env: both password_file and password_env are set",
             ),
             (
                 format!("{UP}username = \"u\"\npassword_env = \"NOPE\"\n"),
-                "upstream[0].password_env: environment variable NOPE",
+                "upstream[0].password_env: environment variable NOPE is not set or empty",
+            ),
+            (
+                format!("{UP}username = \"u\"\npassword_env = \"EMPTY\"\n"),
+                "upstream[0].password_env: environment variable EMPTY is not set or empty",
+            ),
+            (
+                format!("{UP}username = \"u\"\npassword_env = \"hunter2!\"\n"),
+                "upstream[0].password_env: is not an environment variable name",
             ),
             (
                 format!("{UP}username = \"u\"\npassword_file = \"/missing\"\n"),
@@ -745,22 +1180,26 @@ mod tests {
                 format!("{UP}username = \"u\"\npassword_file = \"/empty\"\n"),
                 "upstream[0].password_file: /empty is empty",
             ),
+            // The rest of an upstream.
             (
                 format!("{UP}token_realms = [\"https://x\"]\n"),
-                "upstream[0].token_realms:",
+                "upstream[0].token_realms: \"https://x\" is not a host name",
             ),
-            (format!("{UP}max_fills = 0\n"), "upstream[0].max_fills:"),
-            (format!("{UP}timeout = \"0s\"\n"), "upstream[0].timeout:"),
-            (
-                format!("{UP}colour = \"blue\"\n"),
-                "upstream[0].colour: unknown field",
-            ),
+            (format!("{UP}token_realms = [\"\"]\n"), "upstream[0].token_realms:"),
+            (format!("{UP}connect_timeout = \"soon\"\n"), "upstream[0].connect_timeout: \"soon\" is not a duration"),
+            (format!("{UP}connect_timeout = \"0s\"\n"), "upstream[0].connect_timeout: must be more than zero"),
+            (format!("{UP}timeout = \"0s\"\n"), "upstream[0].timeout: must be more than zero"),
+            (format!("{UP}timeout = \"-1s\"\n"), "upstream[0].timeout: \"-1s\" is not a duration"),
+            (format!("{UP}fill_wait = \"\"\n"), "upstream[0].fill_wait: \"\" is not a duration"),
+            (format!("{UP}max_fills = 0\n"), "upstream[0].max_fills: 0 is out of range"),
+            (format!("{UP}max_fills = 100000\n"), "upstream[0].max_fills: 100000 is out of range"),
         ];
         for (text, want) in &cases {
             let got = load(text).map(|_| ()).unwrap_err().to_string();
             assert!(got.starts_with("wharf.toml: "), "{text:?} -> {got}");
             assert!(got.contains(want), "{text:?}: want {want:?} in {got:?}");
             assert!(!got.contains('\n'), "{got:?} is more than one line");
+            assert!(got.contains("; "), "{got:?} has no fix");
             assert!(
                 !got.contains("hunter2") && !got.contains("secret"),
                 "{got:?} leaks a secret"
@@ -773,12 +1212,16 @@ mod tests {
         let cases: &[(&str, Option<Duration>)] = &[
             ("30s", Some(Duration::from_secs(30))),
             ("5m", Some(Duration::from_secs(300))),
+            ("1h", Some(Duration::from_secs(3600))),
             ("1h30m", Some(Duration::from_secs(5400))),
             ("500ms", Some(Duration::from_millis(500))),
+            (" 10s ", Some(Duration::from_secs(10))),
             ("", None),
+            ("  ", None),
             ("5", None),
             ("-1s", None),
             ("soon", None),
+            ("5 parsecs", None),
         ];
         for (input, want) in cases {
             assert_eq!(parse_duration(input).ok(), *want, "{input:?}");
@@ -791,11 +1234,16 @@ mod tests {
             ("docker.io", true),
             ("localhost:5001", true),
             ("upstream.test", true),
+            ("registry-1.docker.io", true),
             ("Docker.io", false),
             ("a/b", false),
             ("", false),
             ("a:0", false),
+            ("a:", false),
+            ("a:99999", false),
             ("-a.io", false),
+            ("a..io", false),
+            ("a_b.io", false),
         ] {
             assert_eq!(valid_registry_name(name), ok, "{name:?}");
         }

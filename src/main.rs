@@ -1,8 +1,12 @@
 //! The `wharf` binary: parse the command line, load the configuration, start logging and the
-//! runtime, and hand over to the library. Exit codes: 0 after a clean shutdown, 64 for a bad command
-//! line or configuration, 1 when wharf fails while running.
+//! runtime, and hand over to the library. Nothing here is worth a unit test; `tests/config.rs`
+//! runs the binary to check the exit codes and messages.
+//!
+//! Exit codes: 0 after a clean shutdown (or for `--help`/`--version`), 64 (`EX_USAGE`) for a bad
+//! command line or configuration, 1 when wharf fails while running.
 
-use std::path::PathBuf;
+use std::error::Error;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,12 +14,21 @@ use clap::{Parser, Subcommand};
 /// wharf: a pull-through caching mirror for OCI / Docker container registries.
 ///
 /// Point Docker, containerd, Podman, CRI-O or skopeo at wharf instead of the registry: it serves what
-/// it has from its own disk, fetches what it lacks from the configured upstream, and keeps content
-/// only after its sha256 digest and size have been verified.
+/// it has from its own disk, fetches what it lacks from the configured upstream registries, and keeps
+/// content only after its sha256 digest and size have been verified.
 ///
-/// Exit codes: 0 clean shutdown; 64 bad command line or configuration; 1 failure while running.
+/// Start it with `wharf serve --config /etc/wharf/config.toml`; without --config it reads
+/// ./config.toml from the working directory. The commented config.toml in the repository lists
+/// every key with its default.
 #[derive(Debug, Parser)]
-#[command(name = "wharf", version, about, long_about)]
+#[command(
+    name = "wharf",
+    version,
+    about,
+    long_about,
+    propagate_version = true,
+    after_help = AFTER_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,24 +38,35 @@ struct Cli {
 enum Command {
     /// Serve the registry mirror until SIGINT or SIGTERM.
     ///
-    /// Listens on [server] listen, caches under [storage] path, and fetches misses from the
-    /// [[upstream]] registries of the configuration file (see the commented config.toml in the
-    /// repository for every key). A bad configuration is refused with one line naming the file, the
-    /// key and the fix, and exit code 64. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to
-    /// change what is logged.
+    /// Reads the configuration file (--config, default ./config.toml), listens on its [server]
+    /// listen address, caches under [storage] path, and fetches misses from its [[upstream]]
+    /// registries. Passwords come from the files or environment variables the file names, never
+    /// from the file itself.
+    ///
+    /// A bad configuration is refused before anything starts, with one line on stderr naming the
+    /// file, the key and the fix, and exit code 64. On SIGINT or SIGTERM wharf stops accepting
+    /// connections, lets open responses finish, flushes its index and exits 0.
+    #[command(after_help = AFTER_HELP)]
     Serve {
-        /// The configuration file.
+        /// The configuration file (TOML). A relative path is relative to the working directory.
         #[arg(long, short, value_name = "PATH", default_value = "./config.toml")]
         config: PathBuf,
     },
 }
 
+/// The end of every help page: what an operator scripting or supervising wharf needs.
+const AFTER_HELP: &str = "\
+Exit codes: 0 clean shutdown; 64 bad command line or configuration; 1 failure while running.
+Logs go to stderr; RUST_LOG filters them (e.g. RUST_LOG=debug or RUST_LOG=wharf=trace; default: info).";
+
+/// The BSD `sysexits.h` code for a usage error, which is what a bad configuration is.
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            // --help and --version "fail" to stdout with code 0; real mistakes go to stderr.
             let code = if e.use_stderr() { EX_USAGE } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
@@ -53,7 +77,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
+fn serve(path: &Path) -> ExitCode {
     let config = match wharf::Config::load(path) {
         Ok(config) => config,
         Err(e) => {
@@ -68,15 +92,31 @@ fn serve(path: &std::path::Path) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("wharf: cannot start the async runtime: {e}");
+            eprintln!("wharf: cannot start the async runtime: {}", chain(&e));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(wharf::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wharf: {}", wharf::server::response::error_chain(&e));
+            eprintln!("wharf: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its sources on one line, `anyhow`'s `{:#}` style. A source whose message the text
+/// already ends with is skipped, because some errors print their source in their own message.
+fn chain(error: &dyn Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out.replace('\n', " ")
 }

@@ -1,4 +1,6 @@
 //! Logging setup: human-readable lines on stderr, filtered like `RUST_LOG` (default `info`).
+//!
+//! Only the binary calls [`init`]; tests that want logs can call it too, as it is idempotent.
 
 use tracing_subscriber::EnvFilter;
 
@@ -6,13 +8,25 @@ use tracing_subscriber::EnvFilter;
 pub const DEFAULT_FILTER: &str =
     "info,sled=warn,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn";
 
-/// Installs the global tracing subscriber. Calling it twice is harmless (the second call does nothing).
+/// Installs the global tracing subscriber: formatted events on stderr (coloured only on a
+/// terminal), filtered by `RUST_LOG` or else [`DEFAULT_FILTER`]. An invalid `RUST_LOG` is reported
+/// as a warning and the default is used. Calling it twice is harmless (the second call does
+/// nothing).
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let _ = tracing_subscriber::fmt()
+    let (filter, invalid) = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(value) if !value.trim().is_empty() => match EnvFilter::try_new(&value) {
+            Ok(filter) => (filter, None),
+            Err(error) => (EnvFilter::new(DEFAULT_FILTER), Some((value, error))),
+        },
+        _ => (EnvFilter::new(DEFAULT_FILTER), None),
+    };
+    let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .try_init()
+        .is_ok();
+    if let (true, Some((value, error))) = (installed, invalid) {
+        tracing::warn!(rust_log = %value, %error, default = DEFAULT_FILTER, "RUST_LOG is not a valid filter; using the default");
+    }
 }

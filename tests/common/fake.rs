@@ -528,6 +528,8 @@ async fn send_blob(
                 let mut end = (pos + chunk).min(data.len());
                 if let Some(at) = cut_at {
                     if pos >= at {
+                        // Let hyper flush what was sent before the connection breaks.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         return Some((
                             Err(std::io::Error::other("cut")),
                             (data, usize::MAX, cut_at, hold, slow, released),
