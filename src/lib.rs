@@ -122,6 +122,11 @@ impl Running {
         self.addr
     }
 
+    /// How many blob fills are running.
+    pub fn fills_in_flight(&self) -> usize {
+        self.cache.inflight().len()
+    }
+
     /// Stops accepting, waits for open responses, and flushes the index.
     ///
     /// # Errors

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake::{random_bytes, Fake};
@@ -158,7 +157,7 @@ async fn corrupt_content_never_ends_cleanly_even_when_nearly_all_was_streamed() 
     let up = Fake::start().await;
     let data = random_bytes(200_000, 6);
     let d = up.add_blob(data.clone());
-    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate = common::fake::Gate::new();
     up.knobs()
         .hold
         .insert(d.clone(), (data.len() - 1, gate.clone()));
@@ -179,7 +178,7 @@ async fn corrupt_content_never_ends_cleanly_even_when_nearly_all_was_streamed() 
         data.len() - 2,
         "streamed while the upstream was still sending"
     );
-    gate.notify_one();
+    gate.open();
     loop {
         match res.chunk().await {
             Ok(Some(chunk)) => got += chunk.len(),

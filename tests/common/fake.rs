@@ -18,7 +18,24 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Notify;
+/// A gate a fake response waits at until the test opens it (for good).
+#[derive(Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn new() -> Self {
+        Gate(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -63,7 +80,9 @@ pub struct Knobs {
     /// Digest → offset: send that many bytes, then break the connection (the next `cut_times` GETs).
     pub cut: HashMap<String, (usize, usize)>,
     /// Digest → (offset, gate): send up to offset, then wait for the gate before the rest.
-    pub hold: HashMap<String, (usize, Arc<Notify>)>,
+    pub hold: HashMap<String, (usize, Gate)>,
+    /// Manifest responses wait for this gate.
+    pub hold_manifests: Option<Gate>,
     /// Sleep between chunks of this size.
     pub slow: Option<(usize, Duration)>,
     /// Path → status (and Retry-After) to answer instead.
@@ -417,6 +436,10 @@ async fn handle(st: Arc<State>, me: SocketAddr, req: Request<Incoming>) -> Respo
         return r;
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        let gate = st.knobs.lock().hold_manifests.clone();
+        if let Some(gate) = gate {
+            gate.wait().await;
+        }
         let found = st
             .manifests
             .lock()
@@ -540,7 +563,7 @@ async fn send_blob(
                 let mut released = released;
                 if let Some((at, gate)) = &hold {
                     if !released && pos >= at.saturating_sub(start) {
-                        gate.notified().await;
+                        gate.wait().await;
                         released = true;
                     } else if !released {
                         end = end.min(at.saturating_sub(start));
