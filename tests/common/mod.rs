@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod images;
+pub mod real;
 
 use std::path::Path;
 
