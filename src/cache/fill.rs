@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::blob_store::{BlobFile, ByteStream, Staged, READ_CHUNK};
+use super::blob_store::{BlobFile, ByteStream, Staged};
 use super::Cache;
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
@@ -35,6 +35,16 @@ use crate::upstream::{auth, Upstream, UpstreamError};
 #[derive(Default)]
 pub struct Inflight {
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+/// What [`Inflight::join_or_start`] found.
+pub enum Joined {
+    /// A fill was running: follow it.
+    Follower(Arc<Fill>),
+    /// A new fill was started: lead it.
+    Leader(Arc<Fill>),
+    /// The blob is stored already.
+    Committed,
 }
 
 /// One blob being fetched from an upstream.
@@ -108,20 +118,28 @@ impl Inflight {
         self.fills.lock().get(digest).cloned()
     }
 
-    /// Returns the running fill for `digest`, or registers the one `start` makes. The flag is true
-    /// when `start` was called (the caller leads the fill).
-    pub fn get_or_start(
+    /// Joins the running fill for `digest`, or starts one with `start` unless `committed` says the
+    /// blob is already stored. Both checks happen under one lock: a fill is removed from the map only
+    /// after its blob is indexed, so a digest that is neither running nor indexed really is missing.
+    ///
+    /// # Errors
+    /// Whatever `committed` fails with.
+    pub fn join_or_start<E>(
         &self,
         digest: Digest,
+        committed: impl FnOnce() -> Result<bool, E>,
         start: impl FnOnce() -> Arc<Fill>,
-    ) -> (Arc<Fill>, bool) {
+    ) -> Result<Joined, E> {
         let mut fills = self.fills.lock();
         if let Some(fill) = fills.get(&digest) {
-            return (fill.clone(), false);
+            return Ok(Joined::Follower(fill.clone()));
+        }
+        if committed()? {
+            return Ok(Joined::Committed);
         }
         let fill = start();
         fills.insert(digest, fill.clone());
-        (fill, true)
+        Ok(Joined::Leader(fill))
     }
 
     fn remove(&self, digest: &Digest) {
@@ -226,7 +244,7 @@ impl Fill {
                     }
                     let limit = end.map_or(available, |e| e.min(available));
                     if pos < limit {
-                        let next = limit.min(pos + READ_CHUNK as u64);
+                        let next = limit.min(pos + FOLLOW_CHUNK);
                         let Some(file) = fill.file.get().cloned() else {
                             return Some((
                                 Err(std::io::Error::other("fill has no file")),
@@ -253,6 +271,11 @@ impl Fill {
         ))
     }
 }
+
+/// How much a follower reads from the staging file at once. Smaller than a hit's chunk: followers
+/// are paced by the upstream anyway, and hundreds of them may attach to one fill, so this bounds the
+/// memory they hold between them.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
 
 /// How often a broken upstream body is resumed with a `Range` request before the fill fails.
 const MAX_RESUMES: u32 = 3;

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tracing::warn;
 
 pub use blob_store::{BlobFile, BlobStore, FsBlobStore};
-pub use fill::{Fill, FillError, Inflight};
+pub use fill::{Fill, FillError, Inflight, Joined};
 pub use index::{Index, IndexError, TagEntry};
 
 use crate::oci::{Digest, RepoName};
@@ -136,16 +136,29 @@ impl Cache {
         if let Some(blob) = self.committed(&digest).await? {
             return Ok(BlobSource::Hit(blob));
         }
-        let (fill, leader) = self.inflight.get_or_start(digest, || {
-            Fill::spawn(self.clone(), upstream.clone(), repo.clone(), digest)
-        });
-        if leader {
-            // A fill may have committed between the lookup above and taking the lock.
-            if let Some(blob) = self.committed(&digest).await? {
-                return Ok(BlobSource::Hit(blob));
+        loop {
+            let joined = self.inflight.join_or_start(
+                digest,
+                || self.index.blob_size(&digest).map(|s| s.is_some()),
+                || Fill::spawn(self.clone(), upstream.clone(), repo.clone(), digest),
+            )?;
+            match joined {
+                Joined::Follower(fill) => {
+                    return Ok(BlobSource::Fill {
+                        fill,
+                        leader: false,
+                    })
+                }
+                Joined::Leader(fill) => return Ok(BlobSource::Fill { fill, leader: true }),
+                // Committed since the first lookup: serve it (or, if it vanished meanwhile, which
+                // `committed` repairs in the index, go round again).
+                Joined::Committed => {
+                    if let Some(blob) = self.committed(&digest).await? {
+                        return Ok(BlobSource::Hit(blob));
+                    }
+                }
             }
         }
-        Ok(BlobSource::Fill { fill, leader })
     }
 
     /// The bytes of a small committed blob (a manifest).
