@@ -54,6 +54,12 @@ pub struct CacheConfig {
     /// How long a tag's digest is trusted before the upstream is asked again (`tag_ttl`, default
     /// `5m`); never zero.
     pub tag_ttl: Duration,
+    /// Whether a cached tag is served (with a `Warning` header) when the upstream cannot be asked
+    /// (`serve_stale`, default true).
+    pub serve_stale: bool,
+    /// How long an upstream's "no such tag" is remembered (`negative_ttl`, default `30s`; `0s` turns
+    /// it off).
+    pub negative_ttl: Duration,
 }
 
 /// One `[[upstream]]`.
@@ -81,6 +87,9 @@ pub struct UpstreamConfig {
     /// How long a fill waits for a free slot before the request fails (`fill_wait`, default `30s`;
     /// zero means "do not wait").
     pub fill_wait: Duration,
+    /// Never contact this upstream: serve only what is cached (`offline`, default false). The
+    /// command line's `--offline` sets it on every upstream.
+    pub offline: bool,
 }
 
 /// A configuration the operator must fix. Its `Display` is one line:
@@ -125,6 +134,10 @@ struct RawStorage {
 struct RawCache {
     #[serde(default = "default_tag_ttl")]
     tag_ttl: String,
+    #[serde(default = "default_true")]
+    serve_stale: bool,
+    #[serde(default = "default_negative_ttl")]
+    negative_ttl: String,
 }
 
 /// One `[[upstream]]` as written. It holds no secret: only where the password is.
@@ -148,6 +161,8 @@ struct RawUpstream {
     max_fills: usize,
     #[serde(default = "default_fill_wait")]
     fill_wait: String,
+    #[serde(default)]
+    offline: bool,
 }
 
 /// Where password values come from: the environment and files, abstracted so tests feed a map
@@ -172,6 +187,13 @@ const MAX_FILLS: usize = 4096;
 // === impl Config ===
 
 impl Config {
+    /// Marks every upstream offline (`wharf serve --offline`).
+    pub fn set_offline(&mut self) {
+        for u in &mut self.upstreams {
+            u.offline = true;
+        }
+    }
+
     /// Reads and validates the file at `path`, and the password files and variables it names.
     ///
     /// # Errors
@@ -262,6 +284,12 @@ fn default_listen() -> String {
 fn default_storage() -> String {
     "./data".into()
 }
+fn default_true() -> bool {
+    true
+}
+fn default_negative_ttl() -> String {
+    "30s".into()
+}
 fn default_tag_ttl() -> String {
     "5m".into()
 }
@@ -298,6 +326,8 @@ impl Default for RawCache {
     fn default() -> Self {
         Self {
             tag_ttl: default_tag_ttl(),
+            serve_stale: true,
+            negative_ttl: default_negative_ttl(),
         }
     }
 }
@@ -340,6 +370,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
         ));
     }
     let tag_ttl = duration("cache.tag_ttl", &raw.cache.tag_ttl)?;
+    let negative_ttl = duration("cache.negative_ttl", &raw.cache.negative_ttl)?;
     if tag_ttl.is_zero() {
         return Err(err(
             "cache.tag_ttl",
@@ -443,6 +474,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             timeout,
             max_fills: u.max_fills,
             fill_wait,
+            offline: u.offline,
         });
     }
 
@@ -452,7 +484,11 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
         storage: StorageConfig {
             path: PathBuf::from(raw.storage.path),
         },
-        cache: CacheConfig { tag_ttl },
+        cache: CacheConfig {
+            tag_ttl,
+            serve_stale: raw.cache.serve_stale,
+            negative_ttl,
+        },
         upstreams,
     })
 }
@@ -707,7 +743,7 @@ fn type_fix(message: &str, key: Option<&str>) -> String {
         "a string"
             if matches!(
                 last,
-                "tag_ttl" | "connect_timeout" | "timeout" | "fill_wait"
+                "tag_ttl" | "negative_ttl" | "connect_timeout" | "timeout" | "fill_wait"
             ) =>
         {
             format!("durations are quoted strings with a unit, e.g. {last} = \"30s\"")

@@ -90,6 +90,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         cache: cache.clone(),
         tag_ttl: config.cache.tag_ttl,
         manifest_flights: moka::future::Cache::builder().max_capacity(10_000).build(),
+        serve_stale: config.cache.serve_stale,
+        negative_ttl: config.cache.negative_ttl,
+        negative_tags: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(
+                config
+                    .cache
+                    .negative_ttl
+                    .max(std::time::Duration::from_millis(1)),
+            )
+            .build(),
     });
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -134,6 +145,16 @@ impl Running {
     pub async fn shutdown(self) -> Result<(), Error> {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        // Fills whose clients have gone still finish, so the cache keeps what was paid for.
+        if tokio::time::timeout(server::DRAIN_TIMEOUT, self.cache.inflight().idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                fills = self.cache.inflight().len(),
+                "blob downloads still running after the drain timeout; abandoning them"
+            );
+        }
         self.cache.index().flush().await?;
         Ok(())
     }

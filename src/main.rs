@@ -51,6 +51,10 @@ enum Command {
         /// The configuration file (TOML). A relative path is relative to the working directory.
         #[arg(long, short, value_name = "PATH", default_value = "./config.toml")]
         config: PathBuf,
+        /// Never contact any upstream: serve only what the cache holds (as `offline = true` on
+        /// every [[upstream]]). For air-gapped sites, or to ride out an upstream outage.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -73,18 +77,21 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, offline } => serve(&config, offline),
     }
 }
 
-fn serve(path: &Path) -> ExitCode {
-    let config = match wharf::Config::load(path) {
+fn serve(path: &Path, offline: bool) -> ExitCode {
+    let mut config = match wharf::Config::load(path) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("wharf: {e}");
             return ExitCode::from(EX_USAGE);
         }
     };
+    if offline {
+        config.set_offline();
+    }
     wharf::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -498,30 +498,33 @@ async fn upstream_status_mapping() {
     }
     let w = Wharf::with_upstream(&up.url()).await;
     let c = client();
-    let res = c
-        .get(w.url("/v2/org/limited/manifests/1"))
-        .send()
-        .await
-        .unwrap();
+    let get = |path: &'static str| c.get(w.url(path)).send();
+    let (status, _, _) = error_code(get("/v2/org/broken/manifests/1").await.unwrap()).await;
+    assert_eq!(status, 502);
+    let (status, code, _) = error_code(get("/v2/org/denied/manifests/1").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (403, "DENIED"));
+
+    let res = get("/v2/org/limited/manifests/1").await.unwrap();
     assert_eq!(res.headers()["retry-after"], "7");
     let (status, code, _) = error_code(res).await;
     assert_eq!((status, code.as_str()), (429, "TOOMANYREQUESTS"));
-    let (status, _, _) = error_code(
-        c.get(w.url("/v2/org/broken/manifests/1"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 502);
-    let (status, code, _) = error_code(
-        c.get(w.url("/v2/org/denied/manifests/1"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (403, "DENIED"));
+    // The upstream is left alone until its Retry-After passes: wharf answers 429 itself, for any
+    // request to that upstream, with what is left of the wait.
+    let asked = up.total();
+    let res = get("/v2/org/broken/manifests/1").await.unwrap();
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=7).contains(&retry_after), "{retry_after}");
+    let (status, code, _) = error_code(res).await;
+    assert_eq!((status, code.as_str()), (429, "TOOMANYREQUESTS"));
+    assert_eq!(
+        up.total(),
+        asked,
+        "no request reached the upstream during the back-off"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,8 @@ use crate::upstream::{auth, Upstream, UpstreamError};
 #[derive(Default)]
 pub struct Inflight {
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Woken when the last fill ends.
+    idle: tokio::sync::Notify,
 }
 
 /// What [`Inflight::join_or_start`] found.
@@ -143,7 +145,22 @@ impl Inflight {
     }
 
     fn remove(&self, digest: &Digest) {
-        self.fills.lock().remove(digest);
+        let mut fills = self.fills.lock();
+        fills.remove(digest);
+        if fills.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Resolves once no fill is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// How many fills are running.

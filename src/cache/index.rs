@@ -9,7 +9,9 @@
 //! Layout, one sled tree per kind:
 //! - `blobs`: digest (32 bytes) → size (u64, big-endian);
 //! - `manifests`: digest → media type (UTF-8);
-//! - `tags`: `<upstream>\0<repo>\0<tag>` → digest (32 bytes) ++ fetched-at (u64 Unix seconds, BE).
+//! - `tags`: `<upstream>\0<repo>\0<tag>` → digest (32 bytes) ++ fetched-at (u64 Unix milliseconds, BE);
+//! - `referrers`: `<upstream>\0<repo>\0<subject digest>\0<artifactType>` → the same, for the stored
+//!   referrers response.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +25,7 @@ pub struct Index {
     blobs: sled::Tree,
     manifests: sled::Tree,
     tags: sled::Tree,
+    referrers: sled::Tree,
 }
 
 /// A cached tag.
@@ -47,14 +50,27 @@ impl Index {
     /// # Errors
     /// When sled cannot open the directory, for example because another wharf holds it.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let config = sled::Config::new().path(dir).flush_every_ms(Some(500));
+        // sled holds a file lock while any handle lives. A wharf restarted in the same process (the
+        // tests do) may find the last handle of the previous one still being dropped: retry briefly.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::Other && attempts < 20 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Self {
             blobs: db.open_tree("blobs")?,
             manifests: db.open_tree("manifests")?,
             tags: db.open_tree("tags")?,
+            referrers: db.open_tree("referrers")?,
             db,
         })
     }
@@ -126,19 +142,10 @@ impl Index {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<TagEntry>, IndexError> {
-        let Some(v) = self.tags.get(tag_key(upstream, repo, tag))? else {
-            return Ok(None);
-        };
-        if v.len() != 40 {
-            return Ok(None);
-        }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(&v[..32]);
-        let secs = decode_u64(&v[32..]).unwrap_or(0);
-        Ok(Some(TagEntry {
-            digest: Digest::from_bytes(digest),
-            fetched_at: UNIX_EPOCH + Duration::from_secs(secs),
-        }))
+        Ok(self
+            .tags
+            .get(key(upstream, repo, tag.as_str()))?
+            .and_then(|v| decode_entry(&v)))
     }
 
     /// Records what a tag points to now.
@@ -152,14 +159,57 @@ impl Index {
         tag: &Tag,
         entry: TagEntry,
     ) -> Result<(), IndexError> {
-        let secs = entry
-            .fetched_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut v = Vec::with_capacity(40);
-        v.extend_from_slice(entry.digest.as_bytes());
-        v.extend_from_slice(&secs.to_be_bytes());
-        self.tags.insert(tag_key(upstream, repo, tag), v)?;
+        self.tags
+            .insert(key(upstream, repo, tag.as_str()), encode_entry(entry))?;
+        Ok(())
+    }
+
+    /// The cached tags of a repository, sorted (for `tags/list` when the upstream cannot be asked).
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn tags_of(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>, IndexError> {
+        let prefix = key(upstream, repo, "");
+        let mut tags = Vec::new();
+        for item in self.tags.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            if let Ok(tag) = std::str::from_utf8(&k[prefix.len()..]) {
+                tags.push(tag.to_owned());
+            }
+        }
+        Ok(tags)
+    }
+
+    /// The cached referrers list of a subject (per `artifactType` filter): the digest of the stored
+    /// response, and when it was fetched.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn referrers(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<TagEntry>, IndexError> {
+        let k = key(upstream, repo, &referrers_key(subject, artifact_type));
+        Ok(self.referrers.get(k)?.and_then(|v| decode_entry(&v)))
+    }
+
+    /// Records a subject's referrers list.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn set_referrers(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        entry: TagEntry,
+    ) -> Result<(), IndexError> {
+        let k = key(upstream, repo, &referrers_key(subject, artifact_type));
+        self.referrers.insert(k, encode_entry(entry))?;
         Ok(())
     }
 
@@ -173,14 +223,41 @@ impl Index {
     }
 }
 
-fn tag_key(upstream: &str, repo: &RepoName, tag: &Tag) -> Vec<u8> {
-    let mut key = Vec::with_capacity(upstream.len() + repo.as_str().len() + tag.as_str().len() + 2);
+/// `<upstream>\0<repo>\0<last>`: NUL cannot occur in any of the parts.
+fn key(upstream: &str, repo: &RepoName, last: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(upstream.len() + repo.as_str().len() + last.len() + 2);
     key.extend_from_slice(upstream.as_bytes());
     key.push(0);
     key.extend_from_slice(repo.as_str().as_bytes());
     key.push(0);
-    key.extend_from_slice(tag.as_str().as_bytes());
+    key.extend_from_slice(last.as_bytes());
     key
+}
+
+fn referrers_key(subject: &Digest, artifact_type: Option<&str>) -> String {
+    format!("{subject}\0{}", artifact_type.unwrap_or(""))
+}
+
+fn encode_entry(entry: TagEntry) -> Vec<u8> {
+    let millis = entry
+        .fetched_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(entry.digest.as_bytes());
+    v.extend_from_slice(&millis.to_be_bytes());
+    v
+}
+
+fn decode_entry(v: &[u8]) -> Option<TagEntry> {
+    if v.len() != 40 {
+        return None;
+    }
+    let digest: [u8; 32] = v[..32].try_into().ok()?;
+    Some(TagEntry {
+        digest: Digest::from_bytes(digest),
+        fetched_at: UNIX_EPOCH + Duration::from_millis(decode_u64(&v[32..])?),
+    })
 }
 
 fn decode_u64(v: &[u8]) -> Option<u64> {
@@ -229,6 +306,52 @@ mod tests {
             })
         );
         assert_eq!(index.tag("other", &repo, &tag).unwrap(), None);
+        index
+            .set_tag(
+                "up",
+                &repo,
+                &"2".parse().unwrap(),
+                TagEntry {
+                    digest: d,
+                    fetched_at: at,
+                },
+            )
+            .unwrap();
+        let other: RepoName = "org/app2".parse().unwrap();
+        index
+            .set_tag(
+                "up",
+                &other,
+                &"9".parse().unwrap(),
+                TagEntry {
+                    digest: d,
+                    fetched_at: at,
+                },
+            )
+            .unwrap();
+        assert_eq!(index.tags_of("up", &repo).unwrap(), ["1", "2"]);
+        let subject = Digest::of(b"subject");
+        assert_eq!(index.referrers("up", &repo, &subject, None).unwrap(), None);
+        index
+            .set_referrers(
+                "up",
+                &repo,
+                &subject,
+                Some("x/y"),
+                TagEntry {
+                    digest: d,
+                    fetched_at: at,
+                },
+            )
+            .unwrap();
+        assert_eq!(index.referrers("up", &repo, &subject, None).unwrap(), None);
+        assert_eq!(
+            index
+                .referrers("up", &repo, &subject, Some("x/y"))
+                .unwrap()
+                .map(|e| e.digest),
+            Some(d)
+        );
         index.remove_blob(&d).unwrap();
         assert_eq!(index.blob_size(&d).unwrap(), None);
         assert_eq!(index.manifest_type(&d).unwrap(), None);

@@ -52,6 +52,8 @@ impl Logged {
             Some("miss") => "miss",
             Some("coalesced") => "coalesced",
             Some("bypass") => "bypass",
+            Some("revalidated") => "revalidated",
+            Some("stale") => "stale",
             _ => "-",
         };
         let line = Line {

@@ -1,12 +1,19 @@
 //! `GET`/`HEAD /v2/<name>/manifests/<tag|digest>`.
 //!
 //! Manifests are small (the spec lets registries refuse over 4 MiB), so they are read whole, verified
-//! and stored by digest, content-addressed and immutable. A tag maps to a digest in the index for
-//! `tag_ttl`, after which the upstream is asked again. The bytes are kept exactly as received, with the
-//! media type the upstream gave them, since the digest covers every byte.
+//! and stored by digest, content-addressed and immutable: a manifest by digest is never asked for
+//! again. The bytes are kept exactly as received, with the media type the upstream gave them, since
+//! the digest covers every byte.
+//!
+//! A tag maps to a digest in the index. Within `tag_ttl` it is served without asking the upstream.
+//! After that it is revalidated with a `HEAD` (Docker Hub rate-limits manifest GETs, not HEADs) and
+//! the manifest is fetched again only when the digest changed. When the upstream cannot answer
+//! (down, slow, 5xx, 429) the cached tag is served anyway, marked stale, unless `serve_stale` is off;
+//! only an authoritative 404 ends a tag's life, and it is remembered for `negative_ttl`. An offline
+//! upstream is never asked: its cached tags are served as they are.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, WARNING};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,13 +24,20 @@ use super::route::Route;
 use super::App;
 use crate::cache::TagEntry;
 use crate::oci::{media, Digest, ErrorCode, Reference, RepoName, Tag};
-use crate::upstream::auth;
+use crate::upstream::{auth, UpstreamError};
 
 /// The largest manifest wharf accepts from an upstream (distribution's limit too).
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 
-/// Requests for the same manifest that are in flight together share one upstream fetch.
-pub type ManifestFlights = moka::future::Cache<(usize, RepoName, Reference), Arc<Manifest>>;
+/// The `Warning` sent with content served stale (RFC 7234 §5.5.1).
+pub const STALE_WARNING: &str = "110 - \"Response is Stale\"";
+
+/// Requests for the same manifest that are in flight together share one upstream exchange.
+pub type ManifestFlights =
+    moka::future::Cache<(usize, RepoName, Reference), (Arc<Manifest>, CacheStatus)>;
+
+/// Tags the upstream said do not exist, remembered for `negative_ttl`.
+pub type NegativeTags = moka::future::Cache<(usize, RepoName, Tag), ()>;
 
 /// A manifest as served.
 #[derive(Debug)]
@@ -44,18 +58,17 @@ pub async fn get(
     let (manifest, cache) = match reference {
         Reference::Digest(digest) => match cached(app, digest).await? {
             Some(m) => (m, CacheStatus::Hit),
-            None => (
-                fetch_once(app, route, reference, headers).await?,
-                CacheStatus::Miss,
-            ),
+            None => {
+                flight(
+                    app,
+                    route,
+                    reference,
+                    fetch_digest(app, route, reference, headers),
+                )
+                .await?
+            }
         },
-        Reference::Tag(tag) => match fresh_tag(app, route, tag).await? {
-            Some(m) => (m, CacheStatus::Hit),
-            None => (
-                fetch_once(app, route, reference, headers).await?,
-                CacheStatus::Miss,
-            ),
-        },
+        Reference::Tag(tag) => resolve_tag(app, route, tag, headers).await?,
     };
     let len = manifest.bytes.len();
     let body = if *method == Method::HEAD {
@@ -72,39 +85,179 @@ pub async fn get(
         response::header_value(&manifest.digest.to_string()),
     );
     h.insert(header::X_CACHE, cache.header_value());
+    if cache == CacheStatus::Stale {
+        h.insert(WARNING, HeaderValue::from_static(STALE_WARNING));
+    }
     Ok(response)
 }
 
-/// Fetches a manifest from the upstream, sharing the fetch with concurrent requests for the same
-/// reference, and records a tag's new digest.
-async fn fetch_once(
+/// Runs `exchange` once for all concurrent requests of the same reference.
+async fn flight(
     app: &App,
     route: &Route,
     reference: &Reference,
-    headers: &HeaderMap,
-) -> Result<Arc<Manifest>, ApiError> {
+    exchange: impl std::future::Future<Output = Result<(Arc<Manifest>, CacheStatus), ApiError>>,
+) -> Result<(Arc<Manifest>, CacheStatus), ApiError> {
     let key = (route.upstream, route.name.clone(), reference.clone());
     let result = app
         .manifest_flights
-        .try_get_with(key.clone(), async {
-            let manifest = fetch(app, route, reference, headers).await?;
-            if let Reference::Tag(tag) = reference {
-                let entry = TagEntry {
-                    digest: manifest.digest,
-                    fetched_at: SystemTime::now(),
-                };
-                let upstream = app.upstreams[route.upstream].name();
-                app.cache
-                    .index()
-                    .set_tag(upstream, &route.name, tag, entry)
-                    .map_err(|e| ApiError::internal("index failure", &e))?;
-            }
-            Ok::<_, ApiError>(Arc::new(manifest))
-        })
+        .try_get_with(key.clone(), exchange)
         .await;
     // The flight only joins concurrent requests; the index is the cache.
     app.manifest_flights.invalidate(&key).await;
     result.map_err(|e| (*e).clone())
+}
+
+async fn fetch_digest(
+    app: &App,
+    route: &Route,
+    reference: &Reference,
+    headers: &HeaderMap,
+) -> Result<(Arc<Manifest>, CacheStatus), ApiError> {
+    Ok((
+        Arc::new(fetch(app, route, reference, headers).await?),
+        CacheStatus::Miss,
+    ))
+}
+
+async fn resolve_tag(
+    app: &App,
+    route: &Route,
+    tag: &Tag,
+    headers: &HeaderMap,
+) -> Result<(Arc<Manifest>, CacheStatus), ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let index_err = |e: crate::cache::IndexError| ApiError::internal("index failure", &e);
+    let entry = app
+        .cache
+        .index()
+        .tag(upstream.name(), &route.name, tag)
+        .map_err(index_err)?;
+    let known = match entry {
+        Some(entry) => cached(app, &entry.digest).await?.map(|m| (entry, m)),
+        None => None,
+    };
+    if let Some((entry, manifest)) = &known {
+        let age = SystemTime::now()
+            .duration_since(entry.fetched_at)
+            .unwrap_or_default();
+        if upstream.offline() || age < app.tag_ttl {
+            return Ok((manifest.clone(), CacheStatus::Hit));
+        }
+    }
+    let negative_key = (route.upstream, route.name.clone(), tag.clone());
+    if app.negative_tags.contains_key(&negative_key) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ManifestUnknown,
+            format!(
+                "not found at upstream {} (asked recently; not asking again yet)",
+                upstream.name()
+            ),
+        ));
+    }
+    let reference = Reference::Tag(tag.clone());
+    let known_manifest = known.as_ref().map(|(_, m)| m.clone());
+    let result = flight(
+        app,
+        route,
+        &reference,
+        refresh_tag(app, route, tag, headers, known_manifest),
+    )
+    .await;
+    match (result, known) {
+        (Ok(found), _) => Ok(found),
+        (Err(e), Some((entry, manifest))) if app.serve_stale && e.upstream_trouble() => {
+            warn!(
+                upstream = %upstream.name(), repo = %route.name, %tag, digest = %entry.digest,
+                error = %e.message(), "upstream cannot be asked; serving the cached tag stale"
+            );
+            Ok((manifest, CacheStatus::Stale))
+        }
+        (Err(e), _) => {
+            if e.status() == StatusCode::NOT_FOUND
+                && !upstream.offline()
+                && !app.negative_ttl.is_zero()
+            {
+                app.negative_tags.insert(negative_key, ()).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Asks the upstream about a tag: a `HEAD` first when a manifest is cached (nothing more if its
+/// digest is unchanged), a `GET` otherwise. Records the tag's digest and time.
+async fn refresh_tag(
+    app: &App,
+    route: &Route,
+    tag: &Tag,
+    headers: &HeaderMap,
+    known: Option<Arc<Manifest>>,
+) -> Result<(Arc<Manifest>, CacheStatus), ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let reference = Reference::Tag(tag.clone());
+    let (manifest, status) = match known {
+        Some(known)
+            if head_digest(app, route, &reference, headers).await? == Some(known.digest) =>
+        {
+            (known, CacheStatus::Revalidated)
+        }
+        _ => (
+            Arc::new(fetch(app, route, &reference, headers).await?),
+            CacheStatus::Miss,
+        ),
+    };
+    let entry = TagEntry {
+        digest: manifest.digest,
+        fetched_at: SystemTime::now(),
+    };
+    app.cache
+        .index()
+        .set_tag(upstream.name(), &route.name, tag, entry)
+        .map_err(|e| ApiError::internal("index failure", &e))?;
+    Ok((manifest, status))
+}
+
+/// The digest the upstream reports for a reference, from a `HEAD`; `None` when it sends none.
+async fn head_digest(
+    app: &App,
+    route: &Route,
+    reference: &Reference,
+    client_headers: &HeaderMap,
+) -> Result<Option<Digest>, ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let path = format!("/v2/{}/manifests/{reference}", route.name);
+    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Manifest);
+    let res = upstream
+        .send(
+            Method::HEAD,
+            &path,
+            accept_headers(client_headers),
+            &auth::pull_scope(route.name.as_str()),
+        )
+        .await
+        .map_err(up_err)?;
+    if !res.status().is_success() {
+        return Err(up_err(upstream.status_error(res).await));
+    }
+    Ok(res
+        .headers()
+        .get(header::DOCKER_CONTENT_DIGEST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok()))
+}
+
+fn accept_headers(client_headers: &HeaderMap) -> HeaderMap {
+    let accept = media::upstream_accept(
+        client_headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, response::header_value(&accept));
+    headers
 }
 
 async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, ApiError> {
@@ -129,25 +282,8 @@ async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, Api
     }))
 }
 
-async fn fresh_tag(app: &App, route: &Route, tag: &Tag) -> Result<Option<Arc<Manifest>>, ApiError> {
-    let upstream = app.upstreams[route.upstream].name();
-    let Some(entry) = app
-        .cache
-        .index()
-        .tag(upstream, &route.name, tag)
-        .map_err(|e| ApiError::internal("index failure", &e))?
-    else {
-        return Ok(None);
-    };
-    let age = SystemTime::now()
-        .duration_since(entry.fetched_at)
-        .unwrap_or_default();
-    if age >= app.tag_ttl {
-        return Ok(None);
-    }
-    cached(app, &entry.digest).await
-}
-
+/// `GET`s a manifest from the upstream, verifies it (against the digest, when asked by digest) and
+/// stores it.
 async fn fetch(
     app: &App,
     route: &Route,
@@ -155,16 +291,9 @@ async fn fetch(
     client_headers: &HeaderMap,
 ) -> Result<Manifest, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let mut headers = HeaderMap::new();
-    let accept = media::upstream_accept(
-        client_headers
-            .get_all(ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    headers.insert(ACCEPT, response::header_value(&accept));
+    let headers = accept_headers(client_headers);
     let path = format!("/v2/{}/manifests/{reference}", route.name);
-    let up_err = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, Area::Manifest);
+    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Manifest);
     let mut res = upstream
         .send(
             Method::GET,

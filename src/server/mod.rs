@@ -8,6 +8,7 @@
 pub mod blobs;
 pub mod log;
 pub mod manifests;
+pub mod referrers;
 pub mod response;
 pub mod route;
 pub mod tags;
@@ -32,8 +33,8 @@ use crate::upstream::Upstream;
 use response::{header, ApiError, Body};
 use route::{Endpoint, Parsed, RegistryTable};
 
-/// How long a shutdown waits for open responses to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for open responses (and then for fills) to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a request handler needs, shared by all connections.
 pub struct App {
@@ -47,6 +48,12 @@ pub struct App {
     pub tag_ttl: Duration,
     /// Manifest fetches in flight, shared by concurrent requests.
     pub manifest_flights: manifests::ManifestFlights,
+    /// Whether a cached tag is served when the upstream cannot be asked.
+    pub serve_stale: bool,
+    /// How long an upstream 404 for a tag is remembered (zero: not at all).
+    pub negative_ttl: Duration,
+    /// The remembered 404s.
+    pub negative_tags: manifests::NegativeTags,
 }
 
 // === impl App ===
@@ -79,13 +86,22 @@ impl App {
                 Endpoint::Blob(digest) => {
                     blobs::get(self, &route, *digest, &method, request.headers()).await
                 }
+                Endpoint::Referrers {
+                    digest,
+                    artifact_type,
+                } => referrers::get(self, &route, *digest, artifact_type.as_deref(), &method).await,
                 Endpoint::TagsList { n, last } => {
                     let ns = uri.query().and_then(|q| {
                         url::form_urlencoded::parse(q.as_bytes())
                             .find(|(k, _)| k == "ns")
                             .map(|(_, v)| v.into_owned())
                     });
-                    tags::list(self, &route, *n, last.as_deref(), ns.as_deref(), &method).await
+                    let query = tags::Query {
+                        n: *n,
+                        last: last.as_deref(),
+                        ns: ns.as_deref(),
+                    };
+                    tags::list(self, &route, &query, &method).await
                 }
             },
         };

@@ -47,6 +47,10 @@ pub enum CacheStatus {
     Coalesced,
     /// Passed through from the upstream without caching.
     Bypass,
+    /// A stale entry the upstream confirmed unchanged (a HEAD, no body fetched).
+    Revalidated,
+    /// Served from the cache because the upstream could not be asked.
+    Stale,
 }
 
 /// Whose fault an error is: picks the log level.
@@ -89,6 +93,8 @@ pub enum Area {
     Blob,
     /// Tag lists.
     Tags,
+    /// Referrers lists.
+    Referrers,
 }
 
 // === impl CacheStatus ===
@@ -101,6 +107,8 @@ impl CacheStatus {
             Self::Miss => "miss",
             Self::Coalesced => "coalesced",
             Self::Bypass => "bypass",
+            Self::Revalidated => "revalidated",
+            Self::Stale => "stale",
         }
     }
 
@@ -184,6 +192,17 @@ impl ApiError {
         self.code
     }
 
+    /// The message the client gets.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the upstream failed in a way a cached copy can stand in for: anything but an
+    /// authoritative "not found".
+    pub fn upstream_trouble(&self) -> bool {
+        self.fault == Fault::Upstream && self.status != StatusCode::NOT_FOUND
+    }
+
     /// Maps an upstream failure for a request in `area`.
     pub fn from_upstream(error: &UpstreamError, area: Area) -> Self {
         let detail = error_chain(error);
@@ -212,6 +231,14 @@ impl ApiError {
                     area,
                 )
                 .detail(detail)
+            }
+            UpstreamError::Offline { .. } => {
+                let code = match area {
+                    Area::Manifest => ErrorCode::ManifestUnknown,
+                    Area::Blob => ErrorCode::BlobUnknown,
+                    Area::Tags | Area::Referrers => ErrorCode::NameUnknown,
+                };
+                return Self::new(StatusCode::NOT_FOUND, code, error.to_string()).detail(detail);
             }
             UpstreamError::Busy { .. } => {
                 let mut e = Self::new(
@@ -245,7 +272,7 @@ impl ApiError {
                     _ => match area {
                         Area::Manifest => ErrorCode::ManifestUnknown,
                         Area::Blob => ErrorCode::BlobUnknown,
-                        Area::Tags => ErrorCode::NameUnknown,
+                        Area::Tags | Area::Referrers => ErrorCode::NameUnknown,
                     },
                 };
                 Self::new(StatusCode::NOT_FOUND, code, format!("not found at upstream {upstream}"))

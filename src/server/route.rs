@@ -52,6 +52,13 @@ pub enum Endpoint {
     Manifest(Reference),
     /// `/blobs/<digest>`.
     Blob(Digest),
+    /// `/referrers/<digest>`, optionally filtered by `artifactType`.
+    Referrers {
+        /// The subject's digest.
+        digest: Digest,
+        /// `artifactType`: only referrers of this type.
+        artifact_type: Option<String>,
+    },
     /// `/tags/list`, with the pagination the client asked for.
     TagsList {
         /// `n`: the page size.
@@ -166,6 +173,10 @@ pub fn parse(
         RawEndpoint::Blob(digest) => {
             Endpoint::Blob(digest.parse().map_err(RouteError::DigestInvalid)?)
         }
+        RawEndpoint::Referrers(digest) => Endpoint::Referrers {
+            digest: digest.parse().map_err(RouteError::DigestInvalid)?,
+            artifact_type: query_param(query, "artifactType"),
+        },
         RawEndpoint::TagsList => Endpoint::TagsList {
             n: query_param(query, "n")
                 .map(|n| n.parse().map_err(|_| RouteError::BadQuery("n")))
@@ -184,6 +195,7 @@ pub fn parse(
 enum RawEndpoint<'a> {
     Manifest(&'a str),
     Blob(&'a str),
+    Referrers(&'a str),
     TagsList,
 }
 
@@ -198,6 +210,9 @@ fn split_endpoint(rest: &str) -> Result<(&str, RawEndpoint<'_>), RouteError> {
     }
     if let Some(name) = head.strip_suffix("/blobs") {
         return Ok((name, RawEndpoint::Blob(last)));
+    }
+    if let Some(name) = head.strip_suffix("/referrers") {
+        return Ok((name, RawEndpoint::Referrers(last)));
     }
     Err(RouteError::NotFound)
 }

@@ -13,7 +13,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
 
 use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -48,6 +50,27 @@ pub struct Upstream {
     fill_slots: Arc<Semaphore>,
     /// How long a fill waits for a slot before giving up.
     fill_wait: Duration,
+    /// Never contact the upstream.
+    offline: bool,
+    /// After a 429, no request goes out until this passes.
+    backoff: Backoff,
+    /// The upstream's last `RateLimit-Limit` / `RateLimit-Remaining` (Docker Hub sends them).
+    rate_limit: Mutex<Option<RateLimit>>,
+}
+
+/// The upstream's rate-limit headers, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed in the window.
+    pub limit: u64,
+    /// Requests left in the window.
+    pub remaining: u64,
+}
+
+/// When an upstream that answered 429 may be asked again.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    until: Mutex<Option<Instant>>,
 }
 
 /// A request to an upstream that did not give a usable answer.
@@ -88,6 +111,12 @@ pub enum UpstreamError {
         /// What went wrong.
         #[source]
         source: AuthError,
+    },
+    /// The upstream is configured offline: nothing is sent.
+    #[error("the mirror is offline for upstream {upstream} and does not have this content")]
+    Offline {
+        /// The upstream's configured name.
+        upstream: String,
     },
     /// All fill slots stayed taken for the whole bounded wait.
     #[error("upstream {upstream}: too many blob downloads in flight; try again shortly")]
@@ -134,6 +163,9 @@ impl Upstream {
             wants_basic: AtomicBool::new(false),
             fill_slots: Arc::new(Semaphore::new(config.max_fills)),
             fill_wait: config.fill_wait,
+            offline: config.offline,
+            backoff: Backoff::default(),
+            rate_limit: Mutex::new(None),
         })
     }
 
@@ -156,6 +188,16 @@ impl Upstream {
         &self.name
     }
 
+    /// Whether wharf must never contact this upstream.
+    pub fn offline(&self) -> bool {
+        self.offline
+    }
+
+    /// The upstream's rate-limit headers, as last seen.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock()
+    }
+
     /// Sends a request for `path` (`/v2/...`, with an optional query) under the pull `scope`
     /// (`repository:<name>:pull`), authenticating as the upstream asks. Returns the upstream's
     /// response whatever its status; [`UpstreamError::from_status`] classifies error statuses.
@@ -169,6 +211,20 @@ impl Upstream {
         headers: HeaderMap,
         scope: &str,
     ) -> Result<reqwest::Response, UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline {
+                upstream: self.name.clone(),
+            });
+        }
+        if let Some(wait) = self.backoff.remaining(Instant::now()) {
+            // Asking now would only earn another 429 (and count against the limit).
+            return Err(UpstreamError::Status {
+                upstream: self.name.clone(),
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: Some(ErrorCode::TooManyRequests),
+                retry_after: Some(HeaderValue::from(wait.as_secs().max(1))),
+            });
+        }
         let url = self
             .base
             .join(path_and_query)
@@ -208,7 +264,28 @@ impl Upstream {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "upstream request"
         );
+        self.observe(&response);
         Ok(response)
+    }
+
+    /// Records rate-limit headers, and starts a back-off on 429.
+    fn observe(&self, response: &reqwest::Response) {
+        let headers = response.headers();
+        if let (Some(limit), Some(remaining)) = (
+            rate_limit_value(headers.get("ratelimit-limit")),
+            rate_limit_value(headers.get("ratelimit-remaining")),
+        ) {
+            let now = RateLimit { limit, remaining };
+            let before = self.rate_limit.lock().replace(now);
+            if remaining <= limit / 10 && before != Some(now) {
+                warn!(upstream = %self.name, limit, remaining, "upstream rate limit nearly used up");
+            }
+        }
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let wait = retry_after(headers.get(RETRY_AFTER), SystemTime::now());
+            self.backoff.start(Instant::now(), wait);
+            warn!(upstream = %self.name, retry_after_s = wait.as_secs(), "upstream answered 429; not asking it again until then");
+        }
     }
 
     /// The `Authorization` to send before any challenge: a cached token, or Basic credentials when
@@ -394,6 +471,9 @@ impl Upstream {
                 upstream: upstream.clone(),
                 source: source.clone(),
             },
+            UpstreamError::Offline { upstream } => UpstreamError::Offline {
+                upstream: upstream.clone(),
+            },
             UpstreamError::Busy { upstream } => UpstreamError::Busy {
                 upstream: upstream.clone(),
             },
@@ -416,6 +496,58 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
     body
 }
 
+/// The leading number of a `RateLimit-*` value (`100;w=21600` → 100).
+fn rate_limit_value(value: Option<&HeaderValue>) -> Option<u64> {
+    let text = value?.to_str().ok()?;
+    text.split(';').next()?.trim().parse().ok()
+}
+
+/// The longest back-off a `Retry-After` can impose, whatever it says.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The back-off after a 429 without a usable `Retry-After`.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How long a `Retry-After` (seconds, or an HTTP date) asks to wait.
+pub fn retry_after(value: Option<&HeaderValue>, now: SystemTime) -> Duration {
+    let Some(text) = value.and_then(|v| v.to_str().ok()).map(str::trim) else {
+        return DEFAULT_BACKOFF;
+    };
+    let wait = if let Ok(secs) = text.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if let Ok(at) = httpdate::parse_http_date(text) {
+        at.duration_since(now).unwrap_or_default()
+    } else {
+        DEFAULT_BACKOFF
+    };
+    wait.min(MAX_BACKOFF)
+}
+
+// === impl Backoff ===
+
+impl Backoff {
+    /// Starts (or extends) a back-off of `wait` from `now`.
+    pub fn start(&self, now: Instant, wait: Duration) {
+        let until = now + wait;
+        let mut current = self.until.lock();
+        if current.is_none_or(|u| u < until) {
+            *current = Some(until);
+        }
+    }
+
+    /// How much of the back-off is left at `now`, if any.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        let mut current = self.until.lock();
+        match *current {
+            Some(until) if until > now => Some(until - now),
+            Some(_) => {
+                *current = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
 struct TokenExpiry;
 
 impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
@@ -431,5 +563,60 @@ impl moka::Expiry<String, Arc<Token>> for TokenExpiry {
                 .saturating_sub(TOKEN_MARGIN)
                 .max(Duration::from_secs(1)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_holds_until_it_passes() {
+        let b = Backoff::default();
+        let t0 = Instant::now();
+        assert_eq!(b.remaining(t0), None);
+        b.start(t0, Duration::from_secs(7));
+        assert_eq!(b.remaining(t0), Some(Duration::from_secs(7)));
+        assert_eq!(
+            b.remaining(t0 + Duration::from_secs(5)),
+            Some(Duration::from_secs(2))
+        );
+        // A shorter back-off does not shorten a longer one.
+        b.start(t0, Duration::from_secs(1));
+        assert_eq!(
+            b.remaining(t0 + Duration::from_secs(5)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(b.remaining(t0 + Duration::from_secs(7)), None);
+        assert_eq!(b.remaining(t0 + Duration::from_secs(8)), None);
+    }
+
+    #[test]
+    fn retry_after_table() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        let cases: Vec<(Option<&str>, Duration)> = vec![
+            (Some("7"), Duration::from_secs(7)),
+            (Some(" 0 "), Duration::ZERO),
+            (Some(&date), Duration::from_secs(90)),
+            (Some("99999999"), MAX_BACKOFF),
+            (Some("soon"), DEFAULT_BACKOFF),
+            (None, DEFAULT_BACKOFF),
+        ];
+        for (value, want) in cases {
+            let header = value.map(|v| HeaderValue::from_str(v).unwrap());
+            assert_eq!(retry_after(header.as_ref(), now), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_values() {
+        for (value, want) in [("100;w=21600", Some(100)), ("76", Some(76)), ("x", None)] {
+            assert_eq!(
+                rate_limit_value(Some(&HeaderValue::from_static(value))),
+                want,
+                "{value}"
+            );
+        }
     }
 }

@@ -98,17 +98,26 @@ pub struct State {
     pub knobs: Mutex<Knobs>,
     pub token_requests: AtomicUsize,
     pub token_auth: Mutex<Vec<Option<String>>>,
+    /// (repo, subject digest) → the referrers index to answer.
+    pub referrers: Mutex<HashMap<(String, String), serde_json::Value>>,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
 }
 
 pub struct Fake {
     pub addr: SocketAddr,
     pub state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Drop for Fake {
+    /// Like a registry going down: the listener and every open connection close.
     fn drop(&mut self) {
         self.task.abort();
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
     }
 }
 
@@ -152,15 +161,20 @@ impl Fake {
             knobs: Mutex::default(),
             token_requests: AtomicUsize::new(0),
             token_auth: Mutex::default(),
+            referrers: Mutex::default(),
+            connections: AtomicUsize::new(0),
         });
         let st = state.clone();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let conns_in_task = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(handle(st, addr, req).await) }
@@ -169,9 +183,15 @@ impl Fake {
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
+                conns_in_task.lock().push(conn.abort_handle());
             }
         });
-        Fake { addr, state, task }
+        Fake {
+            addr,
+            state,
+            task,
+            conns,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -260,6 +280,10 @@ impl Fake {
 
     pub fn total(&self) -> usize {
         self.state.log.lock().len()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     pub fn tokens(&self) -> usize {
@@ -434,6 +458,22 @@ async fn handle(st: Arc<State>, me: SocketAddr, req: Request<Incoming>) -> Respo
             r.headers_mut().insert("link", link.parse().unwrap());
         }
         return r;
+    }
+    if let Some((name, subject)) = rest.rsplit_once("/referrers/") {
+        let found = st
+            .referrers
+            .lock()
+            .get(&(name.to_owned(), subject.to_owned()))
+            .cloned();
+        return match found {
+            Some(list) => {
+                let mut r = full(StatusCode::OK, list.to_string());
+                r.headers_mut()
+                    .insert("content-type", OCI_INDEX.parse().unwrap());
+                r
+            }
+            None => oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        };
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         let gate = st.knobs.lock().hold_manifests.clone();

@@ -1,0 +1,178 @@
+//! `GET /v2/<name>/referrers/<digest>[?artifactType=...]`: the OCI referrers API (signatures, SBOMs
+//! and attestations that point at a manifest), proxied and cached like a tag: fresh for `tag_ttl`,
+//! then asked again, served stale when the upstream cannot answer, served from the cache only when
+//! the upstream is offline.
+//!
+//! The `artifactType` filter is applied by wharf itself (and announced with `OCI-Filters-Applied`),
+//! whether or not the upstream applied it, so a cached list answers the same way as a fresh one.
+//! Registries without the API answer 404, which is passed on: clients then fall back to the tag
+//! schema (`sha256-<hex>` tags), which wharf serves like any tag.
+
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WARNING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use tracing::warn;
+
+use super::manifests::{MAX_MANIFEST, STALE_WARNING};
+use super::response::{self, header, ApiError, Area, Body, CacheStatus, Fault};
+use super::route::Route;
+use super::App;
+use crate::cache::TagEntry;
+use crate::oci::{media, Digest, ErrorCode};
+use crate::upstream::{auth, UpstreamError};
+
+/// Tells the client which filters were applied.
+const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// Serves a referrers request.
+pub async fn get(
+    app: &App,
+    route: &Route,
+    subject: Digest,
+    artifact_type: Option<&str>,
+    method: &Method,
+) -> Result<Response<Body>, ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let index = app.cache.index();
+    let index_err = |e: crate::cache::IndexError| ApiError::internal("index failure", &e);
+    let storage_err = |e: crate::cache::FillError| ApiError::from_fill(&e, Area::Referrers);
+    let entry = index
+        .referrers(upstream.name(), &route.name, &subject, artifact_type)
+        .map_err(index_err)?;
+    let known = match entry {
+        Some(entry) => app
+            .cache
+            .read_small(&entry.digest)
+            .await
+            .map_err(storage_err)?
+            .map(|b| (entry, b)),
+        None => None,
+    };
+    if let Some((entry, bytes)) = &known {
+        let age = SystemTime::now()
+            .duration_since(entry.fetched_at)
+            .unwrap_or_default();
+        if upstream.offline() || age < app.tag_ttl {
+            return Ok(respond(
+                bytes.clone(),
+                artifact_type,
+                CacheStatus::Hit,
+                method,
+            ));
+        }
+    }
+    match fetch(app, route, subject, artifact_type).await {
+        Ok(bytes) => {
+            let digest = Digest::of(&bytes);
+            app.cache
+                .put_manifest(&digest, bytes.clone(), media::OCI_INDEX)
+                .await
+                .map_err(storage_err)?;
+            let entry = TagEntry {
+                digest,
+                fetched_at: SystemTime::now(),
+            };
+            index
+                .set_referrers(upstream.name(), &route.name, &subject, artifact_type, entry)
+                .map_err(index_err)?;
+            Ok(respond(bytes, artifact_type, CacheStatus::Miss, method))
+        }
+        Err(e) => match known {
+            Some((_, bytes)) if app.serve_stale && e.upstream_trouble() => {
+                warn!(upstream = %upstream.name(), repo = %route.name, %subject, error = %e.message(), "upstream cannot be asked; serving cached referrers stale");
+                Ok(respond(bytes, artifact_type, CacheStatus::Stale, method))
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+fn respond(
+    bytes: Bytes,
+    artifact_type: Option<&str>,
+    cache: CacheStatus,
+    method: &Method,
+) -> Response<Body> {
+    let len = bytes.len();
+    let mut response = Response::new(if *method == Method::HEAD {
+        response::empty()
+    } else {
+        response::full(bytes)
+    });
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCI_INDEX));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::X_CACHE, cache.header_value());
+    if artifact_type.is_some() {
+        h.insert(FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+    }
+    if cache == CacheStatus::Stale {
+        h.insert(WARNING, HeaderValue::from_static(STALE_WARNING));
+    }
+    response
+}
+
+/// Gets the list from the upstream and applies the filter.
+async fn fetch(
+    app: &App,
+    route: &Route,
+    subject: Digest,
+    artifact_type: Option<&str>,
+) -> Result<Bytes, ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Referrers);
+    let mut path = format!("/v2/{}/referrers/{subject}", route.name);
+    if let Some(t) = artifact_type {
+        path.push('?');
+        path.push_str(
+            &url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("artifactType", t)
+                .finish(),
+        );
+    }
+    let mut res = upstream
+        .send(
+            Method::GET,
+            &path,
+            HeaderMap::new(),
+            &auth::pull_scope(route.name.as_str()),
+        )
+        .await
+        .map_err(up_err)?;
+    if !res.status().is_success() {
+        return Err(up_err(upstream.status_error(res).await));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| up_err(upstream.transport(e)))?
+    {
+        if body.len() + chunk.len() > MAX_MANIFEST {
+            return Err(invalid(upstream.name(), "a referrers list over 4 MiB"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let mut list: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| invalid(upstream.name(), "a referrers list that is not JSON"))?;
+    if let (Some(wanted), Some(manifests)) = (
+        artifact_type,
+        list.get_mut("manifests").and_then(|m| m.as_array_mut()),
+    ) {
+        manifests.retain(|m| m.get("artifactType").and_then(|t| t.as_str()) == Some(wanted));
+    }
+    let bytes = serde_json::to_vec(&list)
+        .map_err(|e| ApiError::internal("encoding a referrers list", &e))?;
+    Ok(Bytes::from(bytes))
+}
+
+fn invalid(upstream: &str, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        ErrorCode::Unknown,
+        format!("upstream {upstream} sent {what}"),
+    )
+    .fault(Fault::Upstream)
+}
