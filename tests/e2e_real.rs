@@ -284,3 +284,106 @@ async fn pulled_images_survive_a_restart_with_the_upstream_gone() {
         assert_eq!(again.blobs, earlier.blobs, "{reference}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_updates_and_upstream_outages_with_the_real_registry() {
+    let mut registry = Registry::start(None).await;
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (v1, v1_digest) = images::single(&work.path().join("v1"), "1", 11, 1);
+    let (v2, v2_digest) = images::single(&work.path().join("v2"), "1", 12, 1);
+    let dest = format!("docker://127.0.0.1:{}/e2e/app:1", registry.port);
+    common::real::push(&home, &format!("oci:{}:1", v1.dir.display()), &dest, false).await;
+
+    let w = Wharf::start(
+        "1s",
+        &[Up {
+            name: "upstream.test",
+            url: registry.url(),
+            default: true,
+            extra: "",
+        }],
+    )
+    .await;
+    let src = format!(
+        "docker://{}/e2e/app:1",
+        w.base.trim_start_matches("http://")
+    );
+    let first = pull(&home, &src, &work.path().join("a"), &flags(false)).await;
+    assert_eq!(first.manifest_digest, v1_digest);
+
+    // A new image under the same tag upstream: after the TTL, wharf serves the new digest.
+    common::real::push(&home, &format!("oci:{}:1", v2.dir.display()), &dest, false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let second = pull(&home, &src, &work.path().join("b"), &flags(false)).await;
+    assert_eq!(second.manifest_digest, v2_digest);
+
+    // The upstream goes away: past the TTL the pull still succeeds, from the cache.
+    registry.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let third = pull(&home, &src, &work.path().join("c"), &flags(false)).await;
+    assert_eq!(third.manifest_digest, v2_digest);
+    assert_eq!(third.blobs, second.blobs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_arch_index_pulls_whole_then_again_offline() {
+    let registry = Registry::start(None).await;
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let seeded = seed(&registry, &home, work.path(), None).await;
+    let (reference, digest, _) = &seeded.images[1];
+    let direct = pull(
+        &home,
+        &format!("docker://127.0.0.1:{}/{reference}", registry.port),
+        &work.path().join("d"),
+        &flags(true),
+    )
+    .await;
+    let w = wharf_for(&registry, "").await;
+    let src = |w: &Wharf| {
+        format!(
+            "docker://{}/{reference}",
+            w.base.trim_start_matches("http://")
+        )
+    };
+    let online = pull(&home, &src(&w), &work.path().join("on"), &flags(true)).await;
+    assert_eq!(&online.manifest_digest, digest);
+    assert_eq!(
+        online.blobs, direct.blobs,
+        "every platform's manifest and blobs"
+    );
+    assert_eq!(
+        online
+            .blobs
+            .iter()
+            .filter(|b| b.ends_with(".manifest.json"))
+            .count(),
+        2
+    );
+
+    let url = registry.url();
+    let storage = w.stop().await;
+    let before = registry.requests().len();
+    let w = Wharf::start_in(
+        storage,
+        "5m",
+        &[Up {
+            name: "upstream.test",
+            url,
+            default: true,
+            extra: "offline = true",
+        }],
+    )
+    .await;
+    let offline = pull(&home, &src(&w), &work.path().join("off"), &flags(true)).await;
+    assert_eq!(&offline.manifest_digest, digest);
+    assert_eq!(offline.blobs, direct.blobs);
+    assert_eq!(
+        registry.requests().len(),
+        before,
+        "an offline wharf sends nothing upstream"
+    );
+}

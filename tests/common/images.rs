@@ -109,8 +109,13 @@ impl Layout {
 
 /// A three-layer OCI image tagged `tag`; returns (layout, manifest digest).
 pub fn multi_layer(dir: &Path, tag: &str) -> (Layout, String) {
+    single(dir, tag, 1, 3)
+}
+
+/// An OCI image of `layers` layers whose bytes depend on `seed`; returns (layout, manifest digest).
+pub fn single(dir: &Path, tag: &str, seed: u64, layers: usize) -> (Layout, String) {
     let layout = Layout::new(dir);
-    let manifest = layout.image(1, 3, 300_000, "amd64");
+    let manifest = layout.image(seed, layers, 300_000, "amd64");
     layout.index(&manifest, OCI_MANIFEST, tag);
     (layout, sha(&manifest))
 }
