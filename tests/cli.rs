@@ -167,3 +167,45 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_offline_never_contacts_any_upstream() {
+    let up = Fake::start().await;
+    up.add_image("org/app", "1", 0, 0, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{}\"\ndefault = true\n",
+            dir.path().join("data").display(),
+            up.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--offline", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "wharf exited");
+        if let Some(i) = line.find("wharf is listening addr=") {
+            break line[i + 24..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let res = common::client()
+        .get(format!("http://{addr}/v2/org/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body = String::from_utf8(res.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(body.contains("offline"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(up.connections(), 0);
+}
