@@ -26,6 +26,9 @@ use tracing::info;
 
 pub use config::Config;
 
+/// Memory for hot manifests (a typical manifest is 1-10 KiB: thousands of them).
+const HOT_MANIFEST_BYTES: u64 = 32 * 1024 * 1024;
+
 /// A failure to start or run wharf.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,6 +104,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     .max(std::time::Duration::from_millis(1)),
             )
             .build(),
+        hot_manifests: server::manifests::hot_manifests(HOT_MANIFEST_BYTES),
     });
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -92,7 +92,7 @@ fn serve(path: &Path, offline: bool) -> ExitCode {
     if offline {
         config.set_offline();
     }
-    wharf::telemetry::init();
+    let _log = wharf::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -60,6 +60,9 @@ pub trait BlobStore: Send + Sync + 'static {
 pub struct BlobFile {
     file: Arc<File>,
     size: u64,
+    /// The whole content of a small committed blob, read when it was opened: a hit then costs one
+    /// trip to the blocking pool, not two.
+    contents: Option<Bytes>,
 }
 
 /// A staging file being filled. Dropping it without committing removes the file.
@@ -82,7 +85,11 @@ pub struct FsBlobStore {
 impl BlobFile {
     /// Wraps an open file of known size.
     pub fn new(file: Arc<File>, size: u64) -> Self {
-        Self { file, size }
+        Self {
+            file,
+            size,
+            contents: None,
+        }
     }
 
     /// The size.
@@ -95,6 +102,15 @@ impl BlobFile {
     /// # Errors
     /// I/O errors, and `UnexpectedEof` when the file is shorter than `end`.
     pub async fn read_range(&self, start: u64, end: u64) -> io::Result<Bytes> {
+        if let Some(contents) = &self.contents {
+            let (s, e) = (usize::try_from(start), usize::try_from(end));
+            if let (Ok(s), Ok(e)) = (s, e) {
+                if s <= e && e <= contents.len() {
+                    return Ok(contents.slice(s..e));
+                }
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         let file = self.file.clone();
         let len = usize::try_from(end.saturating_sub(start))
             .map_err(|_| io::Error::other("read too large"))?;
@@ -235,7 +251,13 @@ impl BlobStore for FsBlobStore {
         Self::blocking(move || {
             not_found_is_none(File::open(path).and_then(|f| {
                 let size = f.metadata()?.len();
-                Ok(BlobFile::new(Arc::new(f), size))
+                let mut blob = BlobFile::new(Arc::new(f), size);
+                if size <= SMALL_BLOB {
+                    let mut buf = BytesMut::zeroed(usize::try_from(size).unwrap_or(0));
+                    blob.file.read_exact_at(&mut buf, 0)?;
+                    blob.contents = Some(buf.freeze());
+                }
+                Ok(blob)
             }))
         })
         .await

@@ -39,6 +39,18 @@ pub type ManifestFlights =
 /// Tags the upstream said do not exist, remembered for `negative_ttl`.
 pub type NegativeTags = moka::future::Cache<(usize, RepoName, Tag), ()>;
 
+/// Manifests kept in memory by digest, weighed by their size: a tag hit then needs one index lookup
+/// and no file I/O. Content-addressed, so an entry can never be wrong, only absent.
+pub type HotManifests = moka::sync::Cache<Digest, Arc<Manifest>>;
+
+/// Builds the in-memory manifest cache holding up to `bytes` of manifests.
+pub fn hot_manifests(bytes: u64) -> HotManifests {
+    moka::sync::Cache::builder()
+        .max_capacity(bytes)
+        .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
+        .build()
+}
+
 /// A manifest as served.
 #[derive(Debug)]
 pub struct Manifest {
@@ -115,7 +127,7 @@ async fn fetch_digest(
     headers: &HeaderMap,
 ) -> Result<(Arc<Manifest>, CacheStatus), ApiError> {
     Ok((
-        Arc::new(fetch(app, route, reference, headers).await?),
+        fetch(app, route, reference, headers).await?,
         CacheStatus::Miss,
     ))
 }
@@ -204,7 +216,7 @@ async fn refresh_tag(
             (known, CacheStatus::Revalidated)
         }
         _ => (
-            Arc::new(fetch(app, route, &reference, headers).await?),
+            fetch(app, route, &reference, headers).await?,
             CacheStatus::Miss,
         ),
     };
@@ -260,7 +272,11 @@ fn accept_headers(client_headers: &HeaderMap) -> HeaderMap {
     headers
 }
 
+/// A stored manifest: from memory when it is hot, else from the store (and then kept in memory).
 async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, ApiError> {
+    if let Some(hot) = app.hot_manifests.get(digest) {
+        return Ok(Some(hot));
+    }
     let index = app.cache.index();
     let Some(media_type) = index
         .manifest_type(digest)
@@ -274,11 +290,13 @@ async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, Api
         .await
         .map_err(|e| ApiError::from_fill(&e, Area::Manifest))?;
     Ok(bytes.map(|bytes| {
-        Arc::new(Manifest {
+        let manifest = Arc::new(Manifest {
             digest: *digest,
             media_type,
             bytes,
-        })
+        });
+        app.hot_manifests.insert(*digest, manifest.clone());
+        manifest
     }))
 }
 
@@ -289,7 +307,7 @@ async fn fetch(
     route: &Route,
     reference: &Reference,
     client_headers: &HeaderMap,
-) -> Result<Manifest, ApiError> {
+) -> Result<Arc<Manifest>, ApiError> {
     let upstream = &app.upstreams[route.upstream];
     let headers = accept_headers(client_headers);
     let path = format!("/v2/{}/manifests/{reference}", route.name);
@@ -367,11 +385,13 @@ async fn fetch(
         .put_manifest(&digest, bytes.clone(), &media_type)
         .await
         .map_err(|e| ApiError::from_fill(&e, Area::Manifest))?;
-    Ok(Manifest {
+    let manifest = Arc::new(Manifest {
         digest,
         media_type,
         bytes,
-    })
+    });
+    app.hot_manifests.insert(digest, manifest.clone());
+    Ok(manifest)
 }
 
 fn bad_upstream(code: ErrorCode, message: String) -> ApiError {

@@ -54,6 +54,8 @@ pub struct App {
     pub negative_ttl: Duration,
     /// The remembered 404s.
     pub negative_tags: manifests::NegativeTags,
+    /// Hot manifests in memory.
+    pub hot_manifests: manifests::HotManifests,
 }
 
 // === impl App ===
