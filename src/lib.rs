@@ -56,20 +56,12 @@ pub enum Error {
     Index(#[from] cache::IndexError),
 }
 
-/// A wharf that is serving; see [`start`].
-pub struct Running {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    cache: Arc<cache::Cache>,
-}
-
-/// Opens the cache, builds the upstream clients, binds the listener and starts serving. Returns once
-/// the listener is bound, so callers (tests, the binary) know the address.
+/// Opens the cache and builds the upstream clients: everything a request needs, without a listener
+/// (benches and tests drive [`server::App::handle`] directly).
 ///
 /// # Errors
-/// When the storage, the index, an upstream client or the listener cannot be set up.
-pub async fn start(config: Config) -> Result<Running, Error> {
+/// When the storage, the index or an upstream client cannot be set up.
+pub fn app(config: &Config) -> Result<server::App, Error> {
     let cache = Arc::new(cache::Cache::open(&config.storage.path)?);
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
@@ -87,16 +79,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .collect(),
         config.upstreams.iter().position(|u| u.default),
     );
-    let app = Arc::new(server::App {
+    Ok(server::App {
         registries,
         upstreams,
-        cache: cache.clone(),
+        cache,
         tag_ttl: config.cache.tag_ttl,
         manifest_flights: moka::future::Cache::builder().max_capacity(10_000).build(),
         serve_stale: config.cache.serve_stale,
         negative_ttl: config.cache.negative_ttl,
         negative_tags: moka::future::Cache::builder()
             .max_capacity(100_000)
+            // moka refuses a zero TTL; with negative_ttl = 0 nothing is inserted anyway.
             .time_to_live(
                 config
                     .cache
@@ -105,7 +98,25 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             )
             .build(),
         hot_manifests: server::manifests::hot_manifests(HOT_MANIFEST_BYTES),
-    });
+    })
+}
+
+/// A wharf that is serving; see [`start`].
+pub struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    cache: Arc<cache::Cache>,
+}
+
+/// Opens the cache, builds the upstream clients, binds the listener and starts serving. Returns once
+/// the listener is bound, so callers (tests, the binary) know the address.
+///
+/// # Errors
+/// When the storage, the index, an upstream client or the listener cannot be set up.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let app = Arc::new(app(&config)?);
+    let cache = app.cache.clone();
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -135,6 +146,11 @@ impl Running {
     /// The address wharf listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Resolves once no blob fill is running (every verified blob is committed or dropped).
+    pub async fn fills_settled(&self) {
+        self.cache.inflight().idle().await;
     }
 
     /// How many blob fills are running.

@@ -162,6 +162,7 @@ async fn blob_miss_then_hit_with_headers() {
     assert_eq!(res.headers()["content-length"], "700000");
     assert_eq!(res.bytes().await.unwrap(), data);
 
+    w.settled().await;
     let res = c.get(&url).send().await.unwrap();
     assert_eq!(res.headers()["x-cache"], "hit");
     assert_eq!(res.headers()["content-length"], "700000");

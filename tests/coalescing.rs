@@ -156,6 +156,7 @@ async fn the_fill_survives_its_leader_disconnecting() {
     drop(leader); // the leader's client goes away mid-fill
     gate.open();
     assert_eq!(follower.await.unwrap().unwrap(), "coalesced");
+    w.settled().await;
     let res = client().get(&url).send().await.unwrap();
     assert_eq!(res.headers()["x-cache"], "hit");
     assert!(res.bytes().await.unwrap() == data);

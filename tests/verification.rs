@@ -127,6 +127,7 @@ async fn a_broken_body_is_resumed_with_a_range_request() {
         .parse()
         .unwrap();
     assert!(from > 0 && from <= 500_000, "resumed from {from}");
+    w.settled().await;
     assert!(blob_path(&w, &d).exists());
 }
 
@@ -147,6 +148,7 @@ async fn resume_works_when_the_upstream_ignores_range() {
         .await
         .unwrap();
     assert!(res.bytes().await.unwrap() == data, "wrong bytes");
+    w.settled().await;
     assert!(blob_path(&w, &d).exists());
 }
 

@@ -30,7 +30,7 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// How much one read from a file returns: large enough to keep syscalls and task hops rare, small
 /// enough that many concurrent readers stay light on memory.
-pub const READ_CHUNK: usize = 256 * 1024;
+pub const READ_CHUNK: usize = 128 * 1024;
 
 /// Blobs of at most this size are read in one go on a hit.
 pub const SMALL_BLOB: u64 = 256 * 1024;

@@ -18,7 +18,8 @@ use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::BytesMut;
+use futures_util::{FutureExt, StreamExt};
 use http::header::{CONTENT_RANGE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
@@ -68,7 +69,7 @@ pub enum FillState {
         /// Bytes written so far.
         written: u64,
     },
-    /// Verified and committed.
+    /// Verified (and being, or been, committed): readers may read to the end.
     Done {
         /// The blob's size.
         size: u64,
@@ -194,9 +195,18 @@ impl Fill {
         tokio::spawn(async move {
             let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
             match result {
-                Ok(size) => {
-                    info!(%digest, upstream = %upstream.name(), %repo, size, "blob cached");
+                Ok((staged, size)) => {
+                    // Verified: readers may finish now. Making it durable (fsync of the whole
+                    // blob) happens after, so a cold pull does not wait for the disk.
                     tx.send_replace(FillState::Done { size });
+                    match commit(&cache, staged, &digest, size).await {
+                        Ok(()) => {
+                            info!(%digest, upstream = %upstream.name(), %repo, size, "blob cached")
+                        }
+                        Err(error) => {
+                            warn!(%digest, upstream = %upstream.name(), %repo, %error, "verified blob served but not kept: storage failed")
+                        }
+                    }
                 }
                 Err(error) => {
                     if !matches!(error, FillError::Upstream(UpstreamError::Status { .. })) {
@@ -294,18 +304,23 @@ impl Fill {
 /// memory they hold between them.
 const FOLLOW_CHUNK: u64 = 64 * 1024;
 
+/// The largest write to the staging file: upstream chunks are small (16 KiB and less), and a write
+/// per chunk cost a trip to the blocking pool each, which made a cold pull of a big layer several
+/// times slower than the upstream itself.
+const WRITE_BATCH: usize = 512 * 1024;
+
 /// How often a broken upstream body is resumed with a `Range` request before the fill fails.
 const MAX_RESUMES: u32 = 3;
 
 /// The fill itself: request, stream to the staging file while hashing (resuming a broken body from
-/// the last byte written), verify, commit, index.
+/// the last byte written), verify. Returns the verified staging file and its size.
 async fn run(
     cache: &Cache,
     upstream: &Upstream,
     repo: &RepoName,
     fill: &Fill,
     tx: &watch::Sender<FillState>,
-) -> Result<u64, FillError> {
+) -> Result<(Staged, u64), FillError> {
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
     let scope = auth::pull_scope(repo.as_str());
@@ -368,9 +383,19 @@ async fn run(
             digest,
             mismatch,
         })?;
-    cache.store.commit(staged, &digest).await?;
-    cache.index.insert_blob(&digest, written)?;
-    Ok(written)
+    Ok((staged, written))
+}
+
+/// Makes a verified staging file the stored blob, and indexes it.
+async fn commit(
+    cache: &Cache,
+    staged: Staged,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), FillError> {
+    cache.store.commit(staged, digest).await?;
+    cache.index.insert_blob(digest, size)?;
+    Ok(())
 }
 
 /// Asks for the rest of a blob from `offset`. Returns the response and how many leading bytes of its
@@ -430,38 +455,72 @@ enum Copied {
 }
 
 impl Sink<'_> {
+    /// Copies a response body into the staging file. Chunks that arrive back to back are batched
+    /// into writes of up to [`WRITE_BATCH`]; whatever is pending is written as soon as the upstream
+    /// pauses, so followers of a slow upstream are not kept waiting for a batch to fill.
     async fn copy(
         &mut self,
         response: reqwest::Response,
         mut skip: u64,
     ) -> Result<Copied, FillError> {
         let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let Ok(mut chunk) = chunk else {
-                return Ok(Copied::Broke);
+        let mut pending = BytesMut::new();
+        loop {
+            let next = if pending.is_empty() {
+                body.next().await
+            } else if let Some(ready) = body.next().now_or_never() {
+                ready
+            } else {
+                self.flush(&mut pending).await?;
+                body.next().await
             };
-            if skip > 0 {
+            let chunk = match next {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(_)) => {
+                    self.flush(&mut pending).await?;
+                    return Ok(Copied::Broke);
+                }
+                None => break,
+            };
+            let chunk = if skip > 0 {
                 let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
-                chunk = chunk.slice(n..);
                 skip -= n as u64;
-            }
+                chunk.slice(n..)
+            } else {
+                chunk
+            };
             if chunk.is_empty() {
                 continue;
             }
             self.verifier.update(&chunk);
-            let len = chunk.len() as u64;
-            if self.size.is_some_and(|s| self.written + len > s) {
-                return Ok(Copied::Ended);
+            let seen = self.written + pending.len() as u64 + chunk.len() as u64;
+            if self.size.is_some_and(|s| seen > s) {
+                break; // Longer than announced: verification refuses it.
             }
-            self.staged.write_at(chunk, self.written).await?;
-            self.written += len;
-            let written = self.written;
-            self.tx.send_modify(|s| {
-                if let FillState::Streaming { written: w, .. } = s {
-                    *w = written;
-                }
-            });
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= WRITE_BATCH {
+                self.flush(&mut pending).await?;
+            }
         }
+        self.flush(&mut pending).await?;
         Ok(Copied::Ended)
+    }
+
+    /// Writes what is pending and tells the readers.
+    async fn flush(&mut self, pending: &mut BytesMut) -> Result<(), FillError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let bytes = pending.split().freeze();
+        let len = bytes.len() as u64;
+        self.staged.write_at(bytes, self.written).await?;
+        self.written += len;
+        let written = self.written;
+        self.tx.send_modify(|s| {
+            if let FillState::Streaming { written: w, .. } = s {
+                *w = written;
+            }
+        });
+        Ok(())
     }
 }

@@ -62,7 +62,8 @@ pub struct App {
 
 impl App {
     /// Answers one request. Never fails: errors become OCI error responses.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// The request body is never read: every endpoint wharf serves is a GET or HEAD.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let head = method == Method::HEAD;

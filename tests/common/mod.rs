@@ -76,6 +76,12 @@ impl Wharf {
         format!("{}{path}", self.base)
     }
 
+    /// Waits until no blob fill is running: a client has every byte once the blob is verified, and
+    /// committing it to the store (fsync, rename, index) finishes just after.
+    pub async fn settled(&self) {
+        self.running.as_ref().unwrap().fills_settled().await;
+    }
+
     /// Stops wharf and hands back its storage directory.
     pub async fn stop(mut self) -> TempDir {
         if let Some(r) = self.running.take() {
