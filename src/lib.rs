@@ -29,6 +29,9 @@ pub use config::Config;
 /// Memory for hot manifests (a typical manifest is 1-10 KiB: thousands of them).
 const HOT_MANIFEST_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Memory for hot small blobs (image configs are a few KiB; blobs over 256 KiB are never kept).
+const HOT_BLOB_BYTES: u64 = 32 * 1024 * 1024;
+
 /// A failure to start or run wharf.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,6 +101,7 @@ pub fn app(config: &Config) -> Result<server::App, Error> {
             )
             .build(),
         hot_manifests: server::manifests::hot_manifests(HOT_MANIFEST_BYTES),
+        hot_blobs: server::blobs::hot_blobs(HOT_BLOB_BYTES),
     })
 }
 

@@ -97,6 +97,11 @@ impl BlobFile {
         self.size
     }
 
+    /// The whole content, when the blob was small enough to be read at open.
+    pub fn contents(&self) -> Option<&Bytes> {
+        self.contents.as_ref()
+    }
+
     /// Reads `[start, end)` in one call (blocking work runs on the blocking pool).
     ///
     /// # Errors

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
@@ -13,6 +14,17 @@ use crate::cache::blob_store::SMALL_BLOB;
 use crate::cache::{BlobFile, BlobSource, Fill};
 use crate::oci::{media, Digest, ErrorCode};
 use crate::upstream::auth;
+
+/// Small blobs (configs, tiny layers: at most [`SMALL_BLOB`] each) kept in memory by digest, weighed by size.
+pub type HotBlobs = moka::sync::Cache<Digest, Bytes>;
+
+/// Builds the in-memory small-blob cache holding up to `bytes`.
+pub fn hot_blobs(bytes: u64) -> HotBlobs {
+    moka::sync::Cache::builder()
+        .max_capacity(bytes)
+        .weigher(|_, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+        .build()
+}
 
 /// What a `Range` header asks of a blob of known size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +46,10 @@ pub async fn get(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     let head = *method == Method::HEAD;
+    let range = headers.get(http::header::RANGE);
+    if let Some(bytes) = app.hot_blobs.get(&digest) {
+        return Ok(serve_bytes(&bytes, digest, range, head));
+    }
     if head {
         return head_blob(app, route, digest).await;
     }
@@ -43,9 +59,13 @@ pub async fn get(
         .blob(upstream, &route.name, digest)
         .await
         .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
-    let range = headers.get(http::header::RANGE);
     match source {
-        BlobSource::Hit(blob) => serve_file(blob, digest, range, CacheStatus::Hit).await,
+        BlobSource::Hit(blob) => {
+            if let Some(contents) = blob.contents() {
+                app.hot_blobs.insert(digest, contents.clone());
+            }
+            serve_file(blob, digest, range, CacheStatus::Hit).await
+        }
         BlobSource::Fill { fill, leader } => {
             let size = fill
                 .started()
@@ -156,6 +176,28 @@ fn ranged(
         );
     }
     Ok((response, start, end))
+}
+
+/// Serves a small blob kept in memory.
+fn serve_bytes(
+    bytes: &Bytes,
+    digest: Digest,
+    range: Option<&HeaderValue>,
+    head: bool,
+) -> Response<Body> {
+    let size = bytes.len() as u64;
+    match ranged(digest, size, range, CacheStatus::Hit) {
+        Ok((response, start, end)) => {
+            let body = if head {
+                response::empty()
+            } else {
+                // Both bounds are within `bytes`, whose length fits in usize.
+                response::full(bytes.slice(start as usize..end as usize))
+            };
+            response.map(|()| body)
+        }
+        Err(e) => range_error(size, e),
+    }
 }
 
 async fn serve_file(

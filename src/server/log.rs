@@ -27,6 +27,8 @@ struct Line {
     error: Option<ErrorDetail>,
     started: Instant,
     bytes: u64,
+    /// The announced length, when there is one: hyper stops polling once it has sent that much.
+    expected: Option<u64>,
     ended: bool,
     failed: bool,
 }
@@ -65,6 +67,11 @@ impl Logged {
             error: parts.extensions.remove::<ErrorDetail>(),
             started,
             bytes: 0,
+            expected: parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
             ended: false,
             failed: false,
         };
@@ -109,7 +116,7 @@ impl Drop for Logged {
         let l = &self.line;
         let outcome = if l.failed {
             "aborted"
-        } else if l.ended || self.inner.is_end_stream() {
+        } else if l.ended || self.inner.is_end_stream() || l.expected == Some(l.bytes) {
             "complete"
         } else {
             "client-gone"

@@ -56,6 +56,8 @@ pub struct App {
     pub negative_tags: manifests::NegativeTags,
     /// Hot manifests in memory.
     pub hot_manifests: manifests::HotManifests,
+    /// Hot small blobs in memory.
+    pub hot_blobs: blobs::HotBlobs,
 }
 
 // === impl App ===
