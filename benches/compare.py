@@ -76,6 +76,7 @@ class Server:
         self.port = free_port()
         self.proc = None
         self.peak = 0
+        SERVERS.append(self)
 
     @property
     def url(self):
@@ -253,7 +254,21 @@ def median(values):
     return statistics.median(values)
 
 
+SERVERS = []
+
+
 def main():
+    try:
+        run()
+    finally:
+        for s in SERVERS:  # never leave a server behind, whatever failed
+            try:
+                s.stop()
+            except Exception:
+                pass
+
+
+def run():
     binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="wharf-compare-")
     home = os.path.join(work, "home")

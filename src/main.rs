@@ -93,8 +93,11 @@ fn serve(path: &Path, offline: bool) -> ExitCode {
         config.set_offline();
     }
     let _log = wharf::telemetry::init();
+    // File reads run on the blocking pool; they are short (page-cache copies), so a few threads
+    // keep up, and each extra thread costs memory (a glibc arena, buffers in flight).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(16)
         .build()
     {
         Ok(runtime) => runtime,

@@ -120,7 +120,7 @@ async fn head_blob(app: &App, route: &Route, digest: Digest) -> Result<Response<
 
 fn blob_head(digest: Digest, size: Option<u64>, cache: CacheStatus) -> Response<Body> {
     let mut response = Response::new(response::empty());
-    set_blob_headers(&mut response, digest, cache);
+    set_blob_headers(response.headers_mut(), digest, cache);
     if let Some(size) = size {
         response
             .headers_mut()
@@ -129,8 +129,7 @@ fn blob_head(digest: Digest, size: Option<u64>, cache: CacheStatus) -> Response<
     response
 }
 
-fn set_blob_headers(response: &mut Response<Body>, digest: Digest, cache: CacheStatus) {
-    let h = response.headers_mut();
+fn set_blob_headers(h: &mut HeaderMap, digest: Digest, cache: CacheStatus) {
     h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCTET_STREAM));
     h.insert(
         header::DOCKER_CONTENT_DIGEST,
@@ -161,13 +160,7 @@ fn ranged(
     let mut response = Response::new(());
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(media::OCTET_STREAM));
-    h.insert(
-        header::DOCKER_CONTENT_DIGEST,
-        response::header_value(&digest.to_string()),
-    );
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::X_CACHE, cache.header_value());
+    set_blob_headers(h, digest, cache);
     h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
@@ -240,7 +233,7 @@ fn serve_fill(
         None => {
             // Size unknown until the upstream finishes: serve the whole blob, ignoring Range.
             let mut response = Response::new(response::stream(fill.follow(0, None)));
-            set_blob_headers(&mut response, digest, cache);
+            set_blob_headers(response.headers_mut(), digest, cache);
             response
         }
     }

@@ -12,7 +12,7 @@
 //! only an authoritative 404 ends a tag's life, and it is remembered for `negative_ttl`. An offline
 //! upstream is never asked: its cached tags are served as they are.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, WARNING};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use std::sync::Arc;
@@ -309,52 +309,20 @@ async fn fetch(
     client_headers: &HeaderMap,
 ) -> Result<Arc<Manifest>, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let headers = accept_headers(client_headers);
     let path = format!("/v2/{}/manifests/{reference}", route.name);
-    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Manifest);
-    let mut res = upstream
-        .send(
-            Method::GET,
-            &path,
-            headers,
-            &auth::pull_scope(route.name.as_str()),
-        )
+    let scope = auth::pull_scope(route.name.as_str());
+    let (headers, bytes) = upstream
+        .get_small(&path, accept_headers(client_headers), &scope, MAX_MANIFEST)
         .await
-        .map_err(up_err)?;
-    if !res.status().is_success() {
-        return Err(up_err(upstream.status_error(res).await));
-    }
-    let announced_type = res
-        .headers()
+        .map_err(|e| ApiError::from_upstream(&e, Area::Manifest))?;
+    let announced_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
-    let announced_digest = res
-        .headers()
+    let announced_digest = headers
         .get(header::DOCKER_CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Digest>().ok());
-
-    let mut body = BytesMut::new();
-    loop {
-        match res.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_MANIFEST {
-                    return Err(bad_upstream(
-                        ErrorCode::ManifestInvalid,
-                        format!(
-                            "upstream {} sent a manifest larger than {MAX_MANIFEST} bytes",
-                            upstream.name()
-                        ),
-                    ));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(e) => return Err(up_err(upstream.transport(e))),
-        }
-    }
-    let bytes = body.freeze();
     let digest = Digest::of(&bytes);
     if let Reference::Digest(expected) = reference {
         if *expected != digest {

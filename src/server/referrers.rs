@@ -10,7 +10,7 @@
 
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WARNING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use tracing::warn;
@@ -21,7 +21,7 @@ use super::route::Route;
 use super::App;
 use crate::cache::TagEntry;
 use crate::oci::{media, Digest, ErrorCode};
-use crate::upstream::{auth, UpstreamError};
+use crate::upstream::auth;
 
 /// Tells the client which filters were applied.
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
@@ -122,7 +122,6 @@ async fn fetch(
     artifact_type: Option<&str>,
 ) -> Result<Bytes, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Referrers);
     let mut path = format!("/v2/{}/referrers/{subject}", route.name);
     if let Some(t) = artifact_type {
         path.push('?');
@@ -132,29 +131,15 @@ async fn fetch(
                 .finish(),
         );
     }
-    let mut res = upstream
-        .send(
-            Method::GET,
+    let (_, body) = upstream
+        .get_small(
             &path,
             HeaderMap::new(),
             &auth::pull_scope(route.name.as_str()),
+            MAX_MANIFEST,
         )
         .await
-        .map_err(up_err)?;
-    if !res.status().is_success() {
-        return Err(up_err(upstream.status_error(res).await));
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = res
-        .chunk()
-        .await
-        .map_err(|e| up_err(upstream.transport(e)))?
-    {
-        if body.len() + chunk.len() > MAX_MANIFEST {
-            return Err(invalid(upstream.name(), "a referrers list over 4 MiB"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|e| ApiError::from_upstream(&e, Area::Referrers))?;
     let mut list: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| invalid(upstream.name(), "a referrers list that is not JSON"))?;
     if let (Some(wanted), Some(manifests)) = (

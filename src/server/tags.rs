@@ -13,7 +13,7 @@ use super::response::{self, ApiError, Area, Body, CacheStatus, Fault};
 use super::route::Route;
 use super::App;
 use crate::oci::ErrorCode;
-use crate::upstream::{auth, UpstreamError};
+use crate::upstream::auth;
 
 /// The largest tag list read from an upstream.
 const MAX_TAGS_BODY: usize = 16 * 1024 * 1024;
@@ -120,31 +120,16 @@ async fn upstream_page(app: &App, route: &Route, query: &Query<'_>) -> Result<Pa
     if !upstream_query.is_empty() {
         path = format!("{path}?{upstream_query}");
     }
-    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Tags);
-    let mut res = upstream
-        .send(
-            Method::GET,
+    let (headers, body) = upstream
+        .get_small(
             &path,
             HeaderMap::new(),
             &auth::pull_scope(route.name.as_str()),
+            MAX_TAGS_BODY,
         )
         .await
-        .map_err(up_err)?;
-    if !res.status().is_success() {
-        return Err(up_err(upstream.status_error(res).await));
-    }
-    let more = res.headers().contains_key(LINK);
-    let mut body = Vec::new();
-    while let Some(chunk) = res
-        .chunk()
-        .await
-        .map_err(|e| up_err(upstream.transport(e)))?
-    {
-        if body.len() + chunk.len() > MAX_TAGS_BODY {
-            return Err(invalid(upstream.name(), "a tag list over 16 MiB"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|e| ApiError::from_upstream(&e, Area::Tags))?;
+    let more = headers.contains_key(LINK);
     let parsed: UpstreamList = serde_json::from_slice(&body)
         .map_err(|_| invalid(upstream.name(), "a tag list that is not JSON"))?;
     Ok(Page {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -403,6 +404,37 @@ impl Upstream {
             url = next;
         }
         Err(self.protocol(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// `GET`s a small document (a manifest, a tag list, a referrers list) whole: the response's
+    /// headers and body, at most `limit` bytes of it.
+    ///
+    /// # Errors
+    /// As [`Upstream::send`]; an error status as [`Upstream::status_error`] classifies it; a body
+    /// that breaks off, or is longer than `limit`, as [`UpstreamError::Protocol`] or a transport
+    /// error.
+    pub async fn get_small(
+        &self,
+        path_and_query: &str,
+        headers: HeaderMap,
+        scope: &str,
+        limit: usize,
+    ) -> Result<(HeaderMap, Bytes), UpstreamError> {
+        let mut response = self
+            .send(Method::GET, path_and_query, headers, scope)
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.status_error(response).await);
+        }
+        let headers = std::mem::take(response.headers_mut());
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(self.protocol(format!("sent a response larger than {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((headers, body.freeze()))
     }
 
     /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code.
