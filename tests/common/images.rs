@@ -1,11 +1,11 @@
 //! Deterministic test images written as OCI layouts (and a skopeo `dir:` tree for Docker schema 2),
-//! pushed into a real registry with skopeo.
+//! pushed into a real registry with skopeo. Every byte is fixed: seeded random file contents (so
+//! layers do not compress), tar mtimes 0, gzip mtime 0, so the digests are the same on every run
+//! and every machine.
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
-
-use super::fake::random_bytes;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -17,6 +17,23 @@ pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzi
 
 fn sha(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Deterministic, incompressible bytes (xorshift64* seeded through splitmix64).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x = (x ^ (x >> 31)) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// A gzipped tar with one file of seeded random bytes; returns (gzip bytes, diff id).
@@ -163,4 +180,65 @@ pub fn docker_schema2(dir: &Path) -> (PathBuf, String) {
     std::fs::write(dir.join("manifest.json"), &manifest).unwrap();
     std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
     (dir.to_owned(), sha(&manifest))
+}
+
+/// An image pushed by [`push_all`].
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    /// `repository:tag`, e.g. `e2e/multi:1`.
+    pub reference: &'static str,
+    /// The digest of the top manifest (the index for `e2e/index:1`).
+    pub digest: String,
+    /// Whether the reference names an index (pull it with `--all`).
+    pub index: bool,
+}
+
+/// Writes the three test images under `work` and pushes them into `registry` with
+/// `skopeo copy --preserve-digests`, as `e2e/multi:1` (three-layer OCI image), `e2e/index:1` (OCI
+/// index, linux/amd64 + linux/arm64) and `e2e/docker:1` (Docker schema 2). `creds` (`user:pass`)
+/// for a registry with token auth. Checks that the registry holds the expected manifests.
+pub async fn push_all(
+    registry: &super::real::Registry,
+    home: &Path,
+    work: &Path,
+    creds: Option<&str>,
+) -> Vec<Pushed> {
+    let (multi, multi_digest) = multi_layer(&work.join("multi"), "1");
+    let (index, index_digest) = multi_arch(&work.join("index"), "1");
+    let (docker, docker_digest) = docker_schema2(&work.join("docker"));
+    let pushed = vec![
+        Pushed {
+            reference: "e2e/multi:1",
+            digest: multi_digest,
+            index: false,
+        },
+        Pushed {
+            reference: "e2e/index:1",
+            digest: index_digest,
+            index: true,
+        },
+        Pushed {
+            reference: "e2e/docker:1",
+            digest: docker_digest,
+            index: false,
+        },
+    ];
+    let sources = [
+        format!("oci:{}:1", multi.dir.display()),
+        format!("oci:{}:1", index.dir.display()),
+        format!("dir:{}", docker.display()),
+    ];
+    let creds_flag = creds.map(|c| format!("--creds={c}"));
+    for (image, src) in pushed.iter().zip(&sources) {
+        let dest = format!("docker://127.0.0.1:{}/{}", registry.port, image.reference);
+        super::real::push_with(home, src, &dest, image.index, creds).await;
+        let extra: Vec<&str> = creds_flag.iter().map(String::as_str).collect();
+        assert_eq!(
+            super::real::inspect_digest(home, &dest, &extra).await,
+            image.digest,
+            "{}: the registry holds the manifest as generated",
+            image.reference
+        );
+    }
+    pushed
 }
