@@ -429,6 +429,22 @@ async fn routing_between_upstreams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_prefix_naming_an_unconfigured_registry_is_name_unknown() {
+    let up = Fake::start().await;
+    let w = Wharf::with_upstream(&up.url()).await;
+    for path in [
+        "/v2/quay.io/org/app/manifests/1",
+        "/v2/localhost:5000/app/manifests/1",
+    ] {
+        let res = client().get(w.url(path)).send().await.unwrap();
+        let (status, code, message) = error_code(res).await;
+        assert_eq!((status, code.as_str()), (404, "NAME_UNKNOWN"), "{path}");
+        assert!(message.contains("not configured"), "{message}");
+    }
+    assert_eq!(up.total(), 0, "not guessed onto the default upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_default_upstream_means_name_unknown() {
     let a = Fake::start().await;
     let w = Wharf::start(

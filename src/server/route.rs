@@ -153,10 +153,16 @@ pub fn parse(
         ),
         None => match raw_name
             .split_once('/')
-            .and_then(|(first, tail)| Some((registries.find(first)?, tail)))
+            .map(|(first, tail)| (first, tail, registries.find(first)))
         {
-            Some((index, tail)) => (index, tail),
-            None => (registries.default.ok_or(RouteError::NoDefault)?, raw_name),
+            Some((_, tail, Some(index))) => (index, tail),
+            // A first segment that can only be a registry host (docker's reference grammar: it
+            // has a '.' or a ':', or is localhost) names a registry this mirror does not have.
+            // Sending it to the default upstream would be a guess.
+            Some((first, _, None)) if looks_like_registry(first) => {
+                return Err(RouteError::UnknownRegistry(first.to_owned()));
+            }
+            _ => (registries.default.ok_or(RouteError::NoDefault)?, raw_name),
         },
     };
     let mut name: RepoName = name_at_upstream.parse().map_err(RouteError::NameInvalid)?;
@@ -215,6 +221,20 @@ fn split_endpoint(rest: &str) -> Result<(&str, RawEndpoint<'_>), RouteError> {
         return Ok((name, RawEndpoint::Referrers(last)));
     }
     Err(RouteError::NotFound)
+}
+
+/// Whether a path segment is a registry host rather than a repository component, by the rule docker
+/// uses to split a reference (distribution `reference/normalize.go`, `splitDockerDomain`).
+fn looks_like_registry(segment: &str) -> bool {
+    let host = segment.split_once(':').map_or(segment, |(host, _)| host);
+    let host_shaped = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    host_shaped && (segment.contains(['.', ':']) || segment == "localhost")
 }
 
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
@@ -306,7 +326,19 @@ mod tests {
                 Method::GET,
                 "/v2/quay.io/org/app/manifests/1".into(),
                 None,
-                api(0, "quay.io/org/app", "quay.io/org/app", tag("1")),
+                Err(RouteError::UnknownRegistry("quay.io".into())),
+            ),
+            (
+                Method::GET,
+                "/v2/localhost/app/manifests/1".into(),
+                None,
+                Err(RouteError::UnknownRegistry("localhost".into())),
+            ),
+            (
+                Method::GET,
+                "/v2/my-org/app/manifests/1".into(),
+                None,
+                api(0, "my-org/app", "my-org/app", tag("1")),
             ),
             (
                 Method::GET,
