@@ -18,12 +18,14 @@ use std::sync::{Arc, OnceLock};
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_util::{FutureExt, StreamExt};
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{CONTENT_RANGE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
@@ -186,6 +188,7 @@ impl Fill {
         digest: Digest,
     ) -> Arc<Self> {
         let (tx, rx) = watch::channel(FillState::Connecting);
+        let tx = Arc::new(tx);
         let fill = Arc::new(Self {
             digest,
             state: rx,
@@ -304,11 +307,6 @@ impl Fill {
 /// memory they hold between them.
 const FOLLOW_CHUNK: u64 = 64 * 1024;
 
-/// The largest write to the staging file: upstream chunks are small (16 KiB and less), and a write
-/// per chunk cost a trip to the blocking pool each, which made a cold pull of a big layer several
-/// times slower than the upstream itself.
-const WRITE_BATCH: usize = 512 * 1024;
-
 /// How often a broken upstream body is resumed with a `Range` request before the fill fails.
 const MAX_RESUMES: u32 = 3;
 
@@ -319,7 +317,7 @@ async fn run(
     upstream: &Upstream,
     repo: &RepoName,
     fill: &Fill,
-    tx: &watch::Sender<FillState>,
+    tx: &Arc<watch::Sender<FillState>>,
 ) -> Result<(Staged, u64), FillError> {
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
@@ -336,53 +334,49 @@ async fn run(
     let _ = fill.file.set(staged.reader());
     tx.send_replace(FillState::Streaming { size, written: 0 });
 
-    let mut sink = Sink {
-        staged,
-        verifier: Verifier::new(),
-        written: 0,
-        size,
-        tx,
-    };
+    let mut sink = Sink::start(staged, tx.clone(), size);
     let mut next = Some((response, 0));
     let mut resumes = 0;
     loop {
         if let Some((response, skip)) = next.take() {
-            if sink.copy(response, skip).await? == Copied::Ended {
+            if sink.copy(response, skip).await == Copied::Ended {
                 break;
             }
-            if size.is_some_and(|s| sink.written >= s) {
+            if size.is_some_and(|s| sink.received >= s) {
                 break; // Everything arrived; only the connection's end was unclean.
             }
         }
         if resumes == MAX_RESUMES {
             return Err(FillError::BodyCut {
                 upstream: upstream.name().to_owned(),
-                written: sink.written,
+                written: sink.received,
             });
         }
         resumes += 1;
         tokio::time::sleep(Duration::from_millis(200 << resumes)).await;
-        warn!(%digest, upstream = %upstream.name(), written = sink.written, attempt = resumes, "upstream body broke off; resuming");
-        match resume(upstream, &path, &scope, sink.written).await {
+        warn!(%digest, upstream = %upstream.name(), received = sink.received, attempt = resumes, "upstream body broke off; resuming");
+        match resume(upstream, &path, &scope, sink.received).await {
             Ok(resumed) => next = Some(resumed),
             Err(error) => {
                 debug!(%digest, upstream = %upstream.name(), %error, "resume request failed")
             }
         }
     }
-    let Sink {
+    let overflow = sink.overflow;
+    let Written {
         staged,
         verifier,
         written,
-        ..
-    } = sink;
-    verifier
-        .finish(&digest, size)
-        .map_err(|mismatch| FillError::Mismatch {
-            upstream: upstream.name().to_owned(),
-            digest,
-            mismatch,
-        })?;
+    } = sink.finish().await?;
+    let mismatch = |mismatch| FillError::Mismatch {
+        upstream: upstream.name().to_owned(),
+        digest,
+        mismatch,
+    };
+    if let (Some(expected), Some(actual)) = (size, overflow) {
+        return Err(mismatch(Mismatch::Size { expected, actual }));
+    }
+    verifier.finish(&digest, size).map_err(mismatch)?;
     Ok((staged, written))
 }
 
@@ -437,14 +431,29 @@ async fn resume(
     }
 }
 
-/// Where a fill's bytes go: hashed, written at the end of the staging file, announced to readers.
-struct Sink<'a> {
+/// Where a fill's bytes go. The async side only receives: chunks are handed over a bounded channel
+/// to a writer thread that hashes them, writes them at the end of the staging file and announces
+/// the new length to readers. Hashing and writing thus overlap the download instead of taking turns
+/// with it (and the channel's bound is the back-pressure on a slow disk).
+struct Sink {
+    chunks: mpsc::Sender<Bytes>,
+    result: oneshot::Receiver<std::io::Result<Written>>,
+    /// Bytes handed to the writer: all of them are written unless the writer fails.
+    received: u64,
+    size: Option<u64>,
+    /// How many bytes arrived, when more arrived than the upstream announced.
+    overflow: Option<u64>,
+}
+
+/// What the writer thread leaves behind.
+struct Written {
     staged: Staged,
     verifier: Verifier,
     written: u64,
-    size: Option<u64>,
-    tx: &'a watch::Sender<FillState>,
 }
+
+/// Chunks queued between the download and the writer thread (upstream chunks are 16 KiB or less).
+const WRITE_QUEUE: usize = 64;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Copied {
@@ -454,33 +463,62 @@ enum Copied {
     Broke,
 }
 
-impl Sink<'_> {
-    /// Copies a response body into the staging file. Chunks that arrive back to back are batched
-    /// into writes of up to [`WRITE_BATCH`]; whatever is pending is written as soon as the upstream
-    /// pauses, so followers of a slow upstream are not kept waiting for a batch to fill.
-    async fn copy(
-        &mut self,
-        response: reqwest::Response,
-        mut skip: u64,
-    ) -> Result<Copied, FillError> {
+impl Sink {
+    fn start(staged: Staged, tx: Arc<watch::Sender<FillState>>, size: Option<u64>) -> Self {
+        let (chunks, mut queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (done, result) = oneshot::channel();
+        // A thread of its own rather than the blocking pool: it lives as long as the download, and
+        // the pool's few threads serve the file reads of every hit.
+        let spawned = std::thread::Builder::new()
+            .name("wharf-fill".into())
+            .spawn(move || {
+                let write = || -> std::io::Result<Written> {
+                    let file = staged.reader();
+                    let mut verifier = Verifier::new();
+                    let mut written = 0u64;
+                    while let Some(first) = queue.blocking_recv() {
+                        let mut chunk = Some(first);
+                        // Write what is queued, then tell the readers once.
+                        while let Some(bytes) = chunk {
+                            verifier.update(&bytes);
+                            file.write_all_at(&bytes, written)?;
+                            written += bytes.len() as u64;
+                            chunk = queue.try_recv().ok();
+                        }
+                        tx.send_modify(|s| {
+                            if let FillState::Streaming { written: w, .. } = s {
+                                *w = written;
+                            }
+                        });
+                    }
+                    Ok(Written {
+                        staged,
+                        verifier,
+                        written,
+                    })
+                };
+                let _ = done.send(write());
+            });
+        if let Err(error) = spawned {
+            // The closure, and with it both channel ends, is dropped: the fill fails as abandoned.
+            warn!(%error, "cannot start a writer thread for a blob fill");
+        }
+        Self {
+            chunks,
+            result,
+            received: 0,
+            size,
+            overflow: None,
+        }
+    }
+
+    /// Hands a response body to the writer, skipping its first `skip` bytes (a resume the upstream
+    /// answered with the whole blob).
+    async fn copy(&mut self, response: reqwest::Response, mut skip: u64) -> Copied {
         let mut body = response.bytes_stream();
-        let mut pending = BytesMut::new();
-        loop {
-            let next = if pending.is_empty() {
-                body.next().await
-            } else if let Some(ready) = body.next().now_or_never() {
-                ready
-            } else {
-                self.flush(&mut pending).await?;
-                body.next().await
-            };
-            let chunk = match next {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(_)) => {
-                    self.flush(&mut pending).await?;
-                    return Ok(Copied::Broke);
-                }
-                None => break,
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return Copied::Broke;
             };
             let chunk = if skip > 0 {
                 let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
@@ -492,35 +530,25 @@ impl Sink<'_> {
             if chunk.is_empty() {
                 continue;
             }
-            self.verifier.update(&chunk);
-            let seen = self.written + pending.len() as u64 + chunk.len() as u64;
-            if self.size.is_some_and(|s| seen > s) {
-                break; // Longer than announced: verification refuses it.
+            let len = chunk.len() as u64;
+            if self.size.is_some_and(|s| self.received + len > s) {
+                self.overflow = Some(self.received + len);
+                return Copied::Ended;
             }
-            pending.extend_from_slice(&chunk);
-            if pending.len() >= WRITE_BATCH {
-                self.flush(&mut pending).await?;
+            if self.chunks.send(chunk).await.is_err() {
+                return Copied::Ended; // The writer failed: `finish` says why.
             }
+            self.received += len;
         }
-        self.flush(&mut pending).await?;
-        Ok(Copied::Ended)
+        Copied::Ended
     }
 
-    /// Writes what is pending and tells the readers.
-    async fn flush(&mut self, pending: &mut BytesMut) -> Result<(), FillError> {
-        if pending.is_empty() {
-            return Ok(());
+    /// Waits for the writer to write everything handed to it.
+    async fn finish(self) -> Result<Written, FillError> {
+        drop(self.chunks);
+        match self.result.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(FillError::Abandoned),
         }
-        let bytes = pending.split().freeze();
-        let len = bytes.len() as u64;
-        self.staged.write_at(bytes, self.written).await?;
-        self.written += len;
-        let written = self.written;
-        self.tx.send_modify(|s| {
-            if let FillState::Streaming { written: w, .. } = s {
-                *w = written;
-            }
-        });
-        Ok(())
     }
 }
