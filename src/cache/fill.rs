@@ -302,10 +302,10 @@ impl Fill {
     }
 }
 
-/// How much a follower reads from the staging file at once. Smaller than a hit's chunk: followers
-/// are paced by the upstream anyway, and hundreds of them may attach to one fill, so this bounds the
-/// memory they hold between them.
-const FOLLOW_CHUNK: u64 = 64 * 1024;
+/// How much a follower reads from the staging file at once: the hit path's chunk. Followers of one
+/// fill hold at most one chunk each in flight, so 200 of them stay near 25 MiB; 64 KiB reads made a
+/// cold 512 MiB pull 15% slower (8192 trips to the blocking pool), 256 KiB only 10% faster.
+const FOLLOW_CHUNK: u64 = 128 * 1024;
 
 /// How often a broken upstream body is resumed with a `Range` request before the fill fails.
 const MAX_RESUMES: u32 = 3;
