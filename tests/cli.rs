@@ -11,6 +11,33 @@ use common::fake::{AuthMode, Fake};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 
+/// Starts the binary and reads its log until it says where it listens: the child, the rest of its
+/// log, the address, and the lines read so far.
+fn spawn_listening(
+    mut command: Command,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStderr>,
+    String,
+    String,
+) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "wharf exited:\n{log}"
+        );
+        log.push_str(&line);
+        if let Some(i) = line.find("wharf is listening addr=") {
+            let addr = line[i + 24..].split_whitespace().next().unwrap().to_owned();
+            return (child, stderr, addr, log);
+        }
+    }
+}
+
 fn run_with(config: &Path) -> (i32, String) {
     let out = Command::new(BIN)
         .args(["serve", "--config"])
@@ -114,26 +141,12 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "wharf exited:\n{log}"
-        );
-        log.push_str(&line);
-        if let Some(i) = line.find("wharf is listening addr=") {
-            break line[i + 24..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
+        .env("RUST_LOG", "trace");
+    let (mut child, mut stderr, addr, mut log) = spawn_listening(command);
     let c = common::client();
     let res = c
         .get(format!("http://{addr}/v2/org/app/manifests/1"))
@@ -183,20 +196,11 @@ async fn serve_offline_never_contacts_any_upstream() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--offline", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "wharf exited");
-        if let Some(i) = line.find("wharf is listening addr=") {
-            break line[i + 24..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
+        .arg(&config);
+    let (mut child, _stderr, addr, _log) = spawn_listening(command);
     let res = common::client()
         .get(format!("http://{addr}/v2/org/app/manifests/1"))
         .send()
