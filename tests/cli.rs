@@ -13,7 +13,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 
 /// Starts the binary and reads its log until it says where it listens: the child, the rest of its
 /// log, the address, and the lines read so far.
-#[allow(clippy::zombie_processes, reason = "the child is handed to the caller, which waits for it")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is handed to the caller, which waits for it"
+)]
 fn spawn_listening(
     mut command: Command,
 ) -> (
