@@ -603,3 +603,88 @@ async fn everything_pulled_survives_a_restart_without_upstream() {
         assert_eq!(&res.bytes().await.unwrap(), body, "{p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_head_on_a_miss_and_an_image_index() {
+    let up = Fake::start().await;
+    let amd = up.add_image("org/app", "amd", 1, 100, 1);
+    let arm = up.add_image("org/app", "arm", 1, 100, 2);
+    let (index, index_digest) = up.add_index("org/app", "multi", &[&amd, &arm]);
+    let w = Wharf::with_upstream(&up.url()).await;
+    let c = client();
+
+    // HEAD on a miss: the same headers a GET would have, no body.
+    let res = c
+        .head(w.url("/v2/org/app/manifests/multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-cache"], "miss");
+    assert_eq!(res.headers()["content-type"], common::fake::OCI_INDEX);
+    assert_eq!(
+        res.headers()["docker-content-digest"],
+        index_digest.as_str()
+    );
+    assert_eq!(
+        res.headers()["content-length"],
+        index.len().to_string().as_str()
+    );
+    assert!(res.bytes().await.unwrap().is_empty());
+
+    // The index comes back byte for byte with its media type, and each platform's manifest by digest.
+    let res = c
+        .get(w.url("/v2/org/app/manifests/multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], common::fake::OCI_INDEX);
+    assert_eq!(res.bytes().await.unwrap(), index);
+    for img in [&amd, &arm] {
+        let path = format!("/v2/org/app/manifests/{}", img.manifest_digest);
+        let res = c.get(w.url(&path)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], OCI_MANIFEST);
+        assert_eq!(res.headers()["x-cache"], "miss");
+        assert_eq!(res.bytes().await.unwrap(), img.manifest);
+        let res = c.get(w.url(&path)).send().await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "hit");
+    }
+    assert_eq!(up.count("GET", "/manifests/multi"), 1);
+    assert_eq!(up.count("GET", "/manifests/sha256:"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_5xx_on_uncached_content_is_a_gateway_error() {
+    let up = Fake::start().await;
+    let d = up.add_blob(common::fake::random_bytes(100, 1));
+    {
+        let mut k = up.knobs();
+        k.status
+            .insert("/v2/org/app/manifests/1".into(), (503, None));
+        k.status
+            .insert(format!("/v2/org/app/blobs/{d}"), (500, None));
+    }
+    let w = Wharf::with_upstream(&up.url()).await;
+    let c = client();
+    for path in [
+        "/v2/org/app/manifests/1".to_owned(),
+        format!("/v2/org/app/blobs/{d}"),
+    ] {
+        let (status, _, message) = error_code(c.get(w.url(&path)).send().await.unwrap()).await;
+        assert_eq!(status, 502, "{path}: {message}");
+        assert!(message.contains("upstream.test"), "{path}: {message}");
+    }
+    // Nothing was cached from the failures: once the upstream recovers, both are fetched.
+    up.knobs().status.clear();
+    up.add_image("org/app", "1", 0, 0, 1);
+    for path in [
+        "/v2/org/app/manifests/1".to_owned(),
+        format!("/v2/org/app/blobs/{d}"),
+    ] {
+        let res = c.get(w.url(&path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["x-cache"], "miss", "{path}");
+    }
+}

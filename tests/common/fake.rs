@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
+
 /// A gate a fake response waits at until the test opens it (for good).
 #[derive(Clone)]
 pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
@@ -258,6 +259,34 @@ impl Fake {
             config: config_digest,
             layers: layer_digests,
         }
+    }
+
+    /// An OCI image index over `images` (linux/amd64, linux/arm64, ... in order), tagged `tag` in
+    /// `repo`. Returns the index bytes and digest.
+    pub fn add_index(&self, repo: &str, tag: &str, images: &[&Image]) -> (Bytes, String) {
+        const ARCHES: [&str; 4] = ["amd64", "arm64", "ppc64le", "s390x"];
+        let manifests: Vec<serde_json::Value> = images
+            .iter()
+            .zip(ARCHES.iter().cycle())
+            .map(|(img, arch)| {
+                serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": img.manifest_digest,
+                    "size": img.manifest.len(),
+                    "platform": {"architecture": arch, "os": "linux"},
+                })
+            })
+            .collect();
+        let index = Bytes::from(
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": manifests,
+            })
+            .to_string(),
+        );
+        let digest = self.add_manifest(repo, Some(tag), OCI_INDEX, index.clone());
+        (index, digest)
     }
 
     pub fn knobs(&self) -> parking_lot::MutexGuard<'_, Knobs> {
