@@ -3,16 +3,18 @@
 //!
 //! The first request for a missing blob starts a [`Fill`]: a task, detached from that request, that
 //! streams the upstream body into a staging file while hashing it, and publishes its progress on a
-//! `watch` channel. Every request for the digest while the fill runs, the first one included, reads
-//! the staging file through a shared handle up to the bytes written so far and waits on the channel
-//! for more; nobody holds a copy of the blob in memory. A client that disconnects only drops its own
-//! reader: the fill goes on, and the cache still gets the blob.
+//! `watch` channel. Every request for the digest while the fill runs, the first one included, follows
+//! it: from the last few MiB received, which the fill keeps in memory, while the reader keeps up
+//! with the download, and from the staging file (through a shared handle, up to the bytes written so
+//! far) when it joined late or fell behind; then it waits on the channel for more. Memory is bounded
+//! per fill, not per reader, however many clients attach. A client that disconnects only drops its
+//! own reader: the fill goes on, and the cache still gets the blob.
 //!
 //! Readers never see a clean end on bad data: the last byte is held back until the digest and size
 //! have been verified, so when a fill fails every attached response is cut short and the client
 //! knows the body is incomplete. The failed staging file is removed with the task's [`Staged`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::sync::{Arc, OnceLock};
 
@@ -57,6 +59,16 @@ pub struct Fill {
     digest: Digest,
     state: watch::Receiver<FillState>,
     file: OnceLock<Arc<File>>,
+    /// The most recently received chunks, so readers that keep up are served from memory (no read
+    /// back from the staging file); readers that fall behind read the file.
+    recent: Mutex<Recent>,
+}
+
+/// The tail of a fill's body, as received: chunks by offset, at most [`RECENT_BYTES`] in all.
+#[derive(Default)]
+struct Recent {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
 }
 
 /// Where a fill is.
@@ -64,10 +76,13 @@ pub struct Fill {
 pub enum FillState {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// The body is arriving; `written` bytes are in the staging file.
+    /// The body is arriving: `received` bytes have arrived, of which `written` are in the staging
+    /// file (the rest are queued for the writer, and the latest are in [`Fill::recent`]).
     Streaming {
         /// The size the upstream announced, if it did.
         size: Option<u64>,
+        /// Bytes received so far.
+        received: u64,
         /// Bytes written so far.
         written: u64,
     },
@@ -193,6 +208,7 @@ impl Fill {
             digest,
             state: rx,
             file: OnceLock::new(),
+            recent: Mutex::new(Recent::default()),
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
@@ -248,20 +264,26 @@ impl Fill {
         }
     }
 
-    /// Streams `[start, end)` of the blob (to the end when `end` is `None`) as it is written. The
-    /// stream ends with an error if the fill fails.
+    /// Streams `[start, end)` of the blob (to the end when `end` is `None`) as it arrives: from
+    /// memory while the reader keeps up with the download, from the staging file when it falls
+    /// behind. The stream ends with an error if the fill fails.
     pub fn follow(self: Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
         let rx = self.state.clone();
         Box::pin(futures_util::stream::unfold(
             (self, rx, start),
             move |(fill, mut rx, pos)| async move {
                 loop {
+                    if pos == u64::MAX {
+                        return None;
+                    }
                     let state = rx.borrow_and_update().clone();
-                    let (available, done) = match &state {
-                        FillState::Connecting => (0, false),
+                    let (available, written, done) = match &state {
+                        FillState::Connecting => (0, 0, false),
                         // Hold the last byte back until the blob is verified.
-                        FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
-                        FillState::Done { size } => (*size, true),
+                        FillState::Streaming {
+                            received, written, ..
+                        } => (received.saturating_sub(1), *written, false),
+                        FillState::Done { size } => (*size, *size, true),
                         FillState::Failed(e) => {
                             return Some((
                                 Err(std::io::Error::other(e.to_string())),
@@ -269,25 +291,29 @@ impl Fill {
                             ));
                         }
                     };
-                    if pos == u64::MAX {
-                        return None;
-                    }
                     let limit = end.map_or(available, |e| e.min(available));
                     if pos < limit {
-                        let next = limit.min(pos + FOLLOW_CHUNK);
-                        let Some(file) = fill.file.get().cloned() else {
-                            return Some((
-                                Err(std::io::Error::other("fill has no file")),
-                                (fill, rx, u64::MAX),
-                            ));
-                        };
-                        let blob = BlobFile::new(file, next);
-                        return match blob.read_range(pos, next).await {
-                            Ok(bytes) => Some((Ok(bytes), (fill, rx, next))),
-                            Err(e) => Some((Err(e), (fill, rx, u64::MAX))),
-                        };
-                    }
-                    if done || end.is_some_and(|e| pos >= e) {
+                        if let Some(bytes) = fill.recent_slice(pos, limit) {
+                            let next = pos + bytes.len() as u64;
+                            return Some((Ok(bytes), (fill, rx, next)));
+                        }
+                        // Behind what memory holds: read the file, which has everything up to
+                        // `written` (at least as much as memory has dropped).
+                        let next = limit.min(written).min(pos + FOLLOW_CHUNK);
+                        if pos < next {
+                            let Some(file) = fill.file.get().cloned() else {
+                                return Some((
+                                    Err(std::io::Error::other("fill has no file")),
+                                    (fill, rx, u64::MAX),
+                                ));
+                            };
+                            let blob = BlobFile::new(file, next);
+                            return match blob.read_range(pos, next).await {
+                                Ok(bytes) => Some((Ok(bytes), (fill, rx, next))),
+                                Err(e) => Some((Err(e), (fill, rx, u64::MAX))),
+                            };
+                        }
+                    } else if done || end.is_some_and(|e| pos >= e) {
                         return None;
                     }
                     if rx.changed().await.is_err() {
@@ -300,7 +326,40 @@ impl Fill {
             },
         ))
     }
+
+    /// Bytes from `pos` (up to `limit`) out of the recent chunks, if memory still holds `pos`.
+    fn recent_slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let recent = self.recent.lock();
+        let first = recent.chunks.front()?.0;
+        if pos < first {
+            return None;
+        }
+        // Chunks are contiguous: find the one holding `pos`.
+        let i = recent
+            .chunks
+            .partition_point(|(at, b)| at + b.len() as u64 <= pos);
+        let (at, chunk) = recent.chunks.get(i)?;
+        let from = usize::try_from(pos - at).ok()?;
+        let to = usize::try_from(limit.min(at + chunk.len() as u64) - at).ok()?;
+        Some(chunk.slice(from..to))
+    }
+
+    /// Keeps a newly received chunk (at `offset`) in memory, dropping the oldest beyond the bound.
+    fn remember(&self, offset: u64, chunk: Bytes) {
+        let mut recent = self.recent.lock();
+        recent.bytes += chunk.len();
+        recent.chunks.push_back((offset, chunk));
+        while recent.bytes > RECENT_BYTES && recent.chunks.len() > 1 {
+            if let Some((_, old)) = recent.chunks.pop_front() {
+                recent.bytes -= old.len();
+            }
+        }
+    }
 }
+
+/// How much of a fill's latest body each fill keeps in memory for the readers that keep up. Per
+/// fill, not per reader: memory stays flat however many clients attach.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// How much a follower reads from the staging file at once. Followers of one fill each hold one read
 /// in flight, so this is what memory grows by per attached client: at 64 KiB, 200 followers of a
@@ -333,14 +392,18 @@ async fn run(
     let size = response.content_length();
     let staged = cache.store.stage().await?;
     let _ = fill.file.set(staged.reader());
-    tx.send_replace(FillState::Streaming { size, written: 0 });
+    tx.send_replace(FillState::Streaming {
+        size,
+        received: 0,
+        written: 0,
+    });
 
     let mut sink = Sink::start(staged, tx.clone(), size);
     let mut next = Some((response, 0));
     let mut resumes = 0;
     loop {
         if let Some((response, skip)) = next.take() {
-            if sink.copy(response, skip).await == Copied::Ended {
+            if sink.copy(fill, response, skip).await == Copied::Ended {
                 break;
             }
             if size.is_some_and(|s| sink.received >= s) {
@@ -432,29 +495,35 @@ async fn resume(
     }
 }
 
-/// Where a fill's bytes go. The async side only receives: chunks are handed over a bounded channel
-/// to a writer thread that hashes them, writes them at the end of the staging file and announces
-/// the new length to readers. Hashing and writing thus overlap the download instead of taking turns
-/// with it (and the channel's bound is the back-pressure on a slow disk).
+/// Where a fill's bytes go. The async side only receives: each chunk is kept in memory for the
+/// readers that keep up ([`Fill::remember`]) and handed over bounded channels to two threads, one
+/// that hashes and one that writes at the end of the staging file (announcing the new length to the
+/// readers that read the file). Hashing and writing thus overlap each other and the download,
+/// instead of taking turns with it; the channels' bound is the back-pressure on a slow disk.
 struct Sink {
-    chunks: mpsc::Sender<Bytes>,
-    result: oneshot::Receiver<std::io::Result<Written>>,
-    /// Bytes handed to the writer: all of them are written unless the writer fails.
+    to_writer: mpsc::Sender<Bytes>,
+    to_hasher: mpsc::Sender<Bytes>,
+    /// Where readers learn how much has arrived.
+    tx: Arc<watch::Sender<FillState>>,
+    written: oneshot::Receiver<std::io::Result<(Staged, u64)>>,
+    hashed: oneshot::Receiver<Verifier>,
+    /// Bytes handed to the threads: all of them are written unless the writer fails.
     received: u64,
     size: Option<u64>,
     /// How many bytes arrived, when more arrived than the upstream announced.
     overflow: Option<u64>,
 }
 
-/// What the writer thread leaves behind.
+/// What the threads leave behind.
 struct Written {
     staged: Staged,
     verifier: Verifier,
     written: u64,
 }
 
-/// Chunks queued between the download and the writer thread (upstream chunks are 16 KiB or less).
-const WRITE_QUEUE: usize = 64;
+/// Chunks queued between the download and each thread. Upstream chunks are up to the HTTP client's
+/// read buffer (about 400 KiB), so a full queue is at most a few tens of MiB, and usually empty.
+const QUEUE: usize = 32;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Copied {
@@ -466,56 +535,65 @@ enum Copied {
 
 impl Sink {
     fn start(staged: Staged, tx: Arc<watch::Sender<FillState>>, size: Option<u64>) -> Self {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let (done, result) = oneshot::channel();
-        // A thread of its own rather than the blocking pool: it lives as long as the download, and
-        // the pool's few threads serve the file reads of every hit.
-        let spawned = std::thread::Builder::new()
-            .name("wharf-fill".into())
+        let (to_writer, mut writes) = mpsc::channel::<Bytes>(QUEUE);
+        let (to_hasher, mut hashes) = mpsc::channel::<Bytes>(QUEUE);
+        let (written_tx, written) = oneshot::channel();
+        let (hashed_tx, hashed) = oneshot::channel();
+        let writer_tx = tx.clone();
+        // Threads of their own rather than the blocking pool: they live as long as the download,
+        // and the pool's few threads serve the file reads of every hit. If one cannot be started,
+        // its channel ends are dropped with the closure and the fill fails as abandoned.
+        let writer = std::thread::Builder::new()
+            .name("wharf-fill-write".into())
             .spawn(move || {
-                let write = || -> std::io::Result<Written> {
+                let write = || -> std::io::Result<(Staged, u64)> {
                     let file = staged.reader();
-                    let mut verifier = Verifier::new();
                     let mut written = 0u64;
-                    while let Some(first) = queue.blocking_recv() {
+                    while let Some(first) = writes.blocking_recv() {
                         let mut chunk = Some(first);
                         // Write what is queued, then tell the readers once.
                         while let Some(bytes) = chunk {
-                            verifier.update(&bytes);
                             file.write_all_at(&bytes, written)?;
                             written += bytes.len() as u64;
-                            chunk = queue.try_recv().ok();
+                            chunk = writes.try_recv().ok();
                         }
-                        tx.send_modify(|s| {
+                        writer_tx.send_modify(|s| {
                             if let FillState::Streaming { written: w, .. } = s {
                                 *w = written;
                             }
                         });
                     }
-                    Ok(Written {
-                        staged,
-                        verifier,
-                        written,
-                    })
+                    Ok((staged, written))
                 };
-                let _ = done.send(write());
+                let _ = written_tx.send(write());
             });
-        if let Err(error) = spawned {
-            // The closure, and with it both channel ends, is dropped: the fill fails as abandoned.
-            warn!(%error, "cannot start a writer thread for a blob fill");
+        let hasher = std::thread::Builder::new()
+            .name("wharf-fill-hash".into())
+            .spawn(move || {
+                let mut verifier = Verifier::new();
+                while let Some(bytes) = hashes.blocking_recv() {
+                    verifier.update(&bytes);
+                }
+                let _ = hashed_tx.send(verifier);
+            });
+        if let Err(error) = writer.and(hasher) {
+            warn!(%error, "cannot start the threads of a blob fill");
         }
         Self {
-            chunks,
-            result,
+            to_writer,
+            to_hasher,
+            tx,
+            written,
+            hashed,
             received: 0,
             size,
             overflow: None,
         }
     }
 
-    /// Hands a response body to the writer, skipping its first `skip` bytes (a resume the upstream
+    /// Hands a response body to the threads, skipping its first `skip` bytes (a resume the upstream
     /// answered with the whole blob).
-    async fn copy(&mut self, response: reqwest::Response, mut skip: u64) -> Copied {
+    async fn copy(&mut self, fill: &Fill, response: reqwest::Response, mut skip: u64) -> Copied {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else {
@@ -536,20 +614,86 @@ impl Sink {
                 self.overflow = Some(self.received + len);
                 return Copied::Ended;
             }
-            if self.chunks.send(chunk).await.is_err() {
-                return Copied::Ended; // The writer failed: `finish` says why.
+            fill.remember(self.received, chunk.clone());
+            if self.to_hasher.send(chunk.clone()).await.is_err()
+                || self.to_writer.send(chunk).await.is_err()
+            {
+                return Copied::Ended; // A thread failed: `finish` says why.
             }
             self.received += len;
+            let received = self.received;
+            self.tx.send_modify(|s| {
+                if let FillState::Streaming { received: r, .. } = s {
+                    *r = received;
+                }
+            });
         }
         Copied::Ended
     }
 
-    /// Waits for the writer to write everything handed to it.
+    /// Waits for the threads to hash and write everything handed to them.
     async fn finish(self) -> Result<Written, FillError> {
-        drop(self.chunks);
-        match self.result.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(FillError::Abandoned),
+        drop(self.to_writer);
+        drop(self.to_hasher);
+        let (Ok(written), Ok(verifier)) = (self.written.await, self.hashed.await) else {
+            return Err(FillError::Abandoned);
+        };
+        let (staged, written) = written?;
+        Ok(Written {
+            staged,
+            verifier,
+            written,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill() -> Fill {
+        Fill {
+            digest: Digest::of(b""),
+            state: watch::channel(FillState::Connecting).1,
+            file: OnceLock::new(),
+            recent: Mutex::new(Recent::default()),
         }
+    }
+
+    #[test]
+    fn recent_chunks_serve_readers_that_keep_up() {
+        let f = fill();
+        assert_eq!(f.recent_slice(0, 10), None);
+        f.remember(0, Bytes::from_static(b"abcd"));
+        f.remember(4, Bytes::from_static(b"efgh"));
+        let cases: &[(u64, u64, Option<&[u8]>)] = &[
+            (0, 8, Some(b"abcd")),
+            (2, 8, Some(b"cd")),
+            (2, 3, Some(b"c")),
+            (4, 8, Some(b"efgh")),
+            (5, 7, Some(b"fg")),
+            (8, 9, None),
+        ];
+        for &(pos, limit, want) in cases {
+            assert_eq!(
+                f.recent_slice(pos, limit).as_deref(),
+                want,
+                "{pos}..{limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn recent_chunks_are_bounded() {
+        let f = fill();
+        let chunk = Bytes::from(vec![1u8; RECENT_BYTES / 2]);
+        for i in 0..4u64 {
+            f.remember(i * chunk.len() as u64, chunk.clone());
+        }
+        assert!(f.recent.lock().bytes <= RECENT_BYTES);
+        // The oldest chunks are gone: readers there must use the file.
+        assert_eq!(f.recent_slice(0, 1), None);
+        let last = 3 * chunk.len() as u64;
+        assert_eq!(f.recent_slice(last, last + 1).map(|b| b.len()), Some(1));
     }
 }
