@@ -92,7 +92,7 @@ fn serve(path: &Path, offline: bool) -> ExitCode {
     if offline {
         config.set_offline();
     }
-    let _log = wharf::telemetry::init();
+    let _log = wharf::telemetry::init(&config.log);
     // File reads run on the blocking pool; they are short (page-cache copies), so a few threads
     // keep up, and each extra thread costs memory (a glibc arena, buffers in flight).
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -32,8 +32,14 @@ pub fn config_text(storage: &Path, tag_ttl: &str, ups: &[Up<'_>]) -> String {
         storage.display()
     );
     for u in ups {
+        // The fake upstreams and the test registries speak plain HTTP on loopback.
+        let insecure = if u.url.starts_with("http://") && !u.extra.contains("insecure") {
+            "insecure = true\n"
+        } else {
+            ""
+        };
         text.push_str(&format!(
-            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = {}\n{}\n",
+            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = {}\n{insecure}{}\n",
             u.name, u.url, u.default, u.extra
         ));
     }
