@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod images;
+pub mod pki;
 pub mod real;
 
 use std::path::Path;
@@ -68,9 +69,20 @@ impl Wharf {
 
     pub async fn start_in(dir: TempDir, tag_ttl: &str, ups: &[Up<'_>]) -> Wharf {
         let text = config_text(dir.path(), tag_ttl, ups);
-        let config = wharf::Config::from_toml(&text, Path::new("test.toml")).unwrap();
+        Self::start_text(dir, &text).await
+    }
+
+    /// Starts wharf with this configuration text (storage in `dir`); `base` is https:// when the
+    /// text configures TLS.
+    pub async fn start_text(dir: TempDir, text: &str) -> Wharf {
+        let config = wharf::Config::from_toml(text, Path::new("test.toml")).unwrap();
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let running = wharf::start(config).await.unwrap();
-        let base = format!("http://{}", running.local_addr());
+        let base = format!("{scheme}://{}", running.local_addr());
         Wharf {
             running: Some(running),
             base,
