@@ -160,4 +160,21 @@ async fn skopeo_pulls_over_https_with_credentials_from_a_registry_over_https() {
         .await
         .unwrap();
     assert_eq!(res.status(), 503, "{:?}", res.text().await);
+
+    // insecure = true: any certificate is accepted.
+    let storage = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{}\"\ndefault = true\ninsecure = true\n",
+        storage.path().display(),
+        registry.url()
+    );
+    let insecure = Wharf::start_text(storage, &text).await;
+    let res = common::client()
+        .get(insecure.url("/v2/e2e/app/manifests/1"))
+        .header("accept", images::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap(), manifest);
 }

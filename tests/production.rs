@@ -478,6 +478,7 @@ async fn scrape_after(addr: SocketAddr, n: f64) -> prometheus_parse::Scrape {
 async fn metrics_count_a_known_sequence_of_pulls_exactly() {
     let fake = Fake::start().await;
     let img = fake.add_image("org/app", "1", 1, 100_000, 11);
+    fake.knobs().rate_limit = Some((100, 76));
     let held = fake.add_blob(fake::random_bytes(1 << 20, 12));
     let gate = Gate::new();
     fake.knobs()
@@ -610,6 +611,9 @@ async fn metrics_count_a_known_sequence_of_pulls_exactly() {
         ),
         1.0
     );
+    let limit = |name: &str| value(&s, name, &[("upstream", "upstream.test")]);
+    assert_eq!(limit("wharf_upstream_rate_limit_remaining"), 76.0);
+    assert_eq!(limit("wharf_upstream_rate_limit_limit"), 100.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

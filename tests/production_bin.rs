@@ -51,6 +51,12 @@ impl Wharf {
             if let Some(i) = line.find("wharf is listening addr=") {
                 break line[i + 24..].split_whitespace().next().unwrap().to_owned();
             }
+            // [log] format = "json"
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                if event["message"] == "wharf is listening" {
+                    break event["addr"].as_str().unwrap().to_owned();
+                }
+            }
         };
         let log = Arc::new(Mutex::new(log));
         let sink = log.clone();
@@ -257,6 +263,43 @@ async fn sigterm_during_a_download_stops_accepting_lets_it_finish_and_exits_0() 
         1,
         "the blob was committed before exit"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_version_and_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), "http://127.0.0.1:9", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[log]\nformat = \"json\"\n");
+    std::fs::write(&config, text).unwrap();
+    let wharf = Wharf::start(&config, &[]);
+    let res = common::client()
+        .get(format!("http://{}/v2/", wharf.addr))
+        .header("x-request-id", "json-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "json-test-1");
+    wharf.signal("TERM");
+    let (code, log) = wharf.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let request = events
+        .iter()
+        .find(|e| e["message"] == "request")
+        .unwrap_or_else(|| panic!("no request line in {log}"));
+    assert_eq!(request["id"], "json-test-1");
+    assert_eq!(request["path"], "/v2/");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["version"], "HTTP/1.1");
+    assert!(request["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(request["level"], "INFO");
 }
 
 /// `systemd-analyze`, which scripts/test.sh installs (Debian's systemd package) when missing.
