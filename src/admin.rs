@@ -88,8 +88,14 @@ impl AdminState {
 pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    debug!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let state = state.clone();
             tokio::spawn(async move {
