@@ -169,6 +169,12 @@ async fn skopeo_pulls_over_https_with_credentials_from_a_registry_over_https() {
         registry.url()
     );
     let insecure = Wharf::start_text(storage, &text).await;
+    assert!(
+        captured_logs().lines().any(|l| l.contains("WARN")
+            && l.contains("insecure = true")
+            && l.contains(&registry.url())),
+        "a warning at start names the insecure upstream"
+    );
     let res = common::client()
         .get(insecure.url("/v2/e2e/app/manifests/1"))
         .header("accept", images::OCI_MANIFEST)

@@ -70,6 +70,10 @@ async fn https_serves_http2_and_http1_by_alpn() {
     let w = Wharf::start_text(dir, &text).await;
     assert!(w.base.starts_with("https://127.0.0.1:"), "{}", w.base);
 
+    // A client that connects and never starts its handshake holds up nobody else.
+    let addr = w.running.as_ref().unwrap().local_addr();
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+
     let manifest = w.url("/v2/org/app/manifests/1");
     let blob = w.url(&format!("/v2/org/app/blobs/{}", img.layers[0]));
     let blob_bytes = fake.state.blobs.lock()[&img.layers[0]].clone();

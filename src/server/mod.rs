@@ -120,7 +120,7 @@ impl App {
             },
         };
         let mut response = result.unwrap_or_else(|e| e.into_response(head));
-        if response.status() == StatusCode::UNAUTHORIZED {
+        if response.status() == StatusCode::UNAUTHORIZED && self.access.requires_auth() {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"wharf\""),
