@@ -15,7 +15,6 @@ use tracing::{error, info, warn};
 
 use super::request_id::RequestId;
 use super::response::{header, Body, ErrorDetail, Fault};
-use super::RouteLabel;
 use crate::metrics::{self, Metrics, RequestLabels};
 
 /// A response body that logs the request line when it is dropped.
@@ -67,10 +66,7 @@ impl Logged {
         response: Response<Body>,
     ) -> Response<Self> {
         let (mut parts, inner) = response.into_parts();
-        let route = parts
-            .extensions
-            .remove::<RouteLabel>()
-            .map_or("other", |r| r.0);
+        let route = route_label(&request.path);
         let cache = match parts
             .headers
             .get(header::X_CACHE)
@@ -107,6 +103,27 @@ impl Logged {
                 metrics,
             },
         )
+    }
+}
+
+/// The API area a path asks for, as a metric label: `manifest`, `blob`, `tags`, `referrers`,
+/// `base` or `other`. From the path's shape alone (what the client asked, whether or not it
+/// routes), without parsing it again.
+pub fn route_label(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return "other";
+    };
+    if rest.is_empty() || rest == "/" {
+        return "base";
+    }
+    let mut segments = rest.rsplit('/');
+    let last = segments.next().unwrap_or("");
+    match (segments.next(), last) {
+        (Some("manifests"), _) => "manifest",
+        (Some("blobs"), _) => "blob",
+        (Some("referrers"), _) => "referrers",
+        (Some("tags"), "list") => "tags",
+        _ => "other",
     }
 }
 
@@ -190,6 +207,33 @@ impl Drop for Logged {
                 fault: Fault::Internal,
                 detail,
             }) => line!(error, error = %detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels() {
+        for (path, want) in [
+            ("/v2/", "base"),
+            ("/v2", "base"),
+            ("/v2/library/nginx/manifests/1.27", "manifest"),
+            (
+                "/v2/docker.io/library/nginx/manifests/sha256:abc",
+                "manifest",
+            ),
+            ("/v2/org/app/blobs/sha256:abc", "blob"),
+            ("/v2/org/app/blobs/uploads/", "other"),
+            ("/v2/org/app/tags/list", "tags"),
+            ("/v2/org/app/referrers/sha256:abc", "referrers"),
+            ("/v2/org/app", "other"),
+            ("/metrics", "other"),
+            ("/", "other"),
+        ] {
+            assert_eq!(route_label(path), want, "{path}");
         }
     }
 }

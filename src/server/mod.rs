@@ -75,11 +75,6 @@ pub struct App {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// The route of a request as a metric label, put in each response's extensions by
-/// [`App::handle`]: `manifest`, `blob`, `tags`, `referrers`, `base` or `other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteLabel(pub &'static str);
-
 // === impl App ===
 
 impl App {
@@ -90,16 +85,6 @@ impl App {
         let uri = request.uri().clone();
         let head = method == Method::HEAD;
         let parsed = route::parse(&method, uri.path(), uri.query(), &self.registries);
-        let label = RouteLabel(match &parsed {
-            Ok(Parsed::Base) => "base",
-            Ok(Parsed::Api(r)) => match r.endpoint {
-                Endpoint::Manifest(_) => "manifest",
-                Endpoint::Blob(_) => "blob",
-                Endpoint::TagsList { .. } => "tags",
-                Endpoint::Referrers { .. } => "referrers",
-            },
-            Err(_) => "other",
-        });
         let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
         let result = match self.access.authenticate(request.headers(), client).await {
             Err(refusal) => Err(unauthorized(refusal)),
@@ -130,7 +115,6 @@ impl App {
             header::API_VERSION,
             HeaderValue::from_static("registry/2.0"),
         );
-        response.extensions_mut().insert(label);
         response
     }
 
@@ -285,7 +269,10 @@ async fn connection<I>(
                 id: id.clone(),
                 started,
             };
-            request.extensions_mut().insert(ClientAddr(peer));
+            if app.access.requires_auth() {
+                // For the log of failed attempts.
+                request.extensions_mut().insert(ClientAddr(peer));
+            }
             let span = tracing::info_span!("request", id = %id);
             let mut response = app.handle(request).instrument(span).await;
             response

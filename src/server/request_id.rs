@@ -44,8 +44,12 @@ impl RequestId {
             u64::from_le_bytes(bytes)
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{:016x}", mix(n ^ key));
-        Self(HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-")))
+        let value = mix(n ^ key);
+        let mut text = [0u8; 16];
+        for (i, byte) in text.iter_mut().enumerate() {
+            *byte = b"0123456789abcdef"[((value >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Self(HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
 
     /// The id as a header value.
