@@ -68,7 +68,7 @@ fn start_wharf(dir: &std::path::Path, upstream: &str) -> (Proc, String) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"bench.test\"\nurl = \"{upstream}\"\ndefault = true\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"bench.test\"\nurl = \"{upstream}\"\ndefault = true\ninsecure = true\n",
             dir.join("data").display()
         ),
     )

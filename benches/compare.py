@@ -129,7 +129,7 @@ def wharf_cmd(binary, upstream):
         with open(config, "w") as f:
             f.write(
                 f'[server]\nlisten = "127.0.0.1:{port}"\n[storage]\npath = "{state}/data"\n'
-                f'[[upstream]]\nname = "bench.test"\nurl = "{upstream}"\ndefault = true\n'
+                f'[[upstream]]\nname = "bench.test"\nurl = "{upstream}"\ndefault = true\ninsecure = true\n'
             )
         return [binary, "serve", "--config", config]
 

@@ -82,7 +82,7 @@ fn hit_path(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\n",
+        "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"http://127.0.0.1:9\"\ndefault = true\ninsecure = true\n",
         dir.path().display()
     );
     let config = wharf::Config::from_toml(&text, Path::new("bench.toml")).unwrap();

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::access::allow::AllowList;
 use crate::secret::{Credentials, Secret};
 
 /// The validated configuration.
@@ -31,6 +32,12 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `[[upstream]]`, in file order; never empty.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[auth]`: who may use the mirror.
+    pub auth: AuthConfig,
+    /// `[metrics]`: the Prometheus and health listener.
+    pub metrics: MetricsConfig,
+    /// `[log]`: the log's format and filter.
+    pub log: LogConfig,
 }
 
 /// `[server]`.
@@ -38,6 +45,56 @@ pub struct Config {
 pub struct ServerConfig {
     /// The address to listen on (`listen`, default `0.0.0.0:5000`).
     pub listen: SocketAddr,
+    /// HTTPS on the listener (`tls_cert` and `tls_key`, both or neither); plain HTTP when `None`.
+    /// Both files were read and checked (they parse, and the key matches the certificate).
+    pub tls: Option<TlsFiles>,
+    /// How long a SIGTERM waits for open responses and blob fills before exiting
+    /// (`shutdown_grace`, default `30s`).
+    pub shutdown_grace: Duration,
+}
+
+/// The PEM files of the listener's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (`tls_cert`).
+    pub cert: PathBuf,
+    /// The private key of the leaf (`tls_key`).
+    pub key: PathBuf,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// An htpasswd file of bcrypt entries (`htpasswd`): when set, every `/v2/` request needs HTTP
+    /// Basic credentials from it. The file was read and checked.
+    pub htpasswd: Option<PathBuf>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`listen`); `None` (the key left out,
+    /// or `"off"`) serves none of them.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Human-readable lines or JSON objects (`format`, default `"text"`).
+    pub format: LogFormat,
+    /// The filter, in `RUST_LOG` syntax (`level`, default `info`); `RUST_LOG` overrides it.
+    pub filter: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `2024-05-01T10:00:00Z  INFO request method=GET ...`.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[storage]`.
@@ -90,6 +147,14 @@ pub struct UpstreamConfig {
     /// Never contact this upstream: serve only what is cached (`offline`, default false). The
     /// command line's `--offline` sets it on every upstream.
     pub offline: bool,
+    /// Accept any certificate (self-signed, expired, another host's) and allow a plain `http://`
+    /// URL (`insecure`, default false). For lab registries only.
+    pub insecure: bool,
+    /// Extra trusted CA certificates for this upstream, PEM (the contents of `ca_file`), on top of
+    /// the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Which repositories clients may pull (`allow`); `None` allows all.
+    pub allow: Option<AllowList>,
 }
 
 /// A configuration the operator must fix. Its `Display` is one line:
@@ -113,6 +178,12 @@ pub struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +191,30 @@ pub struct RawConfig {
 struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    htpasswd: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: String,
+    level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +258,10 @@ struct RawUpstream {
     fill_wait: String,
     #[serde(default)]
     offline: bool,
+    #[serde(default)]
+    insecure: bool,
+    ca_file: Option<PathBuf>,
+    allow: Option<Vec<String>>,
 }
 
 /// Where password values come from: the environment and files, abstracted so tests feed a map
@@ -305,11 +404,29 @@ fn default_max_fills() -> usize {
 fn default_fill_wait() -> String {
     "30s".into()
 }
+fn default_shutdown_grace() -> String {
+    "30s".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: None,
         }
     }
 }
@@ -363,6 +480,9 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             ),
         )
     })?;
+    let tls = tls_files(raw.server.tls_cert, raw.server.tls_key, sources)
+        .map_err(|(k, p)| err(&format!("server.{k}"), p))?;
+    let shutdown_grace = duration("server.shutdown_grace", &raw.server.shutdown_grace)?;
     if raw.storage.path.trim().is_empty() {
         return Err(err(
             "storage.path",
@@ -413,6 +533,23 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             )
         })?;
         let url = parse_upstream_url(&url_text).map_err(|p| err(&key("url"), p))?;
+        if url.scheme() == "http" && !u.insecure {
+            return Err(err(
+                &key("url"),
+                format!("{url_text:?} is plain HTTP, so pulls and credentials would cross the network unencrypted; use https://, or set insecure = true on this upstream for a lab registry"),
+            ));
+        }
+        let ca_pem = match &u.ca_file {
+            Some(path) => Some(ca_bundle(path, sources).map_err(|p| err(&key("ca_file"), p))?),
+            None => None,
+        };
+        let allow = match &u.allow {
+            Some(patterns) => Some(
+                AllowList::parse(patterns, name == "docker.io")
+                    .map_err(|p| err(&key("allow"), p))?,
+            ),
+            None => None,
+        };
         if u.default {
             if let Some(other) = upstreams.iter().find(|o| o.default) {
                 return Err(err(
@@ -475,12 +612,82 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             max_fills: u.max_fills,
             fill_wait,
             offline: u.offline,
+            insecure: u.insecure,
+            ca_pem,
+            allow,
         });
+    }
+
+    let htpasswd = match raw.auth.htpasswd {
+        Some(path) => {
+            let text = sources.read(&path).map_err(|e| {
+                err(
+                    "auth.htpasswd",
+                    format!(
+                        "cannot read {} ({}); create it with htpasswd -B -c {} USER",
+                        path.display(),
+                        io_reason(&e),
+                        path.display()
+                    ),
+                )
+            })?;
+            crate::access::htpasswd::parse(&text)
+                .map_err(|e| err("auth.htpasswd", format!("{}: {e}", path.display())))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let metrics_listen = match raw.metrics.listen.as_deref().map(str::trim) {
+        None | Some("off") => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            err(
+                "metrics.listen",
+                format!("{text:?} is not an IP address with a port; use e.g. listen = \"127.0.0.1:9095\", or \"off\""),
+            )
+        })?),
+    };
+    if metrics_listen.is_some_and(|m| m == listen && m.port() != 0) {
+        return Err(err(
+            "metrics.listen",
+            "is the same address as server.listen; give the metrics their own port, e.g. listen = \"127.0.0.1:9095\"".into(),
+        ));
+    }
+    let format = match raw.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(err(
+                "log.format",
+                format!("{other:?} is not a log format; use \"text\" or \"json\""),
+            ))
+        }
+    };
+    if let Some(level) = &raw.log.level {
+        let directives = crate::telemetry::level_directives(level);
+        // A lone word that is not a level would be read as a target name, silencing the rest.
+        let lone_word = !level.contains(['=', ',']);
+        if level.trim().is_empty()
+            || (lone_word
+                && level
+                    .trim()
+                    .parse::<tracing_subscriber::filter::LevelFilter>()
+                    .is_err())
+            || tracing_subscriber::EnvFilter::try_new(&directives).is_err()
+        {
+            return Err(err(
+                "log.level",
+                format!("{level:?} is not a log filter; use a level (error, warn, info, debug, trace) or RUST_LOG syntax, e.g. \"info,wharf::upstream=debug\""),
+            ));
+        }
     }
 
     Ok(Config {
         file: file.to_owned(),
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            tls,
+            shutdown_grace,
+        },
         storage: StorageConfig {
             path: PathBuf::from(raw.storage.path),
         },
@@ -490,7 +697,70 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             negative_ttl,
         },
         upstreams,
+        auth: AuthConfig { htpasswd },
+        metrics: MetricsConfig {
+            listen: metrics_listen,
+        },
+        log: LogConfig {
+            format,
+            filter: raw.log.level,
+        },
     })
+}
+
+/// `tls_cert` and `tls_key`: both or neither, readable, and a usable pair.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    sources: &dyn Sources,
+) -> Result<Option<TlsFiles>, KeyProblem> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(("tls_key", "is missing but tls_cert is set; set both (the certificate's private key, PEM) or neither (plain HTTP)".into())),
+        (None, Some(_)) => return Err(("tls_cert", "is missing but tls_key is set; set both (the certificate chain, PEM, leaf first) or neither (plain HTTP)".into())),
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let read = |k: &'static str, path: &Path| {
+        sources.read(path).map_err(|e| {
+            (
+                k,
+                format!(
+                    "cannot read {} ({}); give a PEM file wharf can read",
+                    path.display(),
+                    io_reason(&e)
+                ),
+            )
+        })
+    };
+    let cert_pem = read("tls_cert", &cert)?;
+    let key_pem = read("tls_key", &key)?;
+    crate::tls::certified_key(cert_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| {
+        let path = if e.key() == "tls_cert" { &cert } else { &key };
+        (e.key(), format!("{} {e}; {}", path.display(), e.fix()))
+    })?;
+    Ok(Some(TlsFiles { cert, key }))
+}
+
+/// An upstream's `ca_file`: PEM certificates, at least one, that all parse.
+fn ca_bundle(path: &Path, sources: &dyn Sources) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let fix = "give a PEM file of the CA certificates that sign the registry's certificate";
+    let text = sources
+        .read(path)
+        .map_err(|e| format!("cannot read {} ({}); {fix}", path.display(), io_reason(&e)))?;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM ({e}); {fix}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (-----BEGIN CERTIFICATE-----); {fix}",
+            path.display()
+        ));
+    }
+    if let Err(e) = reqwest::Certificate::from_pem_bundle(text.as_bytes()) {
+        return Err(format!("{}: {e}; {fix}", path.display()));
+    }
+    Ok(text.into_bytes())
 }
 
 /// Parses a human duration: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1h30m"`. A bare number is refused,
@@ -743,7 +1013,12 @@ fn type_fix(message: &str, key: Option<&str>) -> String {
         "a string"
             if matches!(
                 last,
-                "tag_ttl" | "negative_ttl" | "connect_timeout" | "timeout" | "fill_wait"
+                "tag_ttl"
+                    | "negative_ttl"
+                    | "connect_timeout"
+                    | "timeout"
+                    | "fill_wait"
+                    | "shutdown_grace"
             ) =>
         {
             format!("durations are quoted strings with a unit, e.g. {last} = \"30s\"")
@@ -857,7 +1132,7 @@ mod tests {
 
     struct Fake {
         env: HashMap<&'static str, &'static str>,
-        files: HashMap<&'static str, &'static str>,
+        files: HashMap<&'static str, String>,
     }
 
     impl Sources for Fake {
@@ -867,20 +1142,42 @@ mod tests {
         fn read(&self, path: &Path) -> std::io::Result<String> {
             self.files
                 .get(path.to_str().unwrap_or(""))
-                .map(|v| (*v).to_owned())
+                .cloned()
                 .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
         }
     }
 
+    /// A certificate and its key, another key, made once.
+    fn pems() -> &'static (String, String, String) {
+        static PEMS: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+        PEMS.get_or_init(|| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["wharf.test".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let other = rcgen::KeyPair::generate().unwrap();
+            (cert.pem(), key.serialize_pem(), other.serialize_pem())
+        })
+    }
+
     fn fake() -> Fake {
+        let (cert, key, other_key) = pems();
+        let bcrypt = "alice:$2y$05$EZG4xhUA92UnLFhvFGPVr.x8YeYSraDvJIyr7tE7BTMQaf4LP0.gu\n";
         Fake {
             env: HashMap::from([("PW", "env-secret"), ("EMPTY", "")]),
             files: HashMap::from([
-                ("/pw", "file-secret\n"),
-                ("/crlf", "file-secret\r\n"),
-                ("/bare", "file-secret"),
-                ("/two", "file-secret\n\n"),
-                ("/empty", "\n"),
+                ("/pw", "file-secret\n".into()),
+                ("/crlf", "file-secret\r\n".into()),
+                ("/bare", "file-secret".into()),
+                ("/two", "file-secret\n\n".into()),
+                ("/empty", "\n".into()),
+                ("/tls/cert.pem", cert.clone()),
+                ("/tls/key.pem", key.clone()),
+                ("/tls/other-key.pem", other_key.clone()),
+                ("/ca.pem", cert.clone()),
+                ("/htpasswd", bcrypt.into()),
+                ("/htpasswd-md5", format!("{bcrypt}bob:$apr1$hunter2$xyz\n")),
             ]),
         }
     }
@@ -926,6 +1223,9 @@ mod tests {
             "[storage]\n",
             "[cache]\n",
             "[[upstream]]\n",
+            "[auth]\n",
+            "[metrics]\n",
+            "[log]\n",
         ] {
             let got = load(&format!("{table}no_such_key = 1\n"))
                 .map(|_| ())
@@ -948,8 +1248,15 @@ mod tests {
     #[test]
     fn defaults_when_keys_are_left_out() {
         let config =
-            load("[[upstream]]\nname = \"upstream.test\"\nurl = \"http://127.0.0.1:9\"\n").unwrap();
+            load("[[upstream]]\nname = \"upstream.test\"\nurl = \"https://127.0.0.1:9\"\n")
+                .unwrap();
         assert_eq!(config.server.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(config.server.tls, None);
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.auth.htpasswd, None);
+        assert_eq!(config.metrics.listen, None);
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.log.filter, None);
         assert_eq!(config.storage.path, PathBuf::from("./data"));
         assert_eq!(config.cache.tag_ttl, Duration::from_secs(300));
         let up = &config.upstreams[0];
@@ -959,6 +1266,7 @@ mod tests {
         assert_eq!(up.timeout, Duration::from_secs(60));
         assert_eq!(up.max_fills, 16);
         assert_eq!(up.fill_wait, Duration::from_secs(30));
+        assert!(!up.insecure && up.ca_pem.is_none() && up.allow.is_none());
     }
 
     #[test]
@@ -966,6 +1274,16 @@ mod tests {
         let text = r#"
             [server]
             listen = "[::1]:5555"
+            tls_cert = "/tls/cert.pem"
+            tls_key = "/tls/key.pem"
+            shutdown_grace = "1m"
+            [auth]
+            htpasswd = "/htpasswd"
+            [metrics]
+            listen = "127.0.0.1:9095"
+            [log]
+            format = "json"
+            level = "debug"
             [storage]
             path = "/var/lib/wharf"
             [cache]
@@ -974,9 +1292,12 @@ mod tests {
             name = "docker.io"
             url = "https://registry-1.docker.io/"
             default = true
+            allow = ["nginx", "org/**"]
             [[upstream]]
             name = "localhost:5001"
             url = "http://127.0.0.1:5001"
+            insecure = true
+            ca_file = "/ca.pem"
             username = "bot"
             password_env = "PW"
             token_realms = ["Auth.Example.com"]
@@ -1002,6 +1323,25 @@ mod tests {
         assert_eq!(up.max_fills, 3);
         assert_eq!(up.fill_wait, Duration::ZERO);
         assert_eq!(c.default_upstream().unwrap().name, "docker.io");
+        assert_eq!(
+            c.server.tls,
+            Some(TlsFiles {
+                cert: "/tls/cert.pem".into(),
+                key: "/tls/key.pem".into()
+            })
+        );
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(c.auth.htpasswd, Some(PathBuf::from("/htpasswd")));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9095".parse().unwrap()));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.filter.as_deref(), Some("debug"));
+        assert!(up.insecure);
+        assert_eq!(up.ca_pem.as_deref(), Some(pems().0.as_bytes()));
+        let hub = c.upstream("docker.io").unwrap();
+        assert!(!hub.insecure);
+        let allow = hub.allow.as_ref().unwrap();
+        assert!(allow.allows("library/nginx") && allow.allows("org/a/b"));
+        assert!(!allow.allows("library/redis"));
         let printed = format!("{c:?}");
         assert!(!printed.contains("env-secret"), "{printed}");
         assert!(printed.contains("bot"));
@@ -1229,6 +1569,60 @@ mod tests {
             (format!("{UP}fill_wait = \"\"\n"), "upstream[0].fill_wait: \"\" is not a duration"),
             (format!("{UP}max_fills = 0\n"), "upstream[0].max_fills: 0 is out of range"),
             (format!("{UP}max_fills = 100000\n"), "upstream[0].max_fills: 100000 is out of range"),
+            // Upstream TLS and allow lists.
+            (
+                up("url = \"http://a.io\""),
+                "upstream[0].url: \"http://a.io\" is plain HTTP, so pulls and credentials would cross the network unencrypted; use https://, or set insecure = true",
+            ),
+            (format!("{UP}insecure = \"yes\"\n"), "upstream[0].insecure: is a string, expected a boolean"),
+            (format!("{UP}ca_file = \"/missing\"\n"), "upstream[0].ca_file: cannot read /missing (no such file)"),
+            (format!("{UP}ca_file = \"/pw\"\n"), "upstream[0].ca_file: /pw holds no certificate"),
+            (format!("{UP}allow = []\n"), "upstream[0].allow: lists no pattern"),
+            (format!("{UP}allow = [\"Org/*\"]\n"), "upstream[0].allow: \"Org/*\" has 'O'"),
+            (format!("{UP}allow = \"org/*\"\n"), "upstream[0].allow: is a string, expected a list"),
+            // The listener's TLS.
+            (
+                format!("[server]\ntls_cert = \"/tls/cert.pem\"\n{UP}"),
+                "server.tls_key: is missing but tls_cert is set; set both",
+            ),
+            (
+                format!("[server]\ntls_key = \"/tls/key.pem\"\n{UP}"),
+                "server.tls_cert: is missing but tls_key is set; set both",
+            ),
+            (
+                format!("[server]\ntls_cert = \"/nope.pem\"\ntls_key = \"/tls/key.pem\"\n{UP}"),
+                "server.tls_cert: cannot read /nope.pem (no such file)",
+            ),
+            (
+                format!("[server]\ntls_cert = \"/tls/cert.pem\"\ntls_key = \"/tls/other-key.pem\"\n{UP}"),
+                "server.tls_key: /tls/other-key.pem holds a private key that does not match the certificate in tls_cert",
+            ),
+            (
+                format!("[server]\ntls_cert = \"/tls/key.pem\"\ntls_key = \"/tls/key.pem\"\n{UP}"),
+                "server.tls_cert: /tls/key.pem holds no PEM certificate",
+            ),
+            (
+                format!("[server]\ntls_cert = \"/tls/cert.pem\"\ntls_key = \"/tls/cert.pem\"\n{UP}"),
+                "server.tls_key: /tls/cert.pem holds no PEM private key",
+            ),
+            (format!("[server]\nshutdown_grace = 30\n{UP}"), "server.shutdown_grace: is a whole number, expected a string; durations are quoted strings"),
+            (format!("[server]\nshutdown_grace = \"soon\"\n{UP}"), "server.shutdown_grace: \"soon\" is not a duration"),
+            // Access, metrics, logs.
+            (format!("[auth]\nhtpasswd = \"/missing\"\n{UP}"), "auth.htpasswd: cannot read /missing (no such file); create it with htpasswd -B -c /missing USER"),
+            (
+                format!("[auth]\nhtpasswd = \"/htpasswd-md5\"\n{UP}"),
+                "auth.htpasswd: /htpasswd-md5: line 2: user \"bob\" has an MD5 ($apr1$) hash; only bcrypt is accepted",
+            ),
+            (format!("[auth]\nusers = \"x\"\n{UP}"), "auth.users: unknown key; valid keys here are htpasswd"),
+            (format!("[metrics]\nlisten = \"9095\"\n{UP}"), "metrics.listen: \"9095\" is not an IP address with a port"),
+            (
+                format!("[server]\nlisten = \"127.0.0.1:5000\"\n[metrics]\nlisten = \"127.0.0.1:5000\"\n{UP}"),
+                "metrics.listen: is the same address as server.listen",
+            ),
+            (format!("[log]\nformat = \"xml\"\n{UP}"), "log.format: \"xml\" is not a log format; use \"text\" or \"json\""),
+            (format!("[log]\nlevel = \"loud\"\n{UP}"), "log.level: \"loud\" is not a log filter"),
+            (format!("[log]\nlevel = \"\"\n{UP}"), "log.level: \"\" is not a log filter"),
+            (format!("[log]\nlevel = \"wharf=loud\"\n{UP}"), "log.level: \"wharf=loud\" is not a log filter"),
         ];
         for (text, want) in &cases {
             let got = load(text).map(|_| ()).unwrap_err().to_string();

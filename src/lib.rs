@@ -9,20 +9,28 @@
 //! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
 //! index and in-flight fills). `main.rs` only wires these together.
 
+pub mod access;
+pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod oci;
+pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::Config;
 
@@ -39,10 +47,12 @@ pub enum Error {
     #[error(transparent)]
     Cache(#[from] cache::OpenError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         /// The configured address.
         addr: SocketAddr,
+        /// The configuration key it comes from.
+        key: &'static str,
         /// The OS error.
         source: std::io::Error,
     },
@@ -54,6 +64,16 @@ pub enum Error {
         /// The error.
         source: reqwest::Error,
     },
+    /// The listener's certificate could not be loaded (it changed since the configuration was
+    /// checked).
+    #[error("server.{0}")]
+    Tls(#[from] tls::LoadError),
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    TlsConfig(#[from] rustls::Error),
+    /// The htpasswd file could not be loaded (it changed since the configuration was checked).
+    #[error("auth.htpasswd: {0}")]
+    Htpasswd(String),
     /// The index could not be written at shutdown.
     #[error(transparent)]
     Index(#[from] cache::IndexError),
@@ -63,15 +83,24 @@ pub enum Error {
 /// (benches and tests drive [`server::App::handle`] directly).
 ///
 /// # Errors
-/// When the storage, the index or an upstream client cannot be set up.
+/// When the storage, the index, an upstream client or the htpasswd file cannot be set up.
 pub fn app(config: &Config) -> Result<server::App, Error> {
+    let metrics = Arc::new(metrics::Metrics::new());
     let cache = Arc::new(cache::Cache::open(&config.storage.path)?);
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
-        let client = upstream::Upstream::new(u).map_err(|source| Error::Upstream {
-            name: u.name.clone(),
-            source,
-        })?;
+        if u.insecure {
+            warn!(
+                upstream = %u.name,
+                url = %u.url,
+                "insecure = true: this upstream's certificate is not checked (and plain HTTP is allowed), so anyone on the path can read or change what wharf pulls from it"
+            );
+        }
+        let client =
+            upstream::Upstream::new(u, metrics.clone()).map_err(|source| Error::Upstream {
+                name: u.name.clone(),
+                source,
+            })?;
         upstreams.push(Arc::new(client));
     }
     let registries = server::route::RegistryTable::new(
@@ -102,45 +131,110 @@ pub fn app(config: &Config) -> Result<server::App, Error> {
             .build(),
         hot_manifests: server::manifests::hot_manifests(HOT_MANIFEST_BYTES),
         hot_blobs: server::blobs::hot_blobs(HOT_BLOB_BYTES),
+        access: access::Access::new(config, metrics.clone()).map_err(Error::Htpasswd)?,
+        metrics,
     })
 }
 
 /// A wharf that is serving; see [`start`].
 pub struct Running {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
-    cache: Arc<cache::Cache>,
+    app: Arc<server::App>,
+    grace: Duration,
+    admin: Option<(Arc<admin::AdminState>, JoinHandle<()>)>,
+    reloader: Arc<Mutex<reload::Reloader>>,
+    poller: Option<JoinHandle<()>>,
 }
 
-/// Opens the cache, builds the upstream clients, binds the listener and starts serving. Returns once
-/// the listener is bound, so callers (tests, the binary) know the address.
+/// Opens the cache, builds the upstream clients, binds the listeners and starts serving. Returns
+/// once the listeners are bound, so callers (tests, the binary) know the addresses.
 ///
 /// # Errors
-/// When the storage, the index, an upstream client or the listener cannot be set up.
+/// When the storage, the index, an upstream client, the certificate, the htpasswd file or a
+/// listener cannot be set up.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let app = Arc::new(app(&config)?);
-    let cache = app.cache.clone();
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
-    info!(%addr, storage = %config.storage.path.display(), upstreams = config.upstreams.len(), "wharf is listening");
+    let certs = match &config.server.tls {
+        Some(files) => Some(Arc::new(tls::CertStore::open(files)?)),
+        None => None,
+    };
+    let tls_config = certs
+        .as_ref()
+        .map(tls::CertStore::server_config)
+        .transpose()?;
+    let bind = |addr: SocketAddr, key: &'static str| async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, key, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, key, source })?;
+        Ok::<_, Error>((listener, local))
+    };
+    let (listener, addr) = bind(config.server.listen, "server.listen").await?;
+    let admin = match config.metrics.listen {
+        Some(at) => {
+            let (listener, local) = bind(at, "metrics.listen").await?;
+            let state = Arc::new(admin::AdminState::new(app.clone(), &config.storage.path));
+            let task = admin::spawn(listener, state.clone());
+            Some((local, state, task))
+        }
+        None => None,
+    };
+    let metrics_addr = admin.as_ref().map(|(a, _, _)| *a);
+
+    let mut watched: Vec<Arc<dyn reload::Reloadable>> = Vec::new();
+    if let Some(certs) = &certs {
+        watched.push(certs.clone());
+    }
+    if let Some(htpasswd) = app.access.reloadable() {
+        watched.push(htpasswd);
+    }
+    let reloader = Arc::new(Mutex::new(reload::Reloader::new(
+        watched,
+        app.metrics.clone(),
+    )));
+    let poller = (!reloader.lock().is_empty()).then(|| {
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(reload::POLL_INTERVAL).await;
+                let r = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || r.lock().check(false)).await;
+            }
+        })
+    });
+
+    info!(
+        %addr,
+        tls = certs.is_some(),
+        auth = app.access.requires_auth(),
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        storage = %config.storage.path.display(),
+        upstreams = config.upstreams.len(),
+        "wharf is listening"
+    );
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, app, async {
+    let options = server::ServeOptions {
+        tls: tls_config,
+        grace: config.server.shutdown_grace,
+    };
+    let task = tokio::spawn(server::serve(listener, app.clone(), options, async {
         let _ = stopped.await;
     }));
     Ok(Running {
         addr,
+        metrics_addr,
         stop,
         task,
-        cache,
+        app,
+        grace: config.server.shutdown_grace,
+        admin: admin.map(|(_, state, task)| (state, task)),
+        reloader,
+        poller,
     })
 }
 
@@ -152,66 +246,139 @@ impl Running {
         self.addr
     }
 
+    /// The address of `/metrics`, `/healthz` and `/readyz`, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Resolves once no blob fill is running (every verified blob is committed or dropped).
     pub async fn fills_settled(&self) {
-        self.cache.inflight().idle().await;
+        self.app.cache.inflight().idle().await;
     }
 
     /// How many blob fills are running.
     pub fn fills_in_flight(&self) -> usize {
-        self.cache.inflight().len()
+        self.app.cache.inflight().len()
     }
 
-    /// Stops accepting, waits for open responses, and flushes the index.
+    /// Loads the TLS certificate and the htpasswd file again (what SIGHUP does). What fails to load
+    /// is logged and left as it was.
+    pub async fn reload(&self) -> Vec<reload::Outcome> {
+        let r = self.reloader.clone();
+        tokio::task::spawn_blocking(move || r.lock().check(true))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Stops accepting, waits up to the shutdown grace for open responses and blob fills, and
+    /// flushes the index.
     ///
     /// # Errors
     /// When the index cannot be flushed.
     pub async fn shutdown(self) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        if let Some((state, _)) = &self.admin {
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let _ = self.stop.send(());
         let _ = self.task.await;
         // Fills whose clients have gone still finish, so the cache keeps what was paid for.
-        if tokio::time::timeout(server::DRAIN_TIMEOUT, self.cache.inflight().idle())
+        let fills = self.app.cache.inflight();
+        if tokio::time::timeout_at(deadline, fills.idle())
             .await
             .is_err()
         {
-            tracing::warn!(
-                fills = self.cache.inflight().len(),
-                "blob downloads still running after the drain timeout; abandoning them"
+            warn!(
+                fills = fills.len(),
+                "blob downloads still running at the end of the shutdown grace; abandoning them"
             );
         }
-        self.cache.index().flush().await?;
+        if let Some(poller) = &self.poller {
+            poller.abort();
+        }
+        if let Some((_, task)) = &self.admin {
+            task.abort();
+        }
+        self.app.cache.index().flush().await?;
         Ok(())
     }
 }
 
-/// Runs wharf until SIGINT or SIGTERM, then shuts down gracefully.
+/// Runs wharf until SIGINT or SIGTERM, then shuts down gracefully. SIGHUP reloads the TLS
+/// certificate and the htpasswd file. Under systemd (`Type=notify`) it reports readiness, reloads
+/// and the shutdown.
 ///
 /// # Errors
 /// As [`start`] and [`Running::shutdown`].
 pub async fn run(config: Config) -> Result<(), Error> {
     let running = start(config).await?;
-    shutdown_signal().await;
+    let status = format!("STATUS=serving on {}", running.local_addr());
+    systemd::notify(&format!("READY=1\n{status}"));
+    let mut signals = Signals::new();
+    while let Signal::Reload = signals.next().await {
+        info!("SIGHUP: reloading the TLS certificate and the htpasswd file");
+        systemd::notify("RELOADING=1");
+        running.reload().await;
+        systemd::notify(&format!("READY=1\n{status}"));
+    }
     info!("signal received; shutting down");
+    systemd::notify("STOPPING=1\nSTATUS=shutting down: finishing open responses and downloads");
     running.shutdown().await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// The signals wharf acts on, registered once so none is missed between two waits.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                hangup: signal(SignalKind::hangup()).ok(),
             }
-            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => Signal::Stop,
+                () = recv(&mut self.interrupt) => Signal::Stop,
+                () = recv(&mut self.hangup) => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }

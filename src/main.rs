@@ -45,7 +45,9 @@ enum Command {
     ///
     /// A bad configuration is refused before anything starts, with one line on stderr naming the
     /// file, the key and the fix, and exit code 64. On SIGINT or SIGTERM wharf stops accepting
-    /// connections, lets open responses finish, flushes its index and exits 0.
+    /// connections, lets open responses and downloads finish (up to [server] shutdown_grace),
+    /// flushes its index and exits 0. SIGHUP reloads the TLS certificate and the htpasswd file.
+    /// Under systemd (Type=notify) it reports readiness through $NOTIFY_SOCKET.
     #[command(after_help = AFTER_HELP)]
     Serve {
         /// The configuration file (TOML). A relative path is relative to the working directory.
@@ -61,7 +63,8 @@ enum Command {
 /// The end of every help page: what an operator scripting or supervising wharf needs.
 const AFTER_HELP: &str = "\
 Exit codes: 0 clean shutdown; 64 bad command line or configuration; 1 failure while running.
-Logs go to stderr; RUST_LOG filters them (e.g. RUST_LOG=debug or RUST_LOG=wharf=trace; default: info).";
+Logs go to stderr ([log] format = \"json\" for JSON); RUST_LOG filters them (e.g. RUST_LOG=debug or
+RUST_LOG=wharf=trace), over [log] level (default: info).";
 
 /// The BSD `sysexits.h` code for a usage error, which is what a bad configuration is.
 const EX_USAGE: u8 = 64;
@@ -92,7 +95,7 @@ fn serve(path: &Path, offline: bool) -> ExitCode {
     if offline {
         config.set_offline();
     }
-    let _log = wharf::telemetry::init();
+    let _log = wharf::telemetry::init(&config.log);
     // File reads run on the blocking pool; they are short (page-cache copies), so a few threads
     // keep up, and each extra thread costs memory (a glibc arena, buffers in flight).
     let runtime = match tokio::runtime::Builder::new_multi_thread()

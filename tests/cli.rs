@@ -138,7 +138,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{}\"\ndefault = true\nusername = \"alice\"\npassword_file = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{}\"\ndefault = true\ninsecure = true\nusername = \"alice\"\npassword_file = \"{}\"\n",
             dir.path().join("data").display(),
             up.url(),
             pw.display()
@@ -194,7 +194,7 @@ async fn serve_offline_never_contacts_any_upstream() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{}\"\ndefault = true\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{}\"\ndefault = true\ninsecure = true\n",
             dir.path().join("data").display(),
             up.url()
         ),

@@ -1,31 +1,54 @@
 //! The request log: one line per request, written when its response body is finished or dropped, so
-//! it carries the bytes actually sent and whether the body was cut short.
+//! it carries the bytes actually sent and whether the body was cut short. The same moment counts
+//! the request in the metrics, so a request is counted once, with what the log says of it.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::request_id::RequestId;
 use super::response::{header, Body, ErrorDetail, Fault};
+use crate::metrics::{self, Metrics, RequestLabels};
 
 /// A response body that logs the request line when it is dropped.
 pub struct Logged {
     inner: Body,
     line: Line,
+    metrics: Arc<Metrics>,
+}
+
+/// What the log line says about the request itself.
+#[derive(Debug, Clone)]
+pub struct RequestLine {
+    /// The method.
+    pub method: Method,
+    /// The path.
+    pub path: String,
+    /// The query, if any.
+    pub query: Option<String>,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: Version,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The request id (also in the `X-Request-Id` response header).
+    pub id: RequestId,
+    /// When the request arrived.
+    pub started: Instant,
 }
 
 struct Line {
-    method: Method,
-    path: String,
-    query: Option<String>,
+    request: RequestLine,
+    route: &'static str,
     status: StatusCode,
     cache: &'static str,
     error: Option<ErrorDetail>,
-    started: Instant,
     bytes: u64,
     /// The announced length, when there is one: hyper stops polling once it has sent that much.
     expected: Option<u64>,
@@ -36,15 +59,14 @@ struct Line {
 // === impl Logged ===
 
 impl Logged {
-    /// Wraps a response so its request is logged once the body is done.
+    /// Wraps a response so its request is logged and counted once the body is done.
     pub fn wrap(
-        method: Method,
-        path: String,
-        query: Option<String>,
-        started: Instant,
+        request: RequestLine,
+        metrics: Arc<Metrics>,
         response: Response<Body>,
     ) -> Response<Self> {
         let (mut parts, inner) = response.into_parts();
+        let route = route_label(&request.path);
         let cache = match parts
             .headers
             .get(header::X_CACHE)
@@ -59,13 +81,11 @@ impl Logged {
             _ => "-",
         };
         let line = Line {
-            method,
-            path,
-            query,
+            request,
+            route,
             status: parts.status,
             cache,
             error: parts.extensions.remove::<ErrorDetail>(),
-            started,
             bytes: 0,
             expected: parts
                 .headers
@@ -75,7 +95,35 @@ impl Logged {
             ended: false,
             failed: false,
         };
-        Response::from_parts(parts, Self { inner, line })
+        Response::from_parts(
+            parts,
+            Self {
+                inner,
+                line,
+                metrics,
+            },
+        )
+    }
+}
+
+/// The API area a path asks for, as a metric label: `manifest`, `blob`, `tags`, `referrers`,
+/// `base` or `other`. From the path's shape alone (what the client asked, whether or not it
+/// routes), without parsing it again.
+pub fn route_label(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return "other";
+    };
+    if rest.is_empty() || rest == "/" {
+        return "base";
+    }
+    let mut segments = rest.rsplit('/');
+    let last = segments.next().unwrap_or("");
+    match (segments.next(), last) {
+        (Some("manifests"), _) => "manifest",
+        (Some("blobs"), _) => "blob",
+        (Some("referrers"), _) => "referrers",
+        (Some("tags"), "list") => "tags",
+        _ => "other",
     }
 }
 
@@ -114,6 +162,7 @@ impl http_body::Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         let l = &self.line;
+        let r = &l.request;
         let outcome = if l.failed {
             "aborted"
         } else if l.ended || self.inner.is_end_stream() || l.expected == Some(l.bytes) {
@@ -121,39 +170,70 @@ impl Drop for Logged {
         } else {
             "client-gone"
         };
-        let elapsed_ms = l.started.elapsed().as_secs_f64() * 1000.0;
-        let query = l.query.as_deref().unwrap_or("");
+        self.metrics.request(
+            RequestLabels {
+                route: l.route,
+                method: metrics::method_label(&r.method),
+                status: l.status.as_u16(),
+                cache: if l.cache == "-" { "none" } else { l.cache },
+            },
+            l.bytes,
+        );
+        let elapsed_ms = r.started.elapsed().as_secs_f64() * 1000.0;
+        let query = r.query.as_deref().unwrap_or("");
         let status = l.status.as_u16();
+        let (id, method, path, version, client) =
+            (r.id.as_str(), &r.method, &r.path, r.version, r.client);
+        macro_rules! line {
+            ($level:ident $($extra:tt)*) => {
+                $level!(
+                    id, %method, %path, query, ?version, %client, status, bytes = l.bytes,
+                    elapsed_ms, cache = l.cache, outcome $($extra)*, "request"
+                )
+            };
+        }
         match &l.error {
-            None if l.failed => warn!(
-                method = %l.method, path = %l.path, query, status, bytes = l.bytes,
-                elapsed_ms, cache = l.cache, outcome, "request"
-            ),
-            None => info!(
-                method = %l.method, path = %l.path, query, status, bytes = l.bytes,
-                elapsed_ms, cache = l.cache, outcome, "request"
-            ),
+            None if l.failed => line!(warn),
+            None => line!(info),
             Some(ErrorDetail {
                 fault: Fault::Client,
                 detail,
-            }) => info!(
-                method = %l.method, path = %l.path, query, status, bytes = l.bytes,
-                elapsed_ms, cache = l.cache, outcome, error = %detail, "request"
-            ),
+            }) => line!(info, error = %detail),
             Some(ErrorDetail {
                 fault: Fault::Upstream,
                 detail,
-            }) => warn!(
-                method = %l.method, path = %l.path, query, status, bytes = l.bytes,
-                elapsed_ms, cache = l.cache, outcome, error = %detail, "request"
-            ),
+            }) => line!(warn, error = %detail),
             Some(ErrorDetail {
                 fault: Fault::Internal,
                 detail,
-            }) => error!(
-                method = %l.method, path = %l.path, query, status, bytes = l.bytes,
-                elapsed_ms, cache = l.cache, outcome, error = %detail, "request"
+            }) => line!(error, error = %detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels() {
+        for (path, want) in [
+            ("/v2/", "base"),
+            ("/v2", "base"),
+            ("/v2/library/nginx/manifests/1.27", "manifest"),
+            (
+                "/v2/docker.io/library/nginx/manifests/sha256:abc",
+                "manifest",
             ),
+            ("/v2/org/app/blobs/sha256:abc", "blob"),
+            ("/v2/org/app/blobs/uploads/", "other"),
+            ("/v2/org/app/tags/list", "tags"),
+            ("/v2/org/app/referrers/sha256:abc", "referrers"),
+            ("/v2/org/app", "other"),
+            ("/metrics", "other"),
+            ("/", "other"),
+        ] {
+            assert_eq!(route_label(path), want, "{path}");
         }
     }
 }

@@ -1,40 +1,47 @@
 //! The downstream side: the hyper service that answers `/v2/`, its accept loop and graceful drain.
 //!
-//! Each connection runs in its own task (HTTP/1.1, or HTTP/2 with prior knowledge, through
-//! hyper-util's auto builder). Requests are routed by [`route::parse`] and answered by one handler per
-//! API area ([`blobs`], [`manifests`], [`tags`]); every error becomes an OCI error response in
-//! [`response`], and every request is logged once by [`log`].
+//! Each connection runs in its own task (HTTP/1.1, or HTTP/2 by ALPN over TLS or with prior
+//! knowledge, through hyper-util's auto builder); over TLS the handshake runs in that task too,
+//! bounded by [`crate::tls::HANDSHAKE_TIMEOUT`]. Requests are checked by [`crate::access`]
+//! (credentials, then the upstream's allow list), routed by [`route::parse`] and answered by one
+//! handler per API area ([`blobs`], [`manifests`], [`tags`]); every error becomes an OCI error
+//! response in [`response`], and every request is logged (and counted) once by [`log`], with its
+//! [`request_id`].
 
 pub mod blobs;
 pub mod log;
 pub mod manifests;
 pub mod referrers;
+pub mod request_id;
 pub mod response;
 pub mod route;
 pub mod tags;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::access::{Access, Refusal};
 use crate::cache::Cache;
+use crate::metrics::Metrics;
+use crate::oci::ErrorCode;
 use crate::upstream::Upstream;
+use request_id::RequestId;
 use response::{header, ApiError, Body};
 use route::{Endpoint, Parsed, RegistryTable};
-
-/// How long a shutdown waits for open responses (and then for fills) to finish.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a request handler needs, shared by all connections.
 pub struct App {
@@ -58,7 +65,15 @@ pub struct App {
     pub hot_manifests: manifests::HotManifests,
     /// Hot small blobs in memory.
     pub hot_blobs: blobs::HotBlobs,
+    /// Who may pull what.
+    pub access: Access,
+    /// The Prometheus families.
+    pub metrics: Arc<Metrics>,
 }
+
+/// The client's address, put in each request's extensions by the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
 
 // === impl App ===
 
@@ -70,7 +85,48 @@ impl App {
         let uri = request.uri().clone();
         let head = method == Method::HEAD;
         let parsed = route::parse(&method, uri.path(), uri.query(), &self.registries);
-        let result = match parsed {
+        let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+        let result = match self.access.authenticate(request.headers(), client).await {
+            Err(refusal) => Err(unauthorized(refusal)),
+            Ok(()) => match parsed {
+                Ok(Parsed::Api(route))
+                    if !self.access.allows(route.upstream, route.name.as_str()) =>
+                {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        ErrorCode::Denied,
+                        format!(
+                            "repository {} is not allowed on this mirror",
+                            route.client_name
+                        ),
+                    ))
+                }
+                parsed => self.route(parsed, &method, &uri, request.headers()).await,
+            },
+        };
+        let mut response = result.unwrap_or_else(|e| e.into_response(head));
+        if response.status() == StatusCode::UNAUTHORIZED && self.access.requires_auth() {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"wharf\""),
+            );
+        }
+        response.headers_mut().insert(
+            header::API_VERSION,
+            HeaderValue::from_static("registry/2.0"),
+        );
+        response
+    }
+
+    async fn route(
+        &self,
+        parsed: Result<Parsed, route::RouteError>,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<Body>, ApiError> {
+        let head = *method == Method::HEAD;
+        match parsed {
             Err(e) => Err(ApiError::from(e)),
             Ok(Parsed::Base) => {
                 let mut base = Response::new(if head {
@@ -86,15 +142,13 @@ impl App {
             }
             Ok(Parsed::Api(route)) => match &route.endpoint {
                 Endpoint::Manifest(reference) => {
-                    manifests::get(self, &route, reference, &method, request.headers()).await
+                    manifests::get(self, &route, reference, method, headers).await
                 }
-                Endpoint::Blob(digest) => {
-                    blobs::get(self, &route, *digest, &method, request.headers()).await
-                }
+                Endpoint::Blob(digest) => blobs::get(self, &route, *digest, method, headers).await,
                 Endpoint::Referrers {
                     digest,
                     artifact_type,
-                } => referrers::get(self, &route, *digest, artifact_type.as_deref(), &method).await,
+                } => referrers::get(self, &route, *digest, artifact_type.as_deref(), method).await,
                 Endpoint::TagsList { n, last } => {
                     let ns = uri.query().and_then(|q| {
                         url::form_urlencoded::parse(q.as_bytes())
@@ -106,25 +160,43 @@ impl App {
                         last: last.as_deref(),
                         ns: ns.as_deref(),
                     };
-                    tags::list(self, &route, &query, &method).await
+                    tags::list(self, &route, &query, method).await
                 }
             },
-        };
-        let mut response = result.unwrap_or_else(|e| e.into_response(head));
-        response.headers_mut().insert(
-            header::API_VERSION,
-            HeaderValue::from_static("registry/2.0"),
-        );
-        response
+        }
     }
 }
 
+/// The 401 for a request without acceptable credentials.
+fn unauthorized(refusal: Refusal) -> ApiError {
+    let message = match refusal {
+        Refusal::Missing => "authentication required: this mirror needs a user name and password",
+        Refusal::Wrong => "authentication failed: wrong user name or password",
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
+}
+
+/// How the listener is served.
+pub struct ServeOptions {
+    /// TLS, when configured: every connection does a handshake first.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a shutdown waits for open responses.
+    pub grace: Duration,
+}
+
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and waits (up
-/// to 30 s) for open responses to finish.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// to `options.grace`) for open responses to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
+    let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -141,24 +213,25 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            let app = app.clone();
-            async move {
-                let started = Instant::now();
-                let method = request.method().clone();
-                let path = request.uri().path().to_owned();
-                let query = request.uri().query().map(str::to_owned);
-                let response = app.handle(request).await;
-                Ok::<_, Infallible>(log::Logged::wrap(method, path, query, started, response))
-            }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        // Watched from now on, so a shutdown also waits for (bounded) handshakes in progress.
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%peer, %error, "connection ended with an error");
+            match tls {
+                None => connection(&builder, stream, peer, app, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => connection(&builder, stream, peer, app, watcher).await,
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -166,8 +239,52 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     info!("shutting down: no new connections; waiting for open responses");
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            warn!("responses still open after {} s; closing them", DRAIN_TIMEOUT.as_secs());
+        () = tokio::time::sleep(options.grace) => {
+            warn!("responses still open after the {} s shutdown grace; closing them", options.grace.as_secs());
         }
+    }
+}
+
+/// Serves one connection (plain TCP or TLS) until it closes or a graceful shutdown ends it.
+async fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    app: Arc<App>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let app = app.clone();
+        async move {
+            let started = Instant::now();
+            let id = RequestId::for_request(request.headers());
+            let line = log::RequestLine {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+                query: request.uri().query().map(str::to_owned),
+                version: request.version(),
+                client: peer,
+                id: id.clone(),
+                started,
+            };
+            if app.access.requires_auth() {
+                // For the log of failed attempts.
+                request.extensions_mut().insert(ClientAddr(peer));
+            }
+            let span = tracing::info_span!("request", id = %id);
+            let mut response = app.handle(request).instrument(span).await;
+            response
+                .headers_mut()
+                .insert(request_id::X_REQUEST_ID, id.header_value());
+            Ok::<_, Infallible>(log::Logged::wrap(line, app.metrics.clone(), response))
+        }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(error) = watcher.watch(connection).await {
+        debug!(%peer, %error, "connection ended with an error");
     }
 }

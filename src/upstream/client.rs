@@ -26,6 +26,7 @@ use url::Url;
 
 use super::auth::{self, AuthError, Challenge, Token};
 use crate::config::UpstreamConfig;
+use crate::metrics::{Metrics, UpstreamStatus};
 use crate::oci::{ErrorCode, ErrorEnvelope};
 use crate::secret::Credentials;
 
@@ -57,6 +58,8 @@ pub struct Upstream {
     backoff: Backoff,
     /// The upstream's last `RateLimit-Limit` / `RateLimit-Remaining` (Docker Hub sends them).
     rate_limit: Mutex<Option<RateLimit>>,
+    /// Where every request sent is counted.
+    metrics: Arc<Metrics>,
 }
 
 /// The upstream's rate-limit headers, as last seen.
@@ -138,18 +141,27 @@ pub enum UpstreamError {
 // === impl Upstream ===
 
 impl Upstream {
-    /// Builds the client for one configured upstream.
+    /// Builds the client for one configured upstream. Its TLS trusts the system's roots plus the
+    /// upstream's `ca_file`, or any certificate when it is `insecure`.
     ///
     /// # Errors
     /// When the TLS client cannot be built.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.timeout)
             .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(pem) = &config.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if config.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build()?;
         let tokens = moka::future::Cache::builder()
             .max_capacity(10_000)
             .expire_after(TokenExpiry)
@@ -167,7 +179,25 @@ impl Upstream {
             offline: config.offline,
             backoff: Backoff::default(),
             rate_limit: Mutex::new(None),
+            metrics,
         })
+    }
+
+    /// Sends one request, counting it (and its time to headers) in the metrics.
+    async fn counted(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &Method,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let started = Instant::now();
+        let result = request.send().await;
+        let status = match &result {
+            Ok(response) => UpstreamStatus::Code(response.status().as_u16()),
+            Err(_) => UpstreamStatus::Error,
+        };
+        self.metrics
+            .upstream(&self.name, method, status, started.elapsed());
+        result
     }
 
     /// Waits (for the configured bounded time) for a slot to run one blob fill in.
@@ -348,7 +378,10 @@ impl Upstream {
         if let Some(creds) = &self.credentials {
             request = request.header(AUTHORIZATION, auth::basic_header(creds));
         }
-        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let response = self
+            .counted(request, &Method::GET)
+            .await
+            .map_err(|e| self.transport(e))?;
         let status = response.status();
         if !status.is_success() {
             warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), status = status.as_u16(), "token request refused");
@@ -384,7 +417,10 @@ impl Upstream {
                     request = request.header(AUTHORIZATION, auth.clone());
                 }
             }
-            let response = request.send().await.map_err(|e| self.transport(e))?;
+            let response = self
+                .counted(request, method)
+                .await
+                .map_err(|e| self.transport(e))?;
             if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED
             {
                 return Ok(response);

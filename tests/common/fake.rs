@@ -90,6 +90,8 @@ pub struct Knobs {
     pub status: HashMap<String, (u16, Option<String>)>,
     /// Ignore Range headers.
     pub ignore_range: bool,
+    /// Send Docker Hub's `RateLimit-Limit` and `RateLimit-Remaining` (limit, remaining).
+    pub rate_limit: Option<(u64, u64)>,
 }
 
 pub struct State {
@@ -343,6 +345,23 @@ fn oci_error(status: StatusCode, code: &str) -> Response<Body> {
 const TOKEN: &str = "fake-token-0123456789";
 
 async fn handle(st: Arc<State>, me: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let rate_limit = st.knobs.lock().rate_limit;
+    let mut response = answer(st, me, req).await;
+    if let Some((limit, remaining)) = rate_limit {
+        let h = response.headers_mut();
+        h.insert(
+            "ratelimit-limit",
+            format!("{limit};w=21600").parse().unwrap(),
+        );
+        h.insert(
+            "ratelimit-remaining",
+            format!("{remaining};w=21600").parse().unwrap(),
+        );
+    }
+    response
+}
+
+async fn answer(st: Arc<State>, me: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let authorization = req

@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod images;
+pub mod pki;
 pub mod real;
 
 use std::path::Path;
@@ -32,8 +33,14 @@ pub fn config_text(storage: &Path, tag_ttl: &str, ups: &[Up<'_>]) -> String {
         storage.display()
     );
     for u in ups {
+        // The fake upstreams and the test registries speak plain HTTP on loopback.
+        let insecure = if u.url.starts_with("http://") && !u.extra.contains("insecure") {
+            "insecure = true\n"
+        } else {
+            ""
+        };
         text.push_str(&format!(
-            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = {}\n{}\n",
+            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\ndefault = {}\n{insecure}{}\n",
             u.name, u.url, u.default, u.extra
         ));
     }
@@ -62,9 +69,20 @@ impl Wharf {
 
     pub async fn start_in(dir: TempDir, tag_ttl: &str, ups: &[Up<'_>]) -> Wharf {
         let text = config_text(dir.path(), tag_ttl, ups);
-        let config = wharf::Config::from_toml(&text, Path::new("test.toml")).unwrap();
+        Self::start_text(dir, &text).await
+    }
+
+    /// Starts wharf with this configuration text (storage in `dir`); `base` is https:// when the
+    /// text configures TLS.
+    pub async fn start_text(dir: TempDir, text: &str) -> Wharf {
+        let config = wharf::Config::from_toml(text, Path::new("test.toml")).unwrap();
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let running = wharf::start(config).await.unwrap();
-        let base = format!("http://{}", running.local_addr());
+        let base = format!("{scheme}://{}", running.local_addr());
         Wharf {
             running: Some(running),
             base,

@@ -51,9 +51,14 @@ fn sha(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// An HTTP client for loopback peers that ignores any `HTTP_PROXY` in the environment.
+/// An HTTP client for loopback peers that ignores any `HTTP_PROXY` in the environment (and the
+/// certificate of a test registry serving HTTPS: it is made by the test).
 fn local_client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
 }
 
 // === Registry ===
@@ -62,6 +67,8 @@ fn local_client() -> reqwest::Client {
 /// enabled, on a free loopback port. Dropping it kills the process.
 pub struct Registry {
     pub port: u16,
+    /// Whether it serves HTTPS (`http.tls`).
+    pub tls: bool,
     pub dir: TempDir,
     child: Child,
     log: PathBuf,
@@ -87,7 +94,19 @@ impl Registry {
     /// Starts a registry; `token` switches on Docker-Hub-style Bearer auth. Returns once `/v2/`
     /// answers.
     pub async fn start(token: Option<TokenAuth<'_>>) -> Registry {
+        Self::start_with(token, None).await
+    }
+
+    /// As [`Registry::start`]; `tls` = (certificate chain, key) PEM files to serve HTTPS with.
+    pub async fn start_with(token: Option<TokenAuth<'_>>, tls: Option<(&Path, &Path)>) -> Registry {
         require("docker-registry");
+        let tls_yaml = tls.map_or_else(String::new, |(cert, key)| {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+        });
         let mut dir = tempfile::tempdir().unwrap();
         let auth = match &token {
             Some(t) => {
@@ -109,7 +128,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_yaml}{auth}",
                     dir.path().join("data").display()
                 ),
             )
@@ -127,6 +146,7 @@ impl Registry {
                 .expect("docker-registry starts");
             let mut registry = Registry {
                 port,
+                tls: tls.is_some(),
                 dir,
                 child,
                 log,
@@ -159,7 +179,8 @@ impl Registry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {

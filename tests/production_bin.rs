@@ -1,0 +1,362 @@
+//! The real binary in production: systemd's readiness protocol, SIGHUP reloading the certificate,
+//! SIGTERM letting a download finish before exiting 0; and the systemd unit, checked by
+//! `systemd-analyze`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fake::{self, Fake, Gate};
+use common::pki::Ca;
+use parking_lot::Mutex;
+use tokio::net::UnixDatagram;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wharf");
+
+/// The binary, its address, and its log (collected by a thread until it exits).
+struct Wharf {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Wharf {
+    /// Starts `wharf serve --config CONFIG` with `env`, and waits for its listening line.
+    fn start(config: &Path, env: &[(&str, &Path)]) -> Wharf {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "wharf exited:\n{log}"
+            );
+            log.push_str(&line);
+            if let Some(i) = line.find("wharf is listening addr=") {
+                break line[i + 24..].split_whitespace().next().unwrap().to_owned();
+            }
+            // [log] format = "json"
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                if event["message"] == "wharf is listening" {
+                    break event["addr"].as_str().unwrap().to_owned();
+                }
+            }
+        };
+        let log = Arc::new(Mutex::new(log));
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            sink.lock().push_str(&rest);
+        });
+        Wharf {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        // The shell's builtin kill: no procps needed.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit (up to a generous deadline); the exit code and the whole log.
+    async fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "wharf did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        let log = self.log.lock().clone();
+        (status.code(), log)
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
+struct Notify {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        Notify {
+            socket: UnixDatagram::bind(&path).unwrap(),
+            path,
+        }
+    }
+
+    /// The next message (generous deadline).
+    async fn next(&self) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(30), self.socket.recv(&mut buf))
+            .await
+            .expect("a notification within 30 s")
+            .unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+}
+
+fn base_config(dir: &Path, upstream: &str, server: &str) -> std::path::PathBuf {
+    let path = dir.join("wharf.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{upstream}\"\ndefault = true\ninsecure = true\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The leaf certificate a new TLS connection to `addr` is shown (trusting `ca`, no resumption).
+async fn presented(ca: &Ca, addr: &str) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_systemd_hears_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("wharf test CA");
+    let first = ca.leaf();
+    let (cert, key) = first.write(&dir.path().join("tls"), "");
+    let config = base_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let notify = Notify::bind(dir.path());
+    let wharf = Wharf::start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
+    let ready = notify.next().await;
+    assert_eq!(ready, format!("READY=1\nSTATUS=serving on {}", wharf.addr));
+    assert_eq!(presented(&ca, &wharf.addr).await, first.der);
+
+    let second = ca.leaf();
+    second.write(&dir.path().join("tls"), "");
+    wharf.signal("HUP");
+    assert_eq!(notify.next().await, "RELOADING=1");
+    assert_eq!(notify.next().await, ready, "ready again once reloaded");
+    assert_eq!(presented(&ca, &wharf.addr).await, second.der);
+
+    wharf.signal("TERM");
+    assert!(notify.next().await.starts_with("STOPPING=1\nSTATUS="));
+    let (code, log) = wharf.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("what=\"TLS certificate\"") && log.contains("reloaded"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_download_stops_accepting_lets_it_finish_and_exits_0() {
+    let up = Fake::start().await;
+    const SIZE: usize = 16 << 20;
+    let data = fake::random_bytes(SIZE, 77);
+    let digest = up.add_blob(data.clone());
+    let gate = Gate::new();
+    up.knobs()
+        .hold
+        .insert(digest.clone(), (SIZE / 2, gate.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), &up.url(), "shutdown_grace = \"60s\"\n");
+    let notify = Notify::bind(dir.path());
+    let wharf = Wharf::start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
+    assert!(notify.next().await.starts_with("READY=1"));
+
+    let mut res = common::client()
+        .get(format!("http://{}/v2/org/app/blobs/{digest}", wharf.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut got = Vec::with_capacity(SIZE);
+    while got.len() < 1 << 20 {
+        got.extend_from_slice(&res.chunk().await.unwrap().unwrap());
+    }
+
+    wharf.signal("TERM");
+    assert!(notify.next().await.starts_with("STOPPING=1"));
+    // New connections are refused from now on, while the download is still held half-way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&wharf.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "wharf still accepts after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    gate.open();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), SIZE);
+    assert!(
+        got == data[..],
+        "the download completed with the right bytes"
+    );
+    let (code, log) = wharf.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    let hex = digest.trim_start_matches("sha256:");
+    assert_eq!(
+        common::files_under(&dir.path().join("data/blobs"), hex).len(),
+        1,
+        "the blob was committed before exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_version_and_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), "http://127.0.0.1:9", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[log]\nformat = \"json\"\n");
+    std::fs::write(&config, text).unwrap();
+    let wharf = Wharf::start(&config, &[]);
+    let res = common::client()
+        .get(format!("http://{}/v2/", wharf.addr))
+        .header("x-request-id", "json-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "json-test-1");
+    wharf.signal("TERM");
+    let (code, log) = wharf.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let request = events
+        .iter()
+        .find(|e| e["message"] == "request")
+        .unwrap_or_else(|| panic!("no request line in {log}"));
+    assert_eq!(request["id"], "json-test-1");
+    assert_eq!(request["path"], "/v2/");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["version"], "HTTP/1.1");
+    assert!(request["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(request["level"], "INFO");
+}
+
+/// `systemd-analyze`, which scripts/test.sh installs (Debian's systemd package) when missing.
+fn systemd_analyze(args: &[&str]) -> std::process::Output {
+    common::real::require("systemd-analyze");
+    Command::new("systemd-analyze").args(args).output().unwrap()
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = include_str!("../systemd/wharf.service");
+    assert!(
+        unit.contains("\nExecStart=/usr/local/bin/wharf serve --config /etc/wharf/config.toml\n")
+    );
+    // verify insists that the binary exists: point it at the one just built.
+    let path = dir.path().join("wharf.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/wharf", BIN)).unwrap();
+    let unit_arg = path.to_str().unwrap();
+    let out = systemd_analyze(&["verify", unit_arg]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    // verify exits 0 on unknown keys and bad values too, warning about them: there must be none.
+    assert_eq!(said.trim(), "", "systemd-analyze verify warns");
+
+    for key in [
+        "Type=notify",
+        "DynamicUser=yes",
+        "StateDirectory=wharf",
+        "ConfigurationDirectory=wharf",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "CapabilityBoundingSet=\n",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+
+    // The exposure score (0 best, 10 worst): systemd 252 rates the unit 1.1.
+    let out = systemd_analyze(&["security", "--offline=true", unit_arg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for wharf.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no score in:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 1.5, "exposure {score}:\n{text}");
+}
