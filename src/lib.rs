@@ -14,6 +14,7 @@ pub mod config;
 pub mod oci;
 pub mod secret;
 pub mod server;
+pub mod size;
 pub mod telemetry;
 pub mod upstream;
 
@@ -65,7 +66,10 @@ pub enum Error {
 /// # Errors
 /// When the storage, the index or an upstream client cannot be set up.
 pub fn app(config: &Config) -> Result<server::App, Error> {
-    let cache = Arc::new(cache::Cache::open(&config.storage.path)?);
+    let cache = Arc::new(cache::Cache::open_with(
+        &config.storage.path,
+        &cache::Options::from_config(config),
+    )?);
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
         let client = upstream::Upstream::new(u).map_err(|source| Error::Upstream {
@@ -111,6 +115,7 @@ pub struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     cache: Arc<cache::Cache>,
+    background: cache::Background,
 }
 
 /// Opens the cache, builds the upstream clients, binds the listener and starts serving. Returns once
@@ -132,6 +137,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         source,
     })?;
     info!(%addr, storage = %config.storage.path.display(), upstreams = config.upstreams.len(), "wharf is listening");
+    let background = cache.spawn_background();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, app, async {
         let _ = stopped.await;
@@ -141,6 +147,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         stop,
         task,
         cache,
+        background,
     })
 }
 
@@ -162,7 +169,13 @@ impl Running {
         self.cache.inflight().len()
     }
 
-    /// Stops accepting, waits for open responses, and flushes the index.
+    /// The cache (usage, evictions, pins, access times): for metrics, tests and embedders.
+    pub fn cache(&self) -> &Arc<cache::Cache> {
+        &self.cache
+    }
+
+    /// Stops accepting, waits for open responses, stops the background tasks, and flushes access
+    /// times and the index.
     ///
     /// # Errors
     /// When the index cannot be flushed.
@@ -178,6 +191,10 @@ impl Running {
                 fills = self.cache.inflight().len(),
                 "blob downloads still running after the drain timeout; abandoning them"
             );
+        }
+        self.background.stop().await;
+        if let Err(error) = self.cache.flush_access() {
+            tracing::warn!(%error, "cannot write the last access times to the index");
         }
         self.cache.index().flush().await?;
         Ok(())

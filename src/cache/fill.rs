@@ -11,6 +11,11 @@
 //! Readers never see a clean end on bad data: the last byte is held back until the digest and size
 //! have been verified, so when a fill fails every attached response is cut short and the client
 //! knows the body is incomplete. The failed staging file is removed with the task's [`Staged`].
+//!
+//! When the storage cannot take the blob (a write fails, free space would fall below
+//! `storage.min_free`, or the blob is larger than `storage.max_size`), the fill hands off instead of
+//! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
+//! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
-use super::Cache;
+use super::{passthrough, Cache};
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream, UpstreamError};
@@ -57,6 +62,20 @@ pub struct Fill {
     digest: Digest,
     state: watch::Receiver<FillState>,
     file: OnceLock<Arc<File>>,
+    /// Where the blob comes from, for readers that go on by themselves after a handoff.
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+}
+
+/// How far a fill got before the storage could not take the rest, for its readers to continue
+/// from the upstream.
+pub struct Handoff {
+    /// Bytes in the staging file (all of them hashed into `verifier`).
+    pub written: u64,
+    /// The hash of the first `written` bytes.
+    pub verifier: Verifier,
+    /// The size the upstream announced.
+    pub size: Option<u64>,
 }
 
 /// Where a fill is.
@@ -78,6 +97,16 @@ pub enum FillState {
     },
     /// Failed; readers must abort.
     Failed(Arc<FillError>),
+    /// The storage could not take the blob: readers continue from the upstream by themselves.
+    Handoff(Arc<Handoff>),
+}
+
+/// How a fill ended, short of an error.
+enum Outcome {
+    /// Verified: the staging file and the blob's size.
+    Verified(Staged, u64),
+    /// Handed off to the readers.
+    Handoff(Handoff),
 }
 
 /// Why a fill failed.
@@ -193,16 +222,18 @@ impl Fill {
             digest,
             state: rx,
             file: OnceLock::new(),
+            upstream: upstream.clone(),
+            repo: repo.clone(),
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
             let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
             match result {
-                Ok((staged, size)) => {
+                Ok(Outcome::Verified(staged, size)) => {
                     // Verified: readers may finish now. Making it durable (fsync of the whole
                     // blob) happens after, so a cold pull does not wait for the disk.
                     tx.send_replace(FillState::Done { size });
-                    match commit(&cache, staged, &digest, size).await {
+                    match cache.commit_staged(staged, &digest, size, None).await {
                         Ok(()) => {
                             info!(%digest, upstream = %upstream.name(), %repo, size, "blob cached")
                         }
@@ -210,6 +241,10 @@ impl Fill {
                             warn!(%digest, upstream = %upstream.name(), %repo, %error, "verified blob served but not kept: storage failed")
                         }
                     }
+                }
+                Ok(Outcome::Handoff(handoff)) => {
+                    debug!(%digest, upstream = %upstream.name(), %repo, written = handoff.written, "fill handed off: readers continue from the upstream");
+                    tx.send_replace(FillState::Handoff(Arc::new(handoff)));
                 }
                 Err(error) => {
                     if !matches!(error, FillError::Upstream(UpstreamError::Status { .. })) {
@@ -228,6 +263,11 @@ impl Fill {
         &self.digest
     }
 
+    /// Whether the fill handed its readers off to the upstream (nothing will be cached).
+    pub fn handed_off(&self) -> bool {
+        matches!(&*self.state.borrow(), FillState::Handoff(_))
+    }
+
     /// Waits until the upstream's response has started (or the fill failed). Returns the size the
     /// upstream announced, when it did.
     ///
@@ -240,6 +280,7 @@ impl Fill {
                 FillState::Connecting => {}
                 FillState::Streaming { size, .. } => return Ok(*size),
                 FillState::Done { size } => return Ok(Some(*size)),
+                FillState::Handoff(h) => return Ok(h.size),
                 FillState::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {
@@ -249,12 +290,19 @@ impl Fill {
     }
 
     /// Streams `[start, end)` of the blob (to the end when `end` is `None`) as it is written. The
-    /// stream ends with an error if the fill fails.
+    /// stream ends with an error if the fill fails; after a handoff it goes on from the upstream.
     pub fn follow(self: Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
         let rx = self.state.clone();
         Box::pin(futures_util::stream::unfold(
-            (self, rx, start),
-            move |(fill, mut rx, pos)| async move {
+            Follow::Fill(self, rx, start),
+            move |state| async move {
+                let (fill, mut rx, pos) = match state {
+                    Follow::Fill(fill, rx, pos) => (fill, rx, pos),
+                    Follow::Handoff(mut rest) => {
+                        return rest.next().await.map(|item| (item, Follow::Handoff(rest)));
+                    }
+                    Follow::End => return None,
+                };
                 loop {
                     let state = rx.borrow_and_update().clone();
                     let (available, done) = match &state {
@@ -263,28 +311,38 @@ impl Fill {
                         FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
                         FillState::Done { size } => (*size, true),
                         FillState::Failed(e) => {
-                            return Some((
-                                Err(std::io::Error::other(e.to_string())),
-                                (fill, rx, u64::MAX),
-                            ));
+                            return Some((Err(std::io::Error::other(e.to_string())), Follow::End));
+                        }
+                        FillState::Handoff(h) => {
+                            let mut rest = passthrough::continue_fill(
+                                fill.upstream.clone(),
+                                fill.repo.clone(),
+                                fill.digest,
+                                h.size,
+                                fill.file.get().cloned(),
+                                h.written,
+                                h.verifier.clone(),
+                                pos,
+                                end,
+                            );
+                            // The fill (and its hold on the staging file) is let go here.
+                            drop(fill);
+                            return rest.next().await.map(|item| (item, Follow::Handoff(rest)));
                         }
                     };
-                    if pos == u64::MAX {
-                        return None;
-                    }
                     let limit = end.map_or(available, |e| e.min(available));
                     if pos < limit {
                         let next = limit.min(pos + FOLLOW_CHUNK);
                         let Some(file) = fill.file.get().cloned() else {
                             return Some((
                                 Err(std::io::Error::other("fill has no file")),
-                                (fill, rx, u64::MAX),
+                                Follow::End,
                             ));
                         };
                         let blob = BlobFile::new(file, next);
                         return match blob.read_range(pos, next).await {
-                            Ok(bytes) => Some((Ok(bytes), (fill, rx, next))),
-                            Err(e) => Some((Err(e), (fill, rx, u64::MAX))),
+                            Ok(bytes) => Some((Ok(bytes), Follow::Fill(fill, rx, next))),
+                            Err(e) => Some((Err(e), Follow::End)),
                         };
                     }
                     if done || end.is_some_and(|e| pos >= e) {
@@ -293,13 +351,23 @@ impl Fill {
                     if rx.changed().await.is_err() {
                         return Some((
                             Err(std::io::Error::other("the fill stopped unexpectedly")),
-                            (fill, rx, u64::MAX),
+                            Follow::End,
                         ));
                     }
                 }
             },
         ))
     }
+}
+
+/// Where a reader of a fill is.
+enum Follow {
+    /// Reading the staging file: the fill, its state, the next offset.
+    Fill(Arc<Fill>, watch::Receiver<FillState>, u64),
+    /// Going on from the upstream after a handoff.
+    Handoff(ByteStream),
+    /// Ended (after an error).
+    End,
 }
 
 /// How much a follower reads from the staging file at once. Followers of one fill each hold one read
@@ -312,14 +380,15 @@ const FOLLOW_CHUNK: u64 = 64 * 1024;
 const MAX_RESUMES: u32 = 3;
 
 /// The fill itself: request, stream to the staging file while hashing (resuming a broken body from
-/// the last byte written), verify. Returns the verified staging file and its size.
+/// the last byte written), verify. Returns the verified staging file and its size, or a handoff
+/// when the storage cannot take the blob.
 async fn run(
     cache: &Cache,
     upstream: &Upstream,
     repo: &RepoName,
     fill: &Fill,
     tx: &Arc<watch::Sender<FillState>>,
-) -> Result<(Staged, u64), FillError> {
+) -> Result<Outcome, FillError> {
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
     let scope = auth::pull_scope(repo.as_str());
@@ -331,17 +400,42 @@ async fn run(
         return Err(upstream.status_error(response).await.into());
     }
     let size = response.content_length();
-    let staged = cache.store.stage().await?;
+    let handoff = |written, verifier| {
+        Ok(Outcome::Handoff(Handoff {
+            written,
+            verifier,
+            size,
+        }))
+    };
+    if let (Some(size), Some(budget)) = (size, cache.budget()) {
+        if size > budget.max {
+            info!(%digest, upstream = %upstream.name(), %repo, size, max_size = budget.max, "blob is larger than storage.max_size; streaming it without caching");
+            return handoff(0, Verifier::new());
+        }
+    }
+    if let Err(error) = cache.health.check_room(size.unwrap_or(0)) {
+        cache.health.failed("free space", &error);
+        return handoff(0, Verifier::new());
+    }
+    let staged = match cache.store.stage().await {
+        Ok(staged) => staged,
+        Err(error) => {
+            cache.health.failed("creating a staging file", &error);
+            return handoff(0, Verifier::new());
+        }
+    };
+    let _reservation = cache.reserve(size.unwrap_or(0));
     let _ = fill.file.set(staged.reader());
     tx.send_replace(FillState::Streaming { size, written: 0 });
 
-    let mut sink = Sink::start(staged, tx.clone(), size);
+    let mut sink = Sink::start(staged, tx.clone(), size, cache.health.clone());
     let mut next = Some((response, 0));
     let mut resumes = 0;
     loop {
         if let Some((response, skip)) = next.take() {
-            if sink.copy(response, skip).await == Copied::Ended {
-                break;
+            match sink.copy(response, skip).await {
+                Copied::Ended | Copied::WriterStopped => break,
+                Copied::Broke => {}
             }
             if size.is_some_and(|s| sink.received >= s) {
                 break; // Everything arrived; only the connection's end was unclean.
@@ -368,7 +462,18 @@ async fn run(
         staged,
         verifier,
         written,
-    } = sink.finish().await?;
+    } = match sink.finish().await {
+        Ok(written) => written,
+        Err(Stopped::Storage {
+            error,
+            written,
+            verifier,
+        }) => {
+            cache.health.failed("writing a blob", &error);
+            return handoff(written, *verifier);
+        }
+        Err(Stopped::Abandoned) => return Err(FillError::Abandoned),
+    };
     let mismatch = |mismatch| FillError::Mismatch {
         upstream: upstream.name().to_owned(),
         digest,
@@ -378,24 +483,12 @@ async fn run(
         return Err(mismatch(Mismatch::Size { expected, actual }));
     }
     verifier.finish(&digest, size).map_err(mismatch)?;
-    Ok((staged, written))
+    Ok(Outcome::Verified(staged, written))
 }
 
-/// Makes a verified staging file the stored blob, and indexes it.
-async fn commit(
-    cache: &Cache,
-    staged: Staged,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), FillError> {
-    cache.store.commit(staged, digest).await?;
-    cache.index.insert_blob(digest, size)?;
-    Ok(())
-}
-
-/// Asks for the rest of a blob from `offset`. Returns the response and how many leading bytes of its
+/// Asks for the rest of a blob from `offset` (used by pass-through readers too). Returns the response and how many leading bytes of its
 /// body to skip (all of `offset` when the upstream ignores `Range` and sends the whole blob again).
-async fn resume(
+pub(super) async fn resume(
     upstream: &Upstream,
     path: &str,
     scope: &str,
@@ -438,7 +531,7 @@ async fn resume(
 /// with it (and the channel's bound is the back-pressure on a slow disk).
 struct Sink {
     chunks: mpsc::Sender<Bytes>,
-    result: oneshot::Receiver<std::io::Result<Written>>,
+    result: oneshot::Receiver<Result<Written, Stopped>>,
     /// Bytes handed to the writer: all of them are written unless the writer fails.
     received: u64,
     size: Option<u64>,
@@ -453,8 +546,24 @@ struct Written {
     written: u64,
 }
 
+/// Why the writer thread stopped before the end.
+enum Stopped {
+    /// A write failed (or free space reached `storage.min_free`) after `written` bytes, all of them
+    /// hashed into `verifier`.
+    Storage {
+        error: std::io::Error,
+        written: u64,
+        verifier: Box<Verifier>,
+    },
+    /// The thread went away without a result.
+    Abandoned,
+}
+
 /// Chunks queued between the download and the writer thread (upstream chunks are 16 KiB or less).
 const WRITE_QUEUE: usize = 64;
+
+/// How often the writer checks that free space stays above `storage.min_free`.
+const ROOM_CHECK: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Copied {
@@ -462,10 +571,17 @@ enum Copied {
     Ended,
     /// The body broke off.
     Broke,
+    /// The writer stopped (a storage failure): `finish` says why.
+    WriterStopped,
 }
 
 impl Sink {
-    fn start(staged: Staged, tx: Arc<watch::Sender<FillState>>, size: Option<u64>) -> Self {
+    fn start(
+        staged: Staged,
+        tx: Arc<watch::Sender<FillState>>,
+        size: Option<u64>,
+        health: Arc<super::health::StorageHealth>,
+    ) -> Self {
         let (chunks, mut queue) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let (done, result) = oneshot::channel();
         // A thread of its own rather than the blocking pool: it lives as long as the download, and
@@ -473,16 +589,34 @@ impl Sink {
         let spawned = std::thread::Builder::new()
             .name("wharf-fill".into())
             .spawn(move || {
-                let write = || -> std::io::Result<Written> {
+                let write = || -> Result<Written, Stopped> {
                     let file = staged.reader();
                     let mut verifier = Verifier::new();
                     let mut written = 0u64;
+                    let mut next_check = ROOM_CHECK;
                     while let Some(first) = queue.blocking_recv() {
                         let mut chunk = Some(first);
                         // Write what is queued, then tell the readers once.
                         while let Some(bytes) = chunk {
+                            // Hashed only once written, so that on a failure the hash covers
+                            // exactly the bytes in the file, where readers continue from.
+                            let room = if written >= next_check {
+                                next_check = written + ROOM_CHECK;
+                                health.check_room(ROOM_CHECK)
+                            } else {
+                                Ok(())
+                            };
+                            if let Err(error) =
+                                room.and_then(|()| file.write_all_at(&bytes, written))
+                            {
+                                // The file may hold part of this chunk; `written` stays before it.
+                                return Err(Stopped::Storage {
+                                    error,
+                                    written,
+                                    verifier: Box::new(verifier),
+                                });
+                            }
                             verifier.update(&bytes);
-                            file.write_all_at(&bytes, written)?;
                             written += bytes.len() as u64;
                             chunk = queue.try_recv().ok();
                         }
@@ -537,7 +671,7 @@ impl Sink {
                 return Copied::Ended;
             }
             if self.chunks.send(chunk).await.is_err() {
-                return Copied::Ended; // The writer failed: `finish` says why.
+                return Copied::WriterStopped; // `finish` says why.
             }
             self.received += len;
         }
@@ -545,11 +679,11 @@ impl Sink {
     }
 
     /// Waits for the writer to write everything handed to it.
-    async fn finish(self) -> Result<Written, FillError> {
+    async fn finish(self) -> Result<Written, Stopped> {
         drop(self.chunks);
         match self.result.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(FillError::Abandoned),
+            Ok(result) => result,
+            Err(_) => Err(Stopped::Abandoned),
         }
     }
 }
