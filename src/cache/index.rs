@@ -530,6 +530,15 @@ impl Index {
         self.db.flush_async().await?;
         Ok(())
     }
+
+    /// Writes everything to disk, blocking (for tools and benches outside a runtime).
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn flush_blocking(&self) -> Result<(), IndexError> {
+        self.db.flush()?;
+        Ok(())
+    }
 }
 
 /// `<upstream>\0<repo>\0<last>`: NUL cannot occur in any of the parts.

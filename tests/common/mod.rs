@@ -72,6 +72,23 @@ impl Wharf {
         }
     }
 
+    /// Starts wharf from configuration text (the caller puts `dir` in it as the storage path).
+    pub async fn start_text(dir: TempDir, text: &str) -> Wharf {
+        let config = wharf::Config::from_toml(text, Path::new("test.toml")).unwrap();
+        let running = wharf::start(config).await.unwrap();
+        let base = format!("http://{}", running.local_addr());
+        Wharf {
+            running: Some(running),
+            base,
+            dir,
+        }
+    }
+
+    /// The running wharf's cache.
+    pub fn cache(&self) -> &std::sync::Arc<wharf::cache::Cache> {
+        self.running.as_ref().unwrap().cache()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
