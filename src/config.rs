@@ -720,7 +720,7 @@ pub fn resolve_image(text: &str, upstreams: &[UpstreamConfig]) -> Result<ImageRe
     let Some(upstream) = upstreams.iter().find(|u| u.name == image.registry) else {
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         return Err(format!(
-            "{text:?} names registry {:?}, which is not an [[upstream]] name (configured: {})",
+            "{text:?} names registry {:?}, which is not an [[upstream]] name; start the image with one of: {}",
             image.registry,
             names.join(", ")
         ));
@@ -1589,7 +1589,7 @@ mod tests {
             ),
             (
                 format!("{UP}[[pin]]\nimage = \"quay.io/a/b:1\"\n"),
-                "pin[0].image: \"quay.io/a/b:1\" names registry \"quay.io\", which is not an [[upstream]] name (configured: docker.io)",
+                "pin[0].image: \"quay.io/a/b:1\" names registry \"quay.io\", which is not an [[upstream]] name; start the image with one of: docker.io",
             ),
             (
                 format!("{UP}[[pin]]\nimage = \"docker.io/a/b:1\"\ntag = \"x\"\n"),

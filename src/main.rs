@@ -326,7 +326,7 @@ async fn pin(config: &wharf::Config, images: &[String], pin: bool) -> ExitCode {
         match wharf::config::resolve_image(text, &config.upstreams) {
             Ok(image) => parsed.push(image),
             Err(e) => {
-                eprintln!("wharf: {e}; write IMAGE as <upstream name>/<repository>:<tag> or @<digest>, e.g. docker.io/library/nginx:1.27");
+                eprintln!("wharf: {e}");
                 return ExitCode::from(EX_USAGE);
             }
         }

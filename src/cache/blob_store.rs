@@ -412,7 +412,12 @@ impl BlobStore for FsBlobStore {
             }
         }
         let mut blobs = Vec::new();
-        for prefix in std::fs::read_dir(base.join("sha256"))? {
+        let prefixes = match std::fs::read_dir(base.join("sha256")) {
+            Ok(prefixes) => prefixes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => return Err(e),
+        };
+        for prefix in prefixes {
             let prefix = prefix?;
             let prefix_name = prefix.file_name();
             let prefix_name = prefix_name.to_string_lossy();
