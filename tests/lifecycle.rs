@@ -74,8 +74,14 @@ fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
+fn indexed(w: &Wharf, digest: &str) -> bool {
+    w.cache().index().blob_size(&d(digest)).unwrap().is_some()
+}
+
+/// Whether a blob is stored; index and disk must agree (call it when no eviction is running: one
+/// in progress removes the file, then the record).
 fn stored(w: &Wharf, digest: &str) -> bool {
-    let indexed = w.cache().index().blob_size(&d(digest)).unwrap().is_some();
+    let indexed = indexed(w, digest);
     let on_disk = blob_path(w.dir.path(), digest).exists();
     assert_eq!(indexed, on_disk, "{digest}: index and disk disagree");
     indexed
@@ -134,15 +140,19 @@ async fn eviction_keeps_the_budget_and_removes_least_recently_used_first() {
             assert!(w.cache().usage().bytes <= 4 * MIB as u64, "round {round}");
         }
     }
-    let on_disk: u64 = common::files_under(&w.dir.path().join("blobs"), "")
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
-    assert_eq!(
-        on_disk,
-        w.cache().usage().bytes,
-        "the accounting matches the disk"
-    );
+    // The accounting matches the disk (once a pass in progress has dropped its last record).
+    let on_disk = || {
+        common::files_under(&w.dir.path().join("blobs"), "")
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    };
+    wait_for("the accounting to match the disk", || async {
+        on_disk() == w.cache().usage().bytes
+    })
+    .await;
+    assert!(on_disk() <= 4 * MIB as u64);
     assert!(
         up.count("GET", &blobs[2].0) >= 2,
         "an evicted blob is fetched again"
@@ -204,15 +214,18 @@ async fn pinned_images_survive_eviction() {
     for (digest, bytes) in &loose {
         pull(&w, digest, bytes).await;
     }
-    wait_for("the unpinned blobs but the last to go", || async {
-        w.cache().evictions().count >= 5
+    // The pinned content alone is above the low watermark, so each pass removes all it can: the
+    // earlier loose blobs surely go (the last may too, if it was stored before a pass looked).
+    wait_for("the earlier unpinned blobs to go", || async {
+        loose[..5].iter().all(|(digest, _)| !indexed(&w, digest))
     })
     .await;
     for digest in &keep {
-        assert!(stored(&w, digest), "pinned {digest} was evicted");
-    }
-    for (i, (digest, _)) in loose.iter().enumerate() {
-        assert_eq!(stored(&w, digest), i == 5, "loose blob {i}");
+        assert!(indexed(&w, digest), "pinned {digest} was evicted");
+        assert!(
+            blob_path(w.dir.path(), digest).exists(),
+            "pinned {digest} lost its file"
+        );
     }
     assert!(w.cache().usage().bytes <= 3 * MIB as u64);
     // Pinned content is served from the cache.
@@ -259,8 +272,7 @@ async fn eviction_while_a_blob_is_served_does_not_break_that_response() {
     pull(&w, &small[1].0, &small[1].1).await;
     wait_for("an eviction", || async { w.cache().evictions().count >= 1 }).await;
     assert!(stored(&w, &big_digest), "a blob being served was evicted");
-    assert!(!stored(&w, &small[0].0));
-    assert_eq!(w.cache().evictions().count, 1);
+    assert!(!indexed(&w, &small[0].0));
 
     while let Some(chunk) = res.chunk().await.unwrap() {
         got.extend_from_slice(&chunk);
@@ -274,7 +286,8 @@ async fn eviction_while_a_blob_is_served_does_not_break_that_response() {
 
     // Once the response is over, the next pass evicts it.
     pull(&w, &small[2].0, &small[2].1).await;
-    wait_for("the big blob to go", || async { !stored(&w, &big_digest) }).await;
+    wait_for("the big blob to go", || async { !indexed(&w, &big_digest) }).await;
+    assert!(!stored(&w, &big_digest));
     assert!(w.cache().usage().bytes <= 16 * MIB as u64);
     w.stop().await;
 }
@@ -433,7 +446,7 @@ async fn start_up_repairs_what_a_crash_leaves() {
         "a record without its file is dropped at start-up"
     );
     wait_for("orphans to be verified", || async {
-        w.cache().orphans_pending() == 0 && stored(&w, &blobs[1].0) && !fake_path.exists()
+        w.cache().orphans_pending() == 0 && indexed(&w, &blobs[1].0) && !fake_path.exists()
     })
     .await;
     assert_eq!(w.cache().usage().entries, 2);

@@ -140,7 +140,10 @@ impl Cache {
     }
 
     /// Evicts least recently used content until stored bytes plus reservations are at or below
-    /// `target`, or nothing evictable is left.
+    /// `target`, or nothing evictable is left. How much to free is taken once, at the start of
+    /// the pass: downloads committing meanwhile are counted by the next pass (each commit over the
+    /// high watermark wakes one), so a pass neither stops early nor removes too much because a
+    /// commit moved the numbers under it.
     ///
     /// # Errors
     /// Storage or index failures (what was evicted before stays evicted).
@@ -157,9 +160,10 @@ impl Cache {
         }
         let pinned = self.pinned_digests().await?;
         let candidates = self.lru_order().await?;
+        let need = self.committed_and_reserved().saturating_sub(target);
         let mut report = EvictReport::default();
         for (digest, size) in candidates {
-            if self.committed_and_reserved() <= target {
+            if report.bytes >= need {
                 break;
             }
             if pinned.contains(&digest) {
@@ -186,7 +190,7 @@ impl Cache {
             elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
             "eviction pass done"
         );
-        if self.committed_and_reserved() > target {
+        if report.bytes < need {
             warn!(
                 usage = %format_size(report.usage_after),
                 target = %format_size(target),

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
-use super::{passthrough, Cache};
+use super::{passthrough, Cache, Reservation};
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream, UpstreamError};
@@ -102,9 +102,10 @@ pub enum FillState {
 }
 
 /// How a fill ended, short of an error.
-enum Outcome {
-    /// Verified: the staging file and the blob's size.
-    Verified(Staged, u64),
+enum Outcome<'a> {
+    /// Verified: the staging file, the blob's size, and the room reserved for it (held until the
+    /// blob is indexed, so its bytes are counted somewhere all along).
+    Verified(Staged, u64, Reservation<'a>),
     /// Handed off to the readers.
     Handoff(Handoff),
 }
@@ -229,11 +230,14 @@ impl Fill {
         tokio::spawn(async move {
             let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
             match result {
-                Ok(Outcome::Verified(staged, size)) => {
+                Ok(Outcome::Verified(staged, size, reservation)) => {
                     // Verified: readers may finish now. Making it durable (fsync of the whole
                     // blob) happens after, so a cold pull does not wait for the disk.
                     tx.send_replace(FillState::Done { size });
-                    match cache.commit_staged(staged, &digest, size, None).await {
+                    let committed = cache
+                        .commit_staged(staged, &digest, size, None, Some(reservation))
+                        .await;
+                    match committed {
                         Ok(()) => {
                             info!(%digest, upstream = %upstream.name(), %repo, size, "blob cached")
                         }
@@ -382,13 +386,13 @@ const MAX_RESUMES: u32 = 3;
 /// The fill itself: request, stream to the staging file while hashing (resuming a broken body from
 /// the last byte written), verify. Returns the verified staging file and its size, or a handoff
 /// when the storage cannot take the blob.
-async fn run(
-    cache: &Cache,
+async fn run<'a>(
+    cache: &'a Cache,
     upstream: &Upstream,
     repo: &RepoName,
     fill: &Fill,
     tx: &Arc<watch::Sender<FillState>>,
-) -> Result<Outcome, FillError> {
+) -> Result<Outcome<'a>, FillError> {
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
     let scope = auth::pull_scope(repo.as_str());
@@ -424,7 +428,7 @@ async fn run(
             return handoff(0, Verifier::new());
         }
     };
-    let _reservation = cache.reserve(size.unwrap_or(0));
+    let reservation = cache.reserve(size.unwrap_or(0));
     let _ = fill.file.set(staged.reader());
     tx.send_replace(FillState::Streaming { size, written: 0 });
 
@@ -483,7 +487,7 @@ async fn run(
         return Err(mismatch(Mismatch::Size { expected, actual }));
     }
     verifier.finish(&digest, size).map_err(mismatch)?;
-    Ok(Outcome::Verified(staged, written))
+    Ok(Outcome::Verified(staged, written, reservation))
 }
 
 /// Asks for the rest of a blob from `offset` (used by pass-through readers too). Returns the response and how many leading bytes of its

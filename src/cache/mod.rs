@@ -405,7 +405,8 @@ impl Cache {
 
     /// Makes a verified staging file the stored blob and indexes it (as a manifest of
     /// `media_type`, when given): fsync, rename, fsync of the directory, then the index record, so
-    /// a crash never leaves an index record for a file that is not complete.
+    /// a crash never leaves an index record for a file that is not complete. The fill's
+    /// `reservation` is released just before the record adds the blob's bytes to the usage.
     ///
     /// # Errors
     /// Storage or index failures; a storage failure also pauses caching.
@@ -415,11 +416,13 @@ impl Cache {
         digest: &Digest,
         size: u64,
         media_type: Option<&str>,
+        reservation: Option<Reservation<'_>>,
     ) -> Result<(), FillError> {
         if let Err(error) = self.store.commit(staged, digest).await {
             self.health.failed("committing a blob", &error);
             return Err(error.into());
         }
+        drop(reservation);
         match media_type {
             Some(t) => self.index.insert_manifest(digest, size, t)?,
             None => self.index.insert_blob(digest, size)?,
@@ -522,7 +525,7 @@ impl Cache {
             return Ok(false);
         }
         match self
-            .commit_staged(staged, digest, len, Some(media_type))
+            .commit_staged(staged, digest, len, Some(media_type), None)
             .await
         {
             Ok(()) => Ok(true),
