@@ -227,6 +227,12 @@ async fn check_reports_planted_faults_changes_nothing_then_repairs_them() {
             "{err}"
         );
     }
+    // A second server refuses too, naming the storage, before touching anything in it.
+    let before = snapshot(dir.path());
+    let (code, _, err) = wharf(&["serve"], &config);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use by another wharf"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
     w.shutdown().await.unwrap();
 }
 
