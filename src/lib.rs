@@ -7,7 +7,8 @@
 //!
 //! The crate is split by boundary: [`config`] (the operator's file), [`oci`] (pure protocol types),
 //! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
-//! index and in-flight fills). `main.rs` only wires these together.
+//! index and in-flight fills, and the cache's lifecycle: size budget, eviction, pins, crash repair,
+//! `wharf check` and `wharf gc`). `main.rs` only wires these together.
 
 pub mod cache;
 pub mod config;
