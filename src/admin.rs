@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use tokio::net::TcpListener;
@@ -174,17 +175,72 @@ impl fmt::Debug for Live {
 }
 
 impl Collector for Live {
-    /// Gauges read from the mirror at scrape time. To add one (the cache's size and entries,
-    /// evictions): read it from `self.app` and write it like `fills_in_flight` below.
+    /// Values read from the mirror at scrape time (the cache keeps them as atomics).
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let fills =
-            ConstGauge::new(i64::try_from(self.app.cache.inflight().len()).unwrap_or(i64::MAX));
-        fills.encode(encoder.encode_descriptor(
-            "fills_in_flight",
-            "Blob downloads from upstreams running now",
-            None,
-            fills.metric_type(),
-        )?)?;
+        let cache = &self.app.cache;
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let usage = cache.usage();
+        let evictions = cache.evictions();
+        let health = cache.health();
+        let mut gauges = vec![
+            (
+                "fills_in_flight",
+                "Blob downloads from upstreams running now",
+                gauge(cache.inflight().len() as u64),
+            ),
+            (
+                "cache_bytes",
+                "Bytes of blobs and manifests stored",
+                gauge(usage.bytes),
+            ),
+            (
+                "cache_entries",
+                "Blobs and manifests stored",
+                gauge(usage.entries),
+            ),
+            (
+                "storage_paused",
+                "1 while caching is paused after a storage failure or with free space at storage.min_free (misses pass through), else 0",
+                gauge(u64::from(health.paused())),
+            ),
+        ];
+        if let Some(budget) = cache.budget() {
+            gauges.push((
+                "cache_max_bytes",
+                "The size budget (storage.max_size)",
+                gauge(budget.max),
+            ));
+        }
+        if let Some(free) = health.free_space() {
+            gauges.push((
+                "storage_free_bytes",
+                "Free space on the storage's filesystem",
+                gauge(free),
+            ));
+        }
+        for (name, help, value) in gauges {
+            value.encode(encoder.encode_descriptor(name, help, None, value.metric_type())?)?;
+        }
+        for (name, help, value) in [
+            (
+                "evictions",
+                "Blobs and manifests evicted to stay within storage.max_size",
+                evictions.count,
+            ),
+            (
+                "evicted_bytes",
+                "Bytes evicted to stay within storage.max_size",
+                evictions.bytes,
+            ),
+            (
+                "storage_failures",
+                "Storage writes that failed (disk full, I/O error, read-only filesystem) or found free space at storage.min_free",
+                health.failures(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
 
         let limits: Vec<_> = self
             .app

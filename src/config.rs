@@ -17,7 +17,9 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::access::allow::AllowList;
+use crate::oci::ImageRef;
 use crate::secret::{Credentials, Secret};
+use crate::size::parse_size;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -38,6 +40,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`: the log's format and filter.
     pub log: LogConfig,
+    /// `[gc]`: what `wharf gc` removes.
+    pub gc: GcConfig,
+    /// `[[pin]]`: images kept out of eviction and `wharf gc`, each naming a configured upstream
+    /// (Docker Hub names normalised with `library/`), without duplicates.
+    pub pins: Vec<ImageRef>,
 }
 
 /// `[server]`.
@@ -103,6 +110,28 @@ pub struct StorageConfig {
     /// The directory holding blobs, staging files and the index (`path`, default `./data`). A relative
     /// path is relative to the process's working directory, not to the configuration file.
     pub path: PathBuf,
+    /// The most bytes of blobs and manifests to keep (`max_size`, a human size; absent: no limit).
+    pub max_size: Option<u64>,
+    /// Eviction starts above this percentage of `max_size` (`high_watermark`, default 95).
+    pub high_watermark: u8,
+    /// Eviction stops at or below this percentage of `max_size` (`low_watermark`, default 85;
+    /// below `high_watermark`).
+    pub low_watermark: u8,
+    /// The free space to leave on the storage's filesystem: downloads that would go below it are
+    /// streamed without caching (`min_free`, default `256MiB`).
+    pub min_free: u64,
+    /// After a write error (disk full, I/O error, read-only filesystem), how long misses are
+    /// streamed without caching before writing is tried again (`write_error_pause`, default `30s`,
+    /// more than zero).
+    pub write_error_pause: Duration,
+}
+
+/// `[gc]`.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// `wharf gc` removes manifests not pulled for this long (`manifest_retention`, default `90d`,
+    /// more than zero).
+    pub manifest_retention: Duration,
 }
 
 /// `[cache]`.
@@ -184,6 +213,10 @@ pub struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    gc: RawGc,
+    #[serde(default)]
+    pin: Vec<RawPin>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +255,28 @@ struct RawLog {
 struct RawStorage {
     #[serde(default = "default_storage")]
     path: String,
+    max_size: Option<String>,
+    #[serde(default = "default_high_watermark")]
+    high_watermark: u64,
+    #[serde(default = "default_low_watermark")]
+    low_watermark: u64,
+    #[serde(default = "default_min_free")]
+    min_free: String,
+    #[serde(default = "default_write_error_pause")]
+    write_error_pause: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGc {
+    #[serde(default = "default_manifest_retention")]
+    manifest_retention: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPin {
+    image: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +335,20 @@ pub trait Sources {
 #[derive(Debug, Clone, Copy)]
 pub struct System;
 
+/// Password sources for commands that never use them: every variable and file reads as a
+/// placeholder (the credentials are dropped right after validation).
+struct NoSecrets;
+
+impl Sources for NoSecrets {
+    fn env(&self, _: &str) -> Option<String> {
+        Some("unused".into())
+    }
+
+    fn read(&self, _: &Path) -> std::io::Result<String> {
+        Ok("unused".into())
+    }
+}
+
 /// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
 const MAX_FILLS: usize = 4096;
 
@@ -308,6 +377,30 @@ impl Config {
             )
         })?;
         Self::from_toml(&text, path)
+    }
+
+    /// Reads and validates the file at `path` for a maintenance command (`wharf check`, `gc`, `pin`)
+    /// that never contacts an upstream: password files and variables are not read, so the command
+    /// works in a shell that lacks the server's environment. Everything else is checked as usual.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the fix.
+    pub fn load_offline(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!(
+                    "cannot read the file ({}); pass the server's configuration with --config PATH",
+                    io_reason(&e)
+                ),
+            )
+        })?;
+        let mut config = Self::from_toml_with(&text, path, &NoSecrets)?;
+        for u in &mut config.upstreams {
+            u.credentials = None;
+        }
+        config.set_offline();
+        Ok(config)
     }
 
     /// Parses and validates configuration text, reading passwords from the process environment and
@@ -410,6 +503,21 @@ fn default_shutdown_grace() -> String {
 fn default_log_format() -> String {
     "text".into()
 }
+fn default_high_watermark() -> u64 {
+    95
+}
+fn default_low_watermark() -> u64 {
+    85
+}
+fn default_min_free() -> String {
+    "256MiB".into()
+}
+fn default_write_error_pause() -> String {
+    "30s".into()
+}
+fn default_manifest_retention() -> String {
+    "90d".into()
+}
 
 impl Default for RawServer {
     fn default() -> Self {
@@ -435,6 +543,19 @@ impl Default for RawStorage {
     fn default() -> Self {
         Self {
             path: default_storage(),
+            max_size: None,
+            high_watermark: default_high_watermark(),
+            low_watermark: default_low_watermark(),
+            min_free: default_min_free(),
+            write_error_pause: default_write_error_pause(),
+        }
+    }
+}
+
+impl Default for RawGc {
+    fn default() -> Self {
+        Self {
+            manifest_retention: default_manifest_retention(),
         }
     }
 }
@@ -483,10 +604,12 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
     let tls = tls_files(raw.server.tls_cert, raw.server.tls_key, sources)
         .map_err(|(k, p)| err(&format!("server.{k}"), p))?;
     let shutdown_grace = duration("server.shutdown_grace", &raw.server.shutdown_grace)?;
-    if raw.storage.path.trim().is_empty() {
+    let storage = storage(raw.storage, &err)?;
+    let manifest_retention = duration("gc.manifest_retention", &raw.gc.manifest_retention)?;
+    if manifest_retention.is_zero() {
         return Err(err(
-            "storage.path",
-            "is empty; set it to the cache directory, e.g. path = \"/var/lib/wharf\"".into(),
+            "gc.manifest_retention",
+            "must be more than zero; use e.g. manifest_retention = \"90d\"".into(),
         ));
     }
     let tag_ttl = duration("cache.tag_ttl", &raw.cache.tag_ttl)?;
@@ -681,6 +804,8 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
         }
     }
 
+    let pins = pins(raw.pin, &upstreams, &err)?;
+
     Ok(Config {
         file: file.to_owned(),
         server: ServerConfig {
@@ -688,9 +813,9 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             tls,
             shutdown_grace,
         },
-        storage: StorageConfig {
-            path: PathBuf::from(raw.storage.path),
-        },
+        storage,
+        gc: GcConfig { manifest_retention },
+        pins,
         cache: CacheConfig {
             tag_ttl,
             serve_stale: raw.cache.serve_stale,
@@ -761,6 +886,120 @@ fn ca_bundle(path: &Path, sources: &dyn Sources) -> Result<Vec<u8>, String> {
         return Err(format!("{}: {e}; {fix}", path.display()));
     }
     Ok(text.into_bytes())
+}
+
+/// `[storage]`: the path, the size budget and its watermarks, the free-space floor.
+fn storage(
+    raw: RawStorage,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<StorageConfig, ConfigError> {
+    if raw.path.trim().is_empty() {
+        return Err(err(
+            "storage.path",
+            "is empty; set it to the cache directory, e.g. path = \"/var/lib/wharf\"".into(),
+        ));
+    }
+    let max_size = match raw.max_size.as_deref() {
+        None => None,
+        Some(text) => {
+            let size = parse_size(text).map_err(|p| err("storage.max_size", p))?;
+            if size == 0 {
+                return Err(err(
+                    "storage.max_size",
+                    "must be more than zero; use e.g. max_size = \"50GiB\", or leave it out for no limit".into(),
+                ));
+            }
+            Some(size)
+        }
+    };
+    for (key, value) in [
+        ("high_watermark", raw.high_watermark),
+        ("low_watermark", raw.low_watermark),
+    ] {
+        if !(1..=100).contains(&value) {
+            return Err(err(
+                &format!("storage.{key}"),
+                format!("{value} is not a percentage of max_size; use 1 to 100 (defaults: high 95, low 85)"),
+            ));
+        }
+    }
+    if raw.low_watermark >= raw.high_watermark {
+        return Err(err(
+            "storage.low_watermark",
+            format!(
+                "{} is not below high_watermark ({}); eviction stops at the low watermark, so set it lower, e.g. 85 with 95",
+                raw.low_watermark, raw.high_watermark
+            ),
+        ));
+    }
+    let min_free = parse_size(&raw.min_free).map_err(|p| err("storage.min_free", p))?;
+    let write_error_pause =
+        parse_duration(&raw.write_error_pause).map_err(|p| err("storage.write_error_pause", p))?;
+    if write_error_pause.is_zero() {
+        return Err(err(
+            "storage.write_error_pause",
+            "must be more than zero; use e.g. write_error_pause = \"30s\"".into(),
+        ));
+    }
+    Ok(StorageConfig {
+        path: PathBuf::from(raw.path),
+        max_size,
+        // Both checked to be 1..=100 above.
+        high_watermark: u8::try_from(raw.high_watermark).unwrap_or(100),
+        low_watermark: u8::try_from(raw.low_watermark).unwrap_or(100),
+        min_free,
+        write_error_pause,
+    })
+}
+
+/// `[[pin]]`: each image names a configured upstream; Docker Hub names get `library/`.
+fn pins(
+    raw: Vec<RawPin>,
+    upstreams: &[UpstreamConfig],
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<ImageRef>, ConfigError> {
+    let mut pins: Vec<ImageRef> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let key = format!("pin[{i}].image");
+        let example = "e.g. image = \"docker.io/library/nginx:1.27\"";
+        let text = p.image.ok_or_else(|| {
+            err(
+                &key,
+                format!("is missing; name the image with its registry, {example}"),
+            )
+        })?;
+        let image =
+            resolve_image(&text, upstreams).map_err(|p| err(&key, format!("{p}; {example}")))?;
+        if !pins.contains(&image) {
+            pins.push(image);
+        }
+    }
+    Ok(pins)
+}
+
+/// Parses an image reference whose registry must be the name of one of `upstreams`, and applies
+/// Docker Hub's `library/` normalisation when it names Docker Hub. Used for `[[pin]]` and the
+/// command line (`wharf pin IMAGE`).
+///
+/// # Errors
+/// A message naming the reference and what is wrong with it (without a fix: callers add theirs).
+pub fn resolve_image(text: &str, upstreams: &[UpstreamConfig]) -> Result<ImageRef, String> {
+    let image: ImageRef = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not an image reference ({e})"))?;
+    let Some(upstream) = upstreams.iter().find(|u| u.name == image.registry) else {
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        return Err(format!(
+            "{text:?} names registry {:?}, which is not an [[upstream]] name; start the image with one of: {}",
+            image.registry,
+            names.join(", ")
+        ));
+    };
+    Ok(if upstream.is_docker_hub() {
+        image.with_library_prefix()
+    } else {
+        image
+    })
 }
 
 /// Parses a human duration: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1h30m"`. A bare number is refused,
@@ -1019,9 +1258,14 @@ fn type_fix(message: &str, key: Option<&str>) -> String {
                     | "timeout"
                     | "fill_wait"
                     | "shutdown_grace"
+                    | "write_error_pause"
+                    | "manifest_retention"
             ) =>
         {
             format!("durations are quoted strings with a unit, e.g. {last} = \"30s\"")
+        }
+        "a string" if matches!(last, "max_size" | "min_free") => {
+            format!("sizes are quoted strings with a unit, e.g. {last} = \"50GiB\"")
         }
         "a string" => "put the value in double quotes".into(),
         "a list" => "use a list, e.g. [\"auth.example.com\"]".into(),
@@ -1226,6 +1470,8 @@ mod tests {
             "[auth]\n",
             "[metrics]\n",
             "[log]\n",
+            "[gc]\n",
+            "[[pin]]\n",
         ] {
             let got = load(&format!("{table}no_such_key = 1\n"))
                 .map(|_| ())
@@ -1348,6 +1594,61 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_defaults_and_keys() {
+        let c = load(UP).unwrap();
+        assert_eq!(c.storage.max_size, None);
+        assert_eq!(
+            (c.storage.high_watermark, c.storage.low_watermark),
+            (95, 85)
+        );
+        assert_eq!(c.storage.min_free, 256 << 20);
+        assert_eq!(c.storage.write_error_pause, Duration::from_secs(30));
+        assert_eq!(c.gc.manifest_retention, Duration::from_secs(90 * 86_400));
+        assert!(c.pins.is_empty());
+
+        let text = format!(
+            r#"
+            [storage]
+            max_size = "1.5GiB"
+            high_watermark = 90
+            low_watermark = 50
+            min_free = "0"
+            write_error_pause = "2s"
+            [gc]
+            manifest_retention = "12h"
+            [[pin]]
+            image = "docker.io/nginx:1.27"
+            [[pin]]
+            image = "docker.io/library/nginx:1.27"
+            [[pin]]
+            image = "ghcr.io/org/app@sha256:{}"
+            {UP}
+            [[upstream]]
+            name = "ghcr.io"
+            url = "https://ghcr.io"
+            "#,
+            "ab".repeat(32)
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.storage.max_size, Some(3 << 29));
+        assert_eq!(
+            (c.storage.high_watermark, c.storage.low_watermark),
+            (90, 50)
+        );
+        assert_eq!(c.storage.min_free, 0);
+        assert_eq!(c.storage.write_error_pause, Duration::from_secs(2));
+        assert_eq!(c.gc.manifest_retention, Duration::from_secs(12 * 3600));
+        let pins: Vec<String> = c.pins.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            pins,
+            [
+                "docker.io/library/nginx:1.27".to_owned(),
+                format!("ghcr.io/org/app@sha256:{}", "ab".repeat(32))
+            ]
+        );
+    }
+
+    #[test]
     fn password_sources() {
         let cases = [
             ("password_env = \"PW\"", "env-secret"),
@@ -1362,6 +1663,23 @@ mod tests {
             assert_eq!(creds.password.expose(), want, "{source}");
             assert!(!format!("{c:?}").contains("file-secret"), "{source}");
         }
+    }
+
+    #[test]
+    fn maintenance_commands_need_no_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wharf.toml");
+        std::fs::write(
+            &path,
+            format!("{UP}username = \"u\"\npassword_env = \"WHARF_NOT_SET_ANYWHERE\"\n"),
+        )
+        .unwrap();
+        assert!(Config::load(&path).is_err());
+        let c = Config::load_offline(&path).unwrap();
+        assert!(c.upstreams[0].credentials.is_none() && c.upstreams[0].offline);
+        std::fs::write(&path, format!("{UP}[storage]\nmax_size = \"x\"\n")).unwrap();
+        let e = Config::load_offline(&path).unwrap_err().to_string();
+        assert!(e.contains("storage.max_size"), "{e}");
     }
 
     #[test]
@@ -1623,6 +1941,50 @@ mod tests {
             (format!("[log]\nlevel = \"loud\"\n{UP}"), "log.level: \"loud\" is not a log filter"),
             (format!("[log]\nlevel = \"\"\n{UP}"), "log.level: \"\" is not a log filter"),
             (format!("[log]\nlevel = \"wharf=loud\"\n{UP}"), "log.level: \"wharf=loud\" is not a log filter"),
+            // Storage budget, gc and pins.
+            (
+                format!("[storage]\nmax_size = \"lots\"\n{UP}"),
+                "storage.max_size: \"lots\" is not a size; write a number and a unit",
+            ),
+            (
+                format!("[storage]\nmax_size = 50\n{UP}"),
+                "storage.max_size: is a whole number, expected a string; sizes are quoted strings with a unit",
+            ),
+            (format!("[storage]\nmax_size = \"0GiB\"\n{UP}"), "storage.max_size: must be more than zero"),
+            (
+                format!("[storage]\nhigh_watermark = 101\n{UP}"),
+                "storage.high_watermark: 101 is not a percentage of max_size; use 1 to 100",
+            ),
+            (format!("[storage]\nlow_watermark = 0\n{UP}"), "storage.low_watermark: 0 is not a percentage"),
+            (
+                format!("[storage]\nlow_watermark = 95\n{UP}"),
+                "storage.low_watermark: 95 is not below high_watermark (95)",
+            ),
+            (
+                format!("[storage]\nhigh_watermark = 80\n{UP}"),
+                "storage.low_watermark: 85 is not below high_watermark (80)",
+            ),
+            (format!("[storage]\nmin_free = \"-1\"\n{UP}"), "storage.min_free: \"-1\" is not a size"),
+            (
+                format!("[storage]\nwrite_error_pause = \"0s\"\n{UP}"),
+                "storage.write_error_pause: must be more than zero",
+            ),
+            (format!("[gc]\nmanifest_retention = \"90\"\n{UP}"), "gc.manifest_retention: \"90\" is not a duration"),
+            (format!("[gc]\nmanifest_retention = \"0d\"\n{UP}"), "gc.manifest_retention: must be more than zero"),
+            (format!("[gc]\nkeep = 1\n{UP}"), "gc.keep: unknown key; valid keys here are manifest_retention"),
+            (format!("{UP}[[pin]]\n"), "pin[0].image: is missing"),
+            (
+                format!("{UP}[[pin]]\nimage = \"nginx:1\"\n"),
+                "pin[0].image: \"nginx:1\" is not an image reference (no registry",
+            ),
+            (
+                format!("{UP}[[pin]]\nimage = \"quay.io/a/b:1\"\n"),
+                "pin[0].image: \"quay.io/a/b:1\" names registry \"quay.io\", which is not an [[upstream]] name; start the image with one of: docker.io",
+            ),
+            (
+                format!("{UP}[[pin]]\nimage = \"docker.io/a/b:1\"\ntag = \"x\"\n"),
+                "pin[0].tag: unknown key; valid keys here are image",
+            ),
         ];
         for (text, want) in &cases {
             let got = load(text).map(|_| ()).unwrap_err().to_string();

@@ -7,7 +7,8 @@
 //!
 //! The crate is split by boundary: [`config`] (the operator's file), [`oci`] (pure protocol types),
 //! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
-//! index and in-flight fills). `main.rs` only wires these together.
+//! index and in-flight fills, and the cache's lifecycle: size budget, eviction, pins, crash repair,
+//! `wharf check` and `wharf gc`). `main.rs` only wires these together.
 
 pub mod access;
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod oci;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod size;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;
@@ -86,7 +88,10 @@ pub enum Error {
 /// When the storage, the index, an upstream client or the htpasswd file cannot be set up.
 pub fn app(config: &Config) -> Result<server::App, Error> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let cache = Arc::new(cache::Cache::open(&config.storage.path)?);
+    let cache = Arc::new(cache::Cache::open_with(
+        &config.storage.path,
+        &cache::Options::from_config(config),
+    )?);
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
         if u.insecure {
@@ -147,6 +152,7 @@ pub struct Running {
     admin: Option<(Arc<admin::AdminState>, JoinHandle<()>)>,
     reloader: Arc<Mutex<reload::Reloader>>,
     poller: Option<JoinHandle<()>>,
+    background: cache::Background,
 }
 
 /// Opens the cache, builds the upstream clients, binds the listeners and starts serving. Returns
@@ -217,6 +223,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         upstreams = config.upstreams.len(),
         "wharf is listening"
     );
+    let background = app.cache.spawn_background();
     let (stop, stopped) = oneshot::channel::<()>();
     let options = server::ServeOptions {
         tls: tls_config,
@@ -235,6 +242,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         admin: admin.map(|(_, state, task)| (state, task)),
         reloader,
         poller,
+        background,
     })
 }
 
@@ -261,6 +269,11 @@ impl Running {
         self.app.cache.inflight().len()
     }
 
+    /// The cache (usage, evictions, pins, access times): for metrics, tests and embedders.
+    pub fn cache(&self) -> &Arc<cache::Cache> {
+        &self.app.cache
+    }
+
     /// Loads the TLS certificate and the htpasswd file again (what SIGHUP does). What fails to load
     /// is logged and left as it was.
     pub async fn reload(&self) -> Vec<reload::Outcome> {
@@ -270,8 +283,8 @@ impl Running {
             .unwrap_or_default()
     }
 
-    /// Stops accepting, waits up to the shutdown grace for open responses and blob fills, and
-    /// flushes the index.
+    /// Stops accepting, waits up to the shutdown grace for open responses and blob fills, stops the
+    /// background tasks, and flushes access times and the index.
     ///
     /// # Errors
     /// When the index cannot be flushed.
@@ -300,6 +313,10 @@ impl Running {
         }
         if let Some((_, task)) = &self.admin {
             task.abort();
+        }
+        self.background.stop().await;
+        if let Err(error) = self.app.cache.flush_access() {
+            warn!(%error, "cannot write the last access times to the index");
         }
         self.app.cache.index().flush().await?;
         Ok(())

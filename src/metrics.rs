@@ -3,7 +3,7 @@
 //! Counters and histograms live in [`Metrics`] and are updated where the event happens, once: the
 //! request log ([`crate::server::log`]) counts every downstream request and its bytes, the upstream
 //! client counts every request it sends. Values that other parts of wharf own (fills in flight, the
-//! upstreams' rate limits; later the cache's size) are not copied into gauges as they change but
+//! upstreams' rate limits, the cache's size) are not copied into gauges as they change but
 //! read when `/metrics` is scraped, by a [`Collector`] the caller of [`Metrics::encode`] passes
 //! (see `admin::Live`).
 //!
@@ -18,6 +18,10 @@
 //! - `client_auth_failures_total`: requests with wrong or malformed credentials.
 //! - `reloads_total{what,result}`: certificate and htpasswd reloads, `ok` or `error`.
 //! - `build_info{version}`: always 1.
+//!
+//! Read at scrape time by `admin::Live`: `fills_in_flight`, `upstream_rate_limit_{remaining,limit}`,
+//! `cache_bytes`, `cache_entries`, `cache_max_bytes`, `evictions_total`, `evicted_bytes_total`,
+//! `storage_free_bytes`, `storage_paused`, `storage_failures_total`.
 
 use std::time::Duration;
 

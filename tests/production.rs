@@ -618,6 +618,16 @@ async fn metrics_count_a_known_sequence_of_pulls_exactly() {
     let limit = |name: &str| value(&s, name, &[("upstream", "upstream.test")]);
     assert_eq!(limit("wharf_upstream_rate_limit_remaining"), 76.0);
     assert_eq!(limit("wharf_upstream_rate_limit_limit"), 100.0);
+
+    // The cache holds the manifest, the layer and the held blob; nothing was evicted.
+    assert_eq!(value(&s, "wharf_cache_entries", &[]), 3.0);
+    assert_eq!(
+        value(&s, "wharf_cache_bytes", &[]),
+        manifest_len + layer_len + held_len
+    );
+    assert_eq!(value(&s, "wharf_evictions_total", &[]), 0.0);
+    assert_eq!(value(&s, "wharf_storage_paused", &[]), 0.0);
+    assert_eq!(value(&s, "wharf_storage_failures_total", &[]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,7 +274,8 @@ async fn resume_works_when_the_upstream_ignores_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_content_never_ends_cleanly_even_when_nearly_all_was_streamed() {
     // The upstream sends all but its last byte, then waits: the client streams what arrived, and
-    // when the last (corrupt) byte lands the response is aborted short of its length.
+    // when the last byte lands the blob fails verification (a byte in the middle is flipped) and
+    // the response is aborted short of its length.
     let up = Fake::start().await;
     let data = random_bytes(200_000, 6);
     let d = up.add_blob(data.clone());
@@ -290,13 +291,14 @@ async fn corrupt_content_never_ends_cleanly_even_when_nearly_all_was_streamed() 
         .await
         .unwrap();
     let mut got = 0usize;
-    // Wharf holds back the last byte it has until the blob is verified.
-    while got < data.len() - 2 {
+    // Everything that arrived is streamed at once; the response's last byte (which has not
+    // arrived) would be sent only once the blob is verified.
+    while got < data.len() - 1 {
         got += res.chunk().await.unwrap().unwrap().len();
     }
     assert_eq!(
         got,
-        data.len() - 2,
+        data.len() - 1,
         "streamed while the upstream was still sending"
     );
     gate.open();
@@ -309,4 +311,50 @@ async fn corrupt_content_never_ends_cleanly_even_when_nearly_all_was_streamed() 
     }
     assert!(got < data.len());
     no_partials_left(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_a_blob_that_fails_verification_never_ends_cleanly() {
+    // The range lies in the part of the blob that arrives intact; the flipped byte comes later.
+    // The range must still be cut short: its bytes were never verified.
+    let up = Fake::start().await;
+    let data = random_bytes(1024 * 1024, 9);
+    let d = up.add_blob(data.clone());
+    let gate = common::fake::Gate::new();
+    {
+        let mut k = up.knobs();
+        k.corrupt.insert(d.clone());
+        k.hold.insert(d.clone(), (512 * 1024, gate.clone()));
+    }
+    let w = Wharf::with_upstream(&up.url()).await;
+    let url = w.url(&format!("/v2/org/app/blobs/{d}"));
+    let mut leader = client().get(&url).send().await.unwrap();
+    leader.chunk().await.unwrap();
+    let mut range = client()
+        .get(&url)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    let mut got = 0;
+    while got < 999 {
+        got += range.chunk().await.unwrap().unwrap().len();
+    }
+    gate.open();
+    let mut rest = Ok(());
+    loop {
+        match range.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                rest = Err(e);
+                break;
+            }
+        }
+    }
+    assert!(rest.is_err(), "the range must not end cleanly");
+    assert!(leader.bytes().await.is_err());
+    no_partials_left(&w).await;
+    assert!(!blob_path(&w, &d).exists());
 }

@@ -10,6 +10,11 @@
 //!
 //! Contract: a read of a digest that is not stored is `Ok(None)` (a miss), never an error; errors are
 //! for storage that cannot answer (permissions, I/O errors, a full disk).
+//!
+//! Crash safety comes from the order of [`BlobStore::commit`]: the staging file is fsynced, renamed
+//! into place and its directory fsynced, and only then does the caller index it. A process killed at
+//! any point leaves either a staging file (removed at start-up, never read) or a complete, verified
+//! file under its digest (indexed, or adopted by start-up after hashing it again).
 
 use std::fs::File;
 use std::io;
@@ -23,6 +28,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
+use super::holds::Hold;
 use crate::oci::Digest;
 
 /// A body of bytes read from storage.
@@ -52,6 +58,41 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes a committed blob; removing one that is not there is not an error.
     async fn remove(&self, digest: &Digest) -> io::Result<()>;
+
+    /// Lists what the store holds: every committed digest, and entries that are not blobs (stray
+    /// names). Blocking: for start-up and `wharf check`, which read the whole store once.
+    ///
+    /// # Errors
+    /// When the store cannot be listed.
+    fn list(&self) -> io::Result<Listing>;
+
+    /// Removes a stray entry named by [`BlobStore::list`].
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn remove_stray(&self, name: &str) -> io::Result<()>;
+
+    /// Staging files left by a process that died mid-fill: their count and bytes. Blocking.
+    ///
+    /// # Errors
+    /// When the staging area cannot be read.
+    fn staging_leftovers(&self) -> io::Result<(u64, u64)>;
+
+    /// Removes every staging file. Only safe while no fill runs (at start-up, or in `wharf check`
+    /// with the index lock held). Returns their count and bytes. Blocking.
+    ///
+    /// # Errors
+    /// When the staging area cannot be read or a file cannot be removed.
+    fn clear_staging(&self) -> io::Result<(u64, u64)>;
+}
+
+/// What a store holds, from [`BlobStore::list`].
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Committed blobs.
+    pub blobs: Vec<Digest>,
+    /// Entries that are not blobs (names relative to the store), with their sizes.
+    pub strays: Vec<(String, u64)>,
 }
 
 /// An open blob (committed or being filled): a shared file handle read with positional reads, so any
@@ -63,6 +104,9 @@ pub struct BlobFile {
     /// The whole content of a small committed blob, read when it was opened: a hit then costs one
     /// trip to the blocking pool, not two.
     contents: Option<Bytes>,
+    /// Keeps a committed blob from being removed while any clone of this handle (a response body
+    /// streaming it) lives.
+    hold: Option<Arc<Hold>>,
 }
 
 /// A staging file being filled. Dropping it without committing removes the file.
@@ -89,7 +133,20 @@ impl BlobFile {
             file,
             size,
             contents: None,
+            hold: None,
         }
+    }
+
+    /// Attaches the hold that keeps the blob from being removed while this handle lives.
+    #[must_use]
+    pub fn with_hold(mut self, hold: Hold) -> Self {
+        self.hold = Some(Arc::new(hold));
+        self
+    }
+
+    /// The shared file handle.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     /// The size.
@@ -201,20 +258,51 @@ impl FsBlobStore {
     /// # Errors
     /// When the directories cannot be created or read.
     pub fn open(root: &Path) -> io::Result<Self> {
-        let tmp = root.join("tmp");
+        let store = Self::create(root)?;
+        store.clear_staging()?;
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) a store under `root`, leaving staging files for the caller to
+    /// clear with [`BlobStore::clear_staging`] (which counts them).
+    ///
+    /// # Errors
+    /// When the directories cannot be created.
+    pub fn create(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root.join("blobs").join("sha256"))?;
-        std::fs::create_dir_all(&tmp)?;
-        for entry in std::fs::read_dir(&tmp)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
+        std::fs::create_dir_all(root.join("tmp"))?;
+        Self::open_existing(root)
+    }
+
+    /// Opens the store under an existing `root` without changing anything (for `wharf check`).
+    ///
+    /// # Errors
+    /// `NotFound` when `root/blobs` does not exist.
+    pub fn open_existing(root: &Path) -> io::Result<Self> {
+        std::fs::metadata(root.join("blobs"))?;
         Ok(Self {
             root: root.to_owned(),
-            tmp,
+            tmp: root.join("tmp"),
             counter: AtomicU64::new(0),
         })
+    }
+
+    /// The files in the staging directory (none when it does not exist).
+    fn staging_files(&self) -> io::Result<Vec<(PathBuf, u64)>> {
+        let entries = match std::fs::read_dir(&self.tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                out.push((entry.path(), meta.len()));
+            }
+        }
+        Ok(out)
     }
 
     /// The path a committed blob lives at.
@@ -307,6 +395,84 @@ impl BlobStore for FsBlobStore {
         let path = self.blob_path(digest);
         Self::blocking(move || not_found_is_none(std::fs::remove_file(path)).map(|_| ())).await
     }
+
+    fn list(&self) -> io::Result<Listing> {
+        let mut listing = Listing::default();
+        let base = self.root.join("blobs");
+        let mut stray = |path: &Path, size: u64| {
+            let name = path.strip_prefix(&self.root).unwrap_or(path);
+            listing
+                .strays
+                .push((name.to_string_lossy().into_owned(), size));
+        };
+        for top in std::fs::read_dir(&base)? {
+            let top = top?;
+            if top.file_name() != "sha256" || !top.file_type()?.is_dir() {
+                stray(&top.path(), top.metadata()?.len());
+            }
+        }
+        let mut blobs = Vec::new();
+        let prefixes = match std::fs::read_dir(base.join("sha256")) {
+            Ok(prefixes) => prefixes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => return Err(e),
+        };
+        for prefix in prefixes {
+            let prefix = prefix?;
+            let prefix_name = prefix.file_name();
+            let prefix_name = prefix_name.to_string_lossy();
+            let is_prefix = prefix_name.len() == 2
+                && prefix_name
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !is_prefix || !prefix.file_type()?.is_dir() {
+                stray(&prefix.path(), prefix.metadata()?.len());
+                continue;
+            }
+            for file in std::fs::read_dir(prefix.path())? {
+                let file = file?;
+                let name = file.file_name();
+                let digest = name
+                    .to_str()
+                    .and_then(|n| Digest::from_hex(n).ok())
+                    .filter(|d| d.hex().starts_with(&*prefix_name));
+                match digest {
+                    Some(d) if file.file_type()?.is_file() => blobs.push(d),
+                    _ => stray(&file.path(), file.metadata()?.len()),
+                }
+            }
+        }
+        listing.blobs = blobs;
+        Ok(listing)
+    }
+
+    fn remove_stray(&self, name: &str) -> io::Result<()> {
+        let path = self.root.join(name);
+        // Only ever below blobs/: a stray name is what `list` returned.
+        if !path.starts_with(self.root.join("blobs")) || name.contains("..") {
+            return Err(io::Error::other(format!(
+                "{name} is not a stray blob entry"
+            )));
+        }
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        }
+    }
+
+    fn staging_leftovers(&self) -> io::Result<(u64, u64)> {
+        let files = self.staging_files()?;
+        Ok((files.len() as u64, files.iter().map(|(_, n)| n).sum()))
+    }
+
+    fn clear_staging(&self) -> io::Result<(u64, u64)> {
+        let files = self.staging_files()?;
+        for (path, _) in &files {
+            not_found_is_none(std::fs::remove_file(path))?;
+        }
+        Ok((files.len() as u64, files.iter().map(|(_, n)| n).sum()))
+    }
 }
 
 #[cfg(test)]
@@ -361,5 +527,51 @@ mod tests {
         drop(store);
         let _store = FsBlobStore::open(dir.path()).unwrap();
         assert!(!leftover.exists());
+    }
+
+    #[tokio::test]
+    async fn list_finds_blobs_and_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let mut want = Vec::new();
+        for i in 0..3u8 {
+            let data = Bytes::from(vec![i; 10]);
+            let d = Digest::of(&data);
+            let staged = store.stage().await.unwrap();
+            staged.write_at(data, 0).await.unwrap();
+            store.commit(staged, &d).await.unwrap();
+            want.push(d);
+        }
+        // A file under the wrong prefix, a bad name, and a file outside sha256/.
+        let misplaced = Digest::of(b"misplaced");
+        let wrong_dir = if misplaced.hex().starts_with("00") {
+            "01"
+        } else {
+            "00"
+        };
+        let sha = dir.path().join("blobs/sha256");
+        std::fs::create_dir_all(sha.join(wrong_dir)).unwrap();
+        std::fs::write(sha.join(wrong_dir).join(misplaced.hex()), b"x").unwrap();
+        std::fs::write(sha.join(wrong_dir).join("notes.txt"), b"xy").unwrap();
+        std::fs::write(dir.path().join("blobs/README"), b"xyz").unwrap();
+        let mut listing = store.list().unwrap();
+        listing.blobs.sort();
+        want.sort();
+        assert_eq!(listing.blobs, want);
+        let mut strays = listing.strays.clone();
+        strays.sort();
+        assert_eq!(strays.len(), 3, "{strays:?}");
+        assert!(strays.contains(&("blobs/README".into(), 3)), "{strays:?}");
+        for (name, _) in &strays {
+            store.remove_stray(name).unwrap();
+        }
+        assert!(store.list().unwrap().strays.is_empty());
+        assert!(store.remove_stray("tmp/x").is_err());
+        assert!(store.remove_stray("blobs/../index").is_err());
+
+        std::fs::write(dir.path().join("tmp/1-1.partial"), b"half").unwrap();
+        assert_eq!(store.staging_leftovers().unwrap(), (1, 4));
+        assert_eq!(store.clear_staging().unwrap(), (1, 4));
+        assert_eq!(store.staging_leftovers().unwrap(), (0, 0));
     }
 }

@@ -10,9 +10,15 @@
 //! per fill, not per reader, however many clients attach. A client that disconnects only drops its
 //! own reader: the fill goes on, and the cache still gets the blob.
 //!
-//! Readers never see a clean end on bad data: the last byte is held back until the digest and size
-//! have been verified, so when a fill fails every attached response is cut short and the client
-//! knows the body is incomplete. The failed staging file is removed with the task's [`Staged`].
+//! Readers never see a clean end on bad data: the last byte of every response (a `Range` included)
+//! is held back until the digest and size have been verified, so when a fill fails every attached
+//! response is cut short and the client knows the body is incomplete. The failed staging file is
+//! removed with the task's [`Staged`].
+//!
+//! When the storage cannot take the blob (a write fails, free space would fall below
+//! `storage.min_free`, or the blob is larger than `storage.max_size`), the fill hands off instead of
+//! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
+//! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -31,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
-use super::Cache;
+use super::{passthrough, Cache, Reservation};
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream, UpstreamError};
@@ -59,6 +65,9 @@ pub struct Fill {
     digest: Digest,
     state: watch::Receiver<FillState>,
     file: OnceLock<Arc<File>>,
+    /// Where the blob comes from, for readers that go on by themselves after a handoff.
+    upstream: Arc<Upstream>,
+    repo: RepoName,
     /// The most recently received chunks, so readers that keep up are served from memory (no read
     /// back from the staging file); readers that fall behind read the file.
     recent: Mutex<Recent>,
@@ -69,6 +78,17 @@ pub struct Fill {
 struct Recent {
     chunks: VecDeque<(u64, Bytes)>,
     bytes: usize,
+}
+
+/// How far a fill got before the storage could not take the rest, for its readers to continue
+/// from the upstream.
+pub struct Handoff {
+    /// Bytes in the staging file (all of them hashed into `verifier`).
+    pub written: u64,
+    /// The hash of the first `written` bytes.
+    pub verifier: Verifier,
+    /// The size the upstream announced.
+    pub size: Option<u64>,
 }
 
 /// Where a fill is.
@@ -93,6 +113,17 @@ pub enum FillState {
     },
     /// Failed; readers must abort.
     Failed(Arc<FillError>),
+    /// The storage could not take the blob: readers continue from the upstream by themselves.
+    Handoff(Arc<Handoff>),
+}
+
+/// How a fill ended, short of an error.
+enum Outcome<'a> {
+    /// Verified: the staging file, the blob's size, and the room reserved for it (held until the
+    /// blob is indexed, so its bytes are counted somewhere all along).
+    Verified(Staged, u64, Reservation<'a>),
+    /// Handed off to the readers.
+    Handoff(Handoff),
 }
 
 /// Why a fill failed.
@@ -208,17 +239,22 @@ impl Fill {
             digest,
             state: rx,
             file: OnceLock::new(),
+            upstream: upstream.clone(),
+            repo: repo.clone(),
             recent: Mutex::new(Recent::default()),
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
             let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
             match result {
-                Ok((staged, size)) => {
+                Ok(Outcome::Verified(staged, size, reservation)) => {
                     // Verified: readers may finish now. Making it durable (fsync of the whole
                     // blob) happens after, so a cold pull does not wait for the disk.
                     tx.send_replace(FillState::Done { size });
-                    match commit(&cache, staged, &digest, size).await {
+                    let committed = cache
+                        .commit_staged(staged, &digest, size, None, Some(reservation))
+                        .await;
+                    match committed {
                         Ok(()) => {
                             info!(%digest, upstream = %upstream.name(), %repo, size, "blob cached")
                         }
@@ -226,6 +262,10 @@ impl Fill {
                             warn!(%digest, upstream = %upstream.name(), %repo, %error, "verified blob served but not kept: storage failed")
                         }
                     }
+                }
+                Ok(Outcome::Handoff(handoff)) => {
+                    debug!(%digest, upstream = %upstream.name(), %repo, written = handoff.written, "fill handed off: readers continue from the upstream");
+                    tx.send_replace(FillState::Handoff(Arc::new(handoff)));
                 }
                 Err(error) => {
                     if !matches!(error, FillError::Upstream(UpstreamError::Status { .. })) {
@@ -244,6 +284,11 @@ impl Fill {
         &self.digest
     }
 
+    /// Whether the fill handed its readers off to the upstream (nothing will be cached).
+    pub fn handed_off(&self) -> bool {
+        matches!(&*self.state.borrow(), FillState::Handoff(_))
+    }
+
     /// Waits until the upstream's response has started (or the fill failed). Returns the size the
     /// upstream announced, when it did.
     ///
@@ -256,6 +301,7 @@ impl Fill {
                 FillState::Connecting => {}
                 FillState::Streaming { size, .. } => return Ok(*size),
                 FillState::Done { size } => return Ok(Some(*size)),
+                FillState::Handoff(h) => return Ok(h.size),
                 FillState::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {
@@ -266,60 +312,86 @@ impl Fill {
 
     /// Streams `[start, end)` of the blob (to the end when `end` is `None`) as it arrives: from
     /// memory while the reader keeps up with the download, from the staging file when it falls
-    /// behind. The stream ends with an error if the fill fails.
+    /// behind. The last byte is sent only once the blob is verified; the stream ends with an error if
+    /// the fill fails, and after a handoff it goes on from the upstream.
     pub fn follow(self: Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
         let rx = self.state.clone();
         Box::pin(futures_util::stream::unfold(
-            (self, rx, start),
-            move |(fill, mut rx, pos)| async move {
-                loop {
-                    if pos == u64::MAX {
-                        return None;
+            Follow::Fill(self, rx, start),
+            move |state| async move {
+                let (fill, mut rx, pos) = match state {
+                    Follow::Fill(fill, rx, pos) => (fill, rx, pos),
+                    Follow::Handoff(mut rest) => {
+                        return rest.next().await.map(|item| (item, Follow::Handoff(rest)));
                     }
+                    Follow::End => return None,
+                };
+                loop {
                     let state = rx.borrow_and_update().clone();
-                    let (available, written, done) = match &state {
+                    let (limit, written, done) = match &state {
                         FillState::Connecting => (0, 0, false),
-                        // Hold the last byte back until the blob is verified.
+                        // Unverified: hold back the response's last byte (of the blob, or of the
+                        // range), so a failure can still cut the response short.
                         FillState::Streaming {
                             received, written, ..
-                        } => (received.saturating_sub(1), *written, false),
-                        FillState::Done { size } => (*size, *size, true),
+                        } => {
+                            let limit = match end {
+                                Some(e) => (*received).min(e.saturating_sub(1)),
+                                None => received.saturating_sub(1),
+                            };
+                            (limit, *written, false)
+                        }
+                        FillState::Done { size } => {
+                            (end.map_or(*size, |e| e.min(*size)), *size, true)
+                        }
                         FillState::Failed(e) => {
-                            return Some((
-                                Err(std::io::Error::other(e.to_string())),
-                                (fill, rx, u64::MAX),
-                            ));
+                            return Some((Err(std::io::Error::other(e.to_string())), Follow::End));
+                        }
+                        FillState::Handoff(h) => {
+                            let mut rest = passthrough::continue_fill(
+                                fill.upstream.clone(),
+                                fill.repo.clone(),
+                                fill.digest,
+                                h.size,
+                                fill.file.get().cloned(),
+                                h.written,
+                                h.verifier.clone(),
+                                pos,
+                                end,
+                            );
+                            // The fill (and its hold on the staging file) is let go here.
+                            drop(fill);
+                            return rest.next().await.map(|item| (item, Follow::Handoff(rest)));
                         }
                     };
-                    let limit = end.map_or(available, |e| e.min(available));
                     if pos < limit {
                         if let Some(bytes) = fill.recent_slice(pos, limit) {
                             let next = pos + bytes.len() as u64;
-                            return Some((Ok(bytes), (fill, rx, next)));
+                            return Some((Ok(bytes), Follow::Fill(fill, rx, next)));
                         }
                         // Behind what memory holds: read the file, which has everything up to
-                        // `written` (at least as much as memory has dropped).
+                        // `written` (at least as much as memory has dropped, or soon).
                         let next = limit.min(written).min(pos + FOLLOW_CHUNK);
                         if pos < next {
                             let Some(file) = fill.file.get().cloned() else {
                                 return Some((
                                     Err(std::io::Error::other("fill has no file")),
-                                    (fill, rx, u64::MAX),
+                                    Follow::End,
                                 ));
                             };
                             let blob = BlobFile::new(file, next);
                             return match blob.read_range(pos, next).await {
-                                Ok(bytes) => Some((Ok(bytes), (fill, rx, next))),
-                                Err(e) => Some((Err(e), (fill, rx, u64::MAX))),
+                                Ok(bytes) => Some((Ok(bytes), Follow::Fill(fill, rx, next))),
+                                Err(e) => Some((Err(e), Follow::End)),
                             };
                         }
-                    } else if done || end.is_some_and(|e| pos >= e) {
+                    } else if done {
                         return None;
                     }
                     if rx.changed().await.is_err() {
                         return Some((
                             Err(std::io::Error::other("the fill stopped unexpectedly")),
-                            (fill, rx, u64::MAX),
+                            Follow::End,
                         ));
                     }
                 }
@@ -361,6 +433,16 @@ impl Fill {
 /// fill, not per reader: memory stays flat however many clients attach.
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Where a reader of a fill is.
+enum Follow {
+    /// Reading the staging file: the fill, its state, the next offset.
+    Fill(Arc<Fill>, watch::Receiver<FillState>, u64),
+    /// Going on from the upstream after a handoff.
+    Handoff(ByteStream),
+    /// Ended (after an error).
+    End,
+}
+
 /// How much a follower reads from the staging file at once. Followers of one fill each hold one read
 /// in flight, so this is what memory grows by per attached client: at 64 KiB, 200 followers of a
 /// 64 MiB fill peaked at about 55 MiB in all, at 128 KiB at 88 MiB. Larger reads make a single cold
@@ -371,14 +453,15 @@ const FOLLOW_CHUNK: u64 = 64 * 1024;
 const MAX_RESUMES: u32 = 3;
 
 /// The fill itself: request, stream to the staging file while hashing (resuming a broken body from
-/// the last byte written), verify. Returns the verified staging file and its size.
-async fn run(
-    cache: &Cache,
+/// the last byte written), verify. Returns the verified staging file and its size, or a handoff
+/// when the storage cannot take the blob.
+async fn run<'a>(
+    cache: &'a Cache,
     upstream: &Upstream,
     repo: &RepoName,
     fill: &Fill,
     tx: &Arc<watch::Sender<FillState>>,
-) -> Result<(Staged, u64), FillError> {
+) -> Result<Outcome<'a>, FillError> {
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
     let scope = auth::pull_scope(repo.as_str());
@@ -390,7 +473,31 @@ async fn run(
         return Err(upstream.status_error(response).await.into());
     }
     let size = response.content_length();
-    let staged = cache.store.stage().await?;
+    let handoff = |written, verifier| {
+        Ok(Outcome::Handoff(Handoff {
+            written,
+            verifier,
+            size,
+        }))
+    };
+    if let (Some(size), Some(budget)) = (size, cache.budget()) {
+        if size > budget.max {
+            info!(%digest, upstream = %upstream.name(), %repo, size, max_size = budget.max, "blob is larger than storage.max_size; streaming it without caching");
+            return handoff(0, Verifier::new());
+        }
+    }
+    if let Err(error) = cache.health.check_room(size.unwrap_or(0)) {
+        cache.health.failed("free space", &error);
+        return handoff(0, Verifier::new());
+    }
+    let staged = match cache.store.stage().await {
+        Ok(staged) => staged,
+        Err(error) => {
+            cache.health.failed("creating a staging file", &error);
+            return handoff(0, Verifier::new());
+        }
+    };
+    let reservation = cache.reserve(size.unwrap_or(0));
     let _ = fill.file.set(staged.reader());
     tx.send_replace(FillState::Streaming {
         size,
@@ -398,13 +505,14 @@ async fn run(
         written: 0,
     });
 
-    let mut sink = Sink::start(staged, tx.clone(), size);
+    let mut sink = Sink::start(staged, tx.clone(), size, cache.health.clone());
     let mut next = Some((response, 0));
     let mut resumes = 0;
     loop {
         if let Some((response, skip)) = next.take() {
-            if sink.copy(fill, response, skip).await == Copied::Ended {
-                break;
+            match sink.copy(fill, response, skip).await {
+                Copied::Ended | Copied::WriterStopped => break,
+                Copied::Broke => {}
             }
             if size.is_some_and(|s| sink.received >= s) {
                 break; // Everything arrived; only the connection's end was unclean.
@@ -431,7 +539,18 @@ async fn run(
         staged,
         verifier,
         written,
-    } = sink.finish().await?;
+    } = match sink.finish().await {
+        Ok(written) => written,
+        Err(Stopped::Storage {
+            error,
+            written,
+            verifier,
+        }) => {
+            cache.health.failed("writing a blob", &error);
+            return handoff(written, *verifier);
+        }
+        Err(Stopped::Abandoned) => return Err(FillError::Abandoned),
+    };
     let mismatch = |mismatch| FillError::Mismatch {
         upstream: upstream.name().to_owned(),
         digest,
@@ -441,24 +560,12 @@ async fn run(
         return Err(mismatch(Mismatch::Size { expected, actual }));
     }
     verifier.finish(&digest, size).map_err(mismatch)?;
-    Ok((staged, written))
+    Ok(Outcome::Verified(staged, written, reservation))
 }
 
-/// Makes a verified staging file the stored blob, and indexes it.
-async fn commit(
-    cache: &Cache,
-    staged: Staged,
-    digest: &Digest,
-    size: u64,
-) -> Result<(), FillError> {
-    cache.store.commit(staged, digest).await?;
-    cache.index.insert_blob(digest, size)?;
-    Ok(())
-}
-
-/// Asks for the rest of a blob from `offset`. Returns the response and how many leading bytes of its
+/// Asks for the rest of a blob from `offset` (used by pass-through readers too). Returns the response and how many leading bytes of its
 /// body to skip (all of `offset` when the upstream ignores `Range` and sends the whole blob again).
-async fn resume(
+pub(super) async fn resume(
     upstream: &Upstream,
     path: &str,
     scope: &str,
@@ -505,8 +612,8 @@ struct Sink {
     to_hasher: mpsc::Sender<Bytes>,
     /// Where readers learn how much has arrived.
     tx: Arc<watch::Sender<FillState>>,
-    written: oneshot::Receiver<std::io::Result<(Staged, u64)>>,
-    hashed: oneshot::Receiver<Verifier>,
+    written: oneshot::Receiver<Result<(Staged, u64), (std::io::Error, u64)>>,
+    hashed: oneshot::Receiver<Hashed>,
     /// Bytes handed to the threads: all of them are written unless the writer fails.
     received: u64,
     size: Option<u64>,
@@ -521,9 +628,37 @@ struct Written {
     written: u64,
 }
 
+/// What the hashing thread leaves behind: the hash of everything, and of a few recent chunk
+/// boundaries, so that when the writer stops at one of them the hash there is known.
+struct Hashed {
+    verifier: Verifier,
+    /// `(offset, hash of the bytes before it)`, the last [`SNAPSHOTS`] chunk boundaries.
+    snapshots: VecDeque<(u64, Verifier)>,
+}
+
+/// Why the writer thread stopped before the end.
+enum Stopped {
+    /// A write failed (or free space reached `storage.min_free`) after `written` bytes, and this is
+    /// the hash of those bytes.
+    Storage {
+        error: std::io::Error,
+        written: u64,
+        verifier: Box<Verifier>,
+    },
+    /// A thread went away without a result.
+    Abandoned,
+}
+
 /// Chunks queued between the download and each thread. Upstream chunks are up to the HTTP client's
 /// read buffer (about 400 KiB), so a full queue is at most a few tens of MiB, and usually empty.
 const QUEUE: usize = 32;
+
+/// Chunk boundaries the hasher remembers: the writer stops at most `QUEUE + 1` chunks behind it
+/// (the chunk it failed on and a full queue), so this reaches back far enough, with room to spare.
+const SNAPSHOTS: usize = QUEUE + 4;
+
+/// How often the writer checks that free space stays above `storage.min_free`.
+const ROOM_CHECK: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Copied {
@@ -531,10 +666,17 @@ enum Copied {
     Ended,
     /// The body broke off.
     Broke,
+    /// A thread stopped (a storage failure): `finish` says why.
+    WriterStopped,
 }
 
 impl Sink {
-    fn start(staged: Staged, tx: Arc<watch::Sender<FillState>>, size: Option<u64>) -> Self {
+    fn start(
+        staged: Staged,
+        tx: Arc<watch::Sender<FillState>>,
+        size: Option<u64>,
+        health: Arc<super::health::StorageHealth>,
+    ) -> Self {
         let (to_writer, mut writes) = mpsc::channel::<Bytes>(QUEUE);
         let (to_hasher, mut hashes) = mpsc::channel::<Bytes>(QUEUE);
         let (written_tx, written) = oneshot::channel();
@@ -546,14 +688,24 @@ impl Sink {
         let writer = std::thread::Builder::new()
             .name("wharf-fill-write".into())
             .spawn(move || {
-                let write = || -> std::io::Result<(Staged, u64)> {
+                let write = || -> Result<(Staged, u64), (std::io::Error, u64)> {
                     let file = staged.reader();
                     let mut written = 0u64;
+                    let mut next_check = ROOM_CHECK;
                     while let Some(first) = writes.blocking_recv() {
                         let mut chunk = Some(first);
                         // Write what is queued, then tell the readers once.
                         while let Some(bytes) = chunk {
-                            file.write_all_at(&bytes, written)?;
+                            let room = if written >= next_check {
+                                next_check = written + ROOM_CHECK;
+                                health.check_room(ROOM_CHECK)
+                            } else {
+                                Ok(())
+                            };
+                            // On a failure the file may hold part of this chunk; `written` stays
+                            // before it, on a chunk boundary, where readers continue from.
+                            room.and_then(|()| file.write_all_at(&bytes, written))
+                                .map_err(|error| (error, written))?;
                             written += bytes.len() as u64;
                             chunk = writes.try_recv().ok();
                         }
@@ -571,10 +723,21 @@ impl Sink {
             .name("wharf-fill-hash".into())
             .spawn(move || {
                 let mut verifier = Verifier::new();
+                let mut offset = 0u64;
+                let mut snapshots = VecDeque::with_capacity(SNAPSHOTS);
+                snapshots.push_back((0, verifier.clone()));
                 while let Some(bytes) = hashes.blocking_recv() {
                     verifier.update(&bytes);
+                    offset += bytes.len() as u64;
+                    if snapshots.len() == SNAPSHOTS {
+                        snapshots.pop_front();
+                    }
+                    snapshots.push_back((offset, verifier.clone()));
                 }
-                let _ = hashed_tx.send(verifier);
+                let _ = hashed_tx.send(Hashed {
+                    verifier,
+                    snapshots,
+                });
             });
         if let Err(error) = writer.and(hasher) {
             warn!(%error, "cannot start the threads of a blob fill");
@@ -614,12 +777,15 @@ impl Sink {
                 self.overflow = Some(self.received + len);
                 return Copied::Ended;
             }
-            fill.remember(self.received, chunk.clone());
-            if self.to_hasher.send(chunk.clone()).await.is_err()
-                || self.to_writer.send(chunk).await.is_err()
-            {
-                return Copied::Ended; // A thread failed: `finish` says why.
+            // The writer first: once it has stopped, nothing more may reach the hasher, whose
+            // snapshots must still reach back to where the writer stopped.
+            if self.to_writer.send(chunk.clone()).await.is_err() {
+                return Copied::WriterStopped;
             }
+            if self.to_hasher.send(chunk.clone()).await.is_err() {
+                return Copied::WriterStopped; // The hasher went away: `finish` says so.
+            }
+            fill.remember(self.received, chunk);
             self.received += len;
             let received = self.received;
             self.tx.send_modify(|s| {
@@ -632,18 +798,31 @@ impl Sink {
     }
 
     /// Waits for the threads to hash and write everything handed to them.
-    async fn finish(self) -> Result<Written, FillError> {
+    async fn finish(self) -> Result<Written, Stopped> {
         drop(self.to_writer);
         drop(self.to_hasher);
-        let (Ok(written), Ok(verifier)) = (self.written.await, self.hashed.await) else {
-            return Err(FillError::Abandoned);
+        let (Ok(written), Ok(hashed)) = (self.written.await, self.hashed.await) else {
+            return Err(Stopped::Abandoned);
         };
-        let (staged, written) = written?;
-        Ok(Written {
-            staged,
-            verifier,
-            written,
-        })
+        match written {
+            Ok((staged, written)) => Ok(Written {
+                staged,
+                verifier: hashed.verifier,
+                written,
+            }),
+            Err((error, written)) => {
+                // The writer stops on a chunk boundary that the snapshots reach back to.
+                let at = hashed.snapshots.into_iter().find(|(o, _)| *o == written);
+                match at {
+                    Some((_, verifier)) => Err(Stopped::Storage {
+                        error,
+                        written,
+                        verifier: Box::new(verifier),
+                    }),
+                    None => Err(Stopped::Abandoned),
+                }
+            }
+        }
     }
 }
 
@@ -656,6 +835,19 @@ mod tests {
             digest: Digest::of(b""),
             state: watch::channel(FillState::Connecting).1,
             file: OnceLock::new(),
+            upstream: Arc::new(
+                Upstream::new(
+                    &crate::config::Config::from_toml(
+                        "[[upstream]]\nname = \"u.test\"\nurl = \"https://u.test\"\n",
+                        std::path::Path::new("t.toml"),
+                    )
+                    .unwrap()
+                    .upstreams[0],
+                    Arc::new(crate::metrics::Metrics::new()),
+                )
+                .unwrap(),
+            ),
+            repo: "org/app".parse().unwrap(),
             recent: Mutex::new(Recent::default()),
         }
     }

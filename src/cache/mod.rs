@@ -5,30 +5,91 @@
 //! caller resolves upstream). The index is consulted first because it is in memory; a blob the index
 //! lists but the store lacks (deleted by hand, a crash between the two writes) is dropped from the
 //! index and treated as a miss, and a stored file whose size disagrees with the index is never served.
+//!
+//! Around that sits the cache's lifecycle, so that it runs for years on a disk of fixed size:
+//! - usage (bytes, entries) kept in memory by the index, and last access times batched in memory
+//!   ([`access`]) and flushed to the index periodically, never once per hit;
+//! - eviction of least-recently-used content down to a low watermark when a high watermark of
+//!   `storage.max_size` is crossed ([`evict`]), sparing what is being read or filled ([`holds`]) and
+//!   what is pinned;
+//! - reconciliation of the index and the files at start-up and on demand ([`reconcile`], [`check`]),
+//!   and `wharf gc` ([`gc`]);
+//! - a storage that fails writes (disk full) pauses caching, and misses stream through verified
+//!   ([`health`], [`passthrough`]).
 
+pub mod access;
+pub mod background;
 pub mod blob_store;
+pub mod check;
+pub mod evict;
 pub mod fill;
+pub mod gc;
+pub mod health;
+pub mod holds;
 pub mod index;
+pub mod passthrough;
+pub mod reconcile;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tracing::warn;
 
+pub use background::Background;
 pub use blob_store::{BlobFile, BlobStore, FsBlobStore};
+pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
-pub use index::{Index, IndexError, TagEntry};
+pub use index::{Index, IndexError, PinSource, TagEntry, Usage};
 
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, ImageRef, RepoName};
 use crate::upstream::Upstream;
+
+use access::AccessLog;
+use health::StorageHealth;
+use holds::{Hold, Holds};
 
 /// The cache facade shared by all requests.
 pub struct Cache {
+    root: PathBuf,
     store: Arc<dyn BlobStore>,
     index: Index,
     inflight: Inflight,
+    holds: Arc<Holds>,
+    access: AccessLog,
+    /// Access records written to the index (each flushed digest counts once).
+    access_writes: AtomicU64,
+    health: Arc<StorageHealth>,
+    budget: Option<Budget>,
+    evictions: evict::Counters,
+    /// Woken when usage crosses the high watermark.
+    evict_wake: Notify,
+    /// Bytes announced by fills in progress: eviction makes room for them while they download.
+    reserved: AtomicU64,
+    /// Files found at start-up without an index record, to re-verify in the background.
+    orphans: Mutex<Vec<Digest>>,
+}
+
+/// How the cache manages its storage (from `[storage]` and `[[pin]]`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The most bytes to keep; `None` for no limit.
+    pub max_size: Option<u64>,
+    /// Eviction starts above this percentage of `max_size`.
+    pub high_watermark: u8,
+    /// Eviction stops at this percentage of `max_size`.
+    pub low_watermark: u8,
+    /// Free space to leave on the filesystem.
+    pub min_free: u64,
+    /// How long caching pauses after a write error.
+    pub write_error_pause: Duration,
+    /// The configuration's pins (synced into the index at open).
+    pub pins: Vec<ImageRef>,
 }
 
 /// Where a blob comes from.
@@ -42,6 +103,9 @@ pub enum BlobSource {
         /// Whether this request started it.
         leader: bool,
     },
+    /// Not cached, and caching is paused (the storage failed a write recently): stream it from the
+    /// upstream without storing it ([`Cache::bypass`]).
+    Bypass,
 }
 
 /// A failure to open the cache.
@@ -55,8 +119,14 @@ pub enum OpenError {
         /// The I/O error.
         source: io::Error,
     },
+    /// Another process (a running wharf) holds the index.
+    #[error("storage {path} is in use by another wharf (its index is locked); stop that wharf first, or give this one another [storage] path")]
+    Locked {
+        /// The storage directory.
+        path: String,
+    },
     /// The index could not be opened.
-    #[error("index in {path}: {source} (is another wharf running on this storage?)")]
+    #[error("index in {path}: {source}")]
     Index {
         /// The index directory.
         path: String,
@@ -65,28 +135,127 @@ pub enum OpenError {
     },
 }
 
+/// Bytes a fill in progress expects to add; released when dropped.
+pub struct Reservation<'a> {
+    cache: &'a Cache,
+    bytes: u64,
+}
+
+// === impl Options ===
+
+impl Options {
+    /// The options a configuration asks for.
+    pub fn from_config(config: &crate::Config) -> Self {
+        let s = &config.storage;
+        Self {
+            max_size: s.max_size,
+            high_watermark: s.high_watermark,
+            low_watermark: s.low_watermark,
+            min_free: s.min_free,
+            write_error_pause: s.write_error_pause,
+            pins: config.pins.clone(),
+        }
+    }
+}
+
+impl Default for Options {
+    /// No size limit, no free-space floor, a 30 s pause after a write error, no pins.
+    fn default() -> Self {
+        Self {
+            max_size: None,
+            high_watermark: 95,
+            low_watermark: 85,
+            min_free: 0,
+            write_error_pause: Duration::from_secs(30),
+            pins: Vec::new(),
+        }
+    }
+}
+
+// === impl OpenError ===
+
+impl OpenError {
+    /// Whether another wharf holds the storage.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Self::Locked { .. })
+    }
+}
+
 // === impl Cache ===
 
 impl Cache {
-    /// Opens the cache under `root`: blobs in `root/blobs`, staging in `root/tmp`, index in `root/index`.
+    /// Opens the cache under `root` with default [`Options`]; see [`Cache::open_with`].
     ///
     /// # Errors
-    /// When the directories cannot be created or the index cannot be opened.
+    /// As [`Cache::open_with`].
     pub fn open(root: &Path) -> Result<Self, OpenError> {
-        let store = FsBlobStore::open(root).map_err(|source| OpenError::Storage {
+        Self::open_with(root, &Options::default())
+    }
+
+    /// Opens the cache under `root`: blobs in `root/blobs`, staging in `root/tmp`, index in
+    /// `root/index`. The index is opened (and locked) first, so a second wharf on the same storage
+    /// fails before touching anything. Then start-up repairs what a crash can leave: staging files
+    /// are removed, index records whose file is missing are dropped, and files without a record are
+    /// queued for re-verification in the background ([`Cache::spawn_background`]). Configuration pins
+    /// are synced into the index.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or read, or the index cannot be opened (another wharf
+    /// holds it: [`OpenError::Locked`]).
+    pub fn open_with(root: &Path, options: &Options) -> Result<Self, OpenError> {
+        let storage_err = |source| OpenError::Storage {
             path: root.display().to_string(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(root).map_err(storage_err)?;
         let index_dir = root.join("index");
-        let index = Index::open(&index_dir).map_err(|source| OpenError::Index {
-            path: index_dir.display().to_string(),
-            source,
+        let index_err = |source: IndexError| {
+            if source.is_locked() {
+                OpenError::Locked {
+                    path: root.display().to_string(),
+                }
+            } else {
+                OpenError::Index {
+                    path: index_dir.display().to_string(),
+                    source,
+                }
+            }
+        };
+        let index = Index::open(&index_dir).map_err(index_err)?;
+        let store = FsBlobStore::create(root).map_err(storage_err)?;
+        let access = AccessLog::new();
+        let started = reconcile::at_open(&index, &store).map_err(|e| match e {
+            reconcile::Error::Store(e) => storage_err(e),
+            reconcile::Error::Index(e) => index_err(e),
         })?;
+        index.sync_config_pins(&options.pins).map_err(index_err)?;
+        let budget = options
+            .max_size
+            .map(|max| Budget::new(max, options.high_watermark, options.low_watermark));
         Ok(Self {
+            root: root.to_owned(),
             store: Arc::new(store),
             index,
             inflight: Inflight::default(),
+            holds: Holds::new(),
+            access,
+            access_writes: AtomicU64::new(0),
+            health: Arc::new(StorageHealth::new(
+                root.to_owned(),
+                options.min_free,
+                options.write_error_pause,
+            )),
+            budget,
+            evictions: evict::Counters::default(),
+            evict_wake: Notify::new(),
+            reserved: AtomicU64::new(0),
+            orphans: Mutex::new(started.orphans),
         })
+    }
+
+    /// The storage directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The index.
@@ -94,25 +263,136 @@ impl Cache {
         &self.index
     }
 
+    /// The blob store.
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
     /// The fills in flight.
     pub fn inflight(&self) -> &Inflight {
         &self.inflight
     }
 
-    /// A committed blob, if the cache has it intact.
+    /// Holds on committed blobs (readers in progress).
+    pub fn holds(&self) -> &Arc<Holds> {
+        &self.holds
+    }
+
+    /// The storage's write health.
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
+    }
+
+    /// Bytes and entries stored (no I/O): for metrics and `wharf check`.
+    pub fn usage(&self) -> Usage {
+        self.index.usage()
+    }
+
+    /// The size budget, when `storage.max_size` is set.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
+    }
+
+    /// Blobs evicted since start (count and bytes): for metrics.
+    pub fn evictions(&self) -> Evictions {
+        self.evictions.get()
+    }
+
+    /// How many access records have been written to the index since start: each flush writes one
+    /// per digest used since the last flush, whatever the number of hits.
+    pub fn access_writes(&self) -> u64 {
+        self.access_writes.load(Ordering::Relaxed)
+    }
+
+    /// How many digests were used since the last flush of access times.
+    pub fn access_pending(&self) -> usize {
+        self.access.len()
+    }
+
+    /// Records that a blob or manifest was served (from memory or disk). Costs no I/O.
+    pub fn touch(&self, digest: Digest) {
+        self.access.touch(digest);
+    }
+
+    /// Writes the access times recorded since the last flush to the index, in one batch. Returns
+    /// how many were written. Skipped (and kept for later) while caching is paused after a write
+    /// error, so the index does not write into a full disk.
+    ///
+    /// # Errors
+    /// Index failures (the times are kept for the next flush).
+    pub fn flush_access(&self) -> Result<usize, IndexError> {
+        if self.health.paused() {
+            return Ok(0);
+        }
+        let times = self.access.drain();
+        if times.is_empty() {
+            return Ok(0);
+        }
+        match self.index.record_access(&times) {
+            Ok(n) => {
+                self.access_writes.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                self.access.restore(times);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reserves room for a fill of `bytes`, waking eviction if that goes over the high watermark.
+    pub fn reserve(&self, bytes: u64) -> Reservation<'_> {
+        self.reserved.fetch_add(bytes, Ordering::Relaxed);
+        self.wake_evictor_if_needed();
+        Reservation { cache: self, bytes }
+    }
+
+    /// Stored bytes plus the bytes of fills in progress.
+    pub fn committed_and_reserved(&self) -> u64 {
+        self.usage()
+            .bytes
+            .saturating_add(self.reserved.load(Ordering::Relaxed))
+    }
+
+    fn wake_evictor_if_needed(&self) {
+        if self
+            .budget
+            .is_some_and(|b| self.committed_and_reserved() > b.high)
+        {
+            self.evict_wake.notify_one();
+        }
+    }
+
+    /// Takes a hold on a committed digest (waiting while it is being removed).
+    pub async fn hold(&self, digest: Digest) -> Hold {
+        self.holds.hold(digest).await
+    }
+
+    /// A committed blob, if the cache has it intact. The returned handle holds the blob: it is not
+    /// evicted while the handle (or a clone of it) lives. Counts as a use for eviction.
     ///
     /// # Errors
     /// Storage or index failures (not a miss).
     pub async fn committed(&self, digest: &Digest) -> Result<Option<BlobFile>, FillError> {
+        let blob = self.open_stored(digest).await?;
+        if blob.is_some() {
+            self.access.touch(*digest);
+        }
+        Ok(blob)
+    }
+
+    /// As [`Cache::committed`], without counting as a use (for pin and gc bookkeeping).
+    async fn open_stored(&self, digest: &Digest) -> Result<Option<BlobFile>, FillError> {
+        let hold = self.hold(*digest).await;
         let Some(size) = self.index.blob_size(digest)? else {
             return Ok(None);
         };
         match self.store.open(digest).await? {
-            Some(blob) if blob.size() == size => Ok(Some(blob)),
+            Some(blob) if blob.size() == size => Ok(Some(blob.with_hold(hold))),
             Some(blob) => {
                 warn!(%digest, indexed = size, on_disk = blob.size(), "stored blob has the wrong size; dropping it");
-                self.index.remove_blob(digest)?;
                 self.store.remove(digest).await?;
+                self.index.remove_blob(digest)?;
                 Ok(None)
             }
             None => {
@@ -123,7 +403,38 @@ impl Cache {
         }
     }
 
-    /// A blob to serve: committed, being filled, or a new fill from `upstream`.
+    /// Makes a verified staging file the stored blob and indexes it (as a manifest of
+    /// `media_type`, when given): fsync, rename, fsync of the directory, then the index record, so
+    /// a crash never leaves an index record for a file that is not complete. The fill's
+    /// `reservation` is released just before the record adds the blob's bytes to the usage.
+    ///
+    /// # Errors
+    /// Storage or index failures; a storage failure also pauses caching.
+    pub async fn commit_staged(
+        &self,
+        staged: blob_store::Staged,
+        digest: &Digest,
+        size: u64,
+        media_type: Option<&str>,
+        reservation: Option<Reservation<'_>>,
+    ) -> Result<(), FillError> {
+        if let Err(error) = self.store.commit(staged, digest).await {
+            self.health.failed("committing a blob", &error);
+            return Err(error.into());
+        }
+        drop(reservation);
+        match media_type {
+            Some(t) => self.index.insert_manifest(digest, size, t)?,
+            None => self.index.insert_blob(digest, size)?,
+        }
+        self.access.touch(*digest);
+        self.health.succeeded();
+        self.wake_evictor_if_needed();
+        Ok(())
+    }
+
+    /// A blob to serve: committed, being filled, a new fill from `upstream`, or (while caching is
+    /// paused after a write error) a pass-through.
     ///
     /// # Errors
     /// Storage or index failures.
@@ -135,6 +446,9 @@ impl Cache {
     ) -> Result<BlobSource, FillError> {
         if let Some(blob) = self.committed(&digest).await? {
             return Ok(BlobSource::Hit(blob));
+        }
+        if self.health.paused() && self.inflight.get(&digest).is_none() {
+            return Ok(BlobSource::Bypass);
         }
         loop {
             let joined = self.inflight.join_or_start(
@@ -172,25 +486,86 @@ impl Cache {
         Ok(Some(blob.read_range(0, blob.size()).await?))
     }
 
-    /// Stores verified bytes (a manifest) under their digest, with its media type.
+    /// Stores verified bytes (a manifest) under their digest, with its media type. Returns whether
+    /// they are stored: while caching is paused, or when the storage fails (which pauses it), the
+    /// manifest is not kept and the caller serves it from memory all the same.
     ///
     /// # Errors
-    /// Storage or index failures.
+    /// Index failures.
     pub async fn put_manifest(
         &self,
         digest: &Digest,
         bytes: Bytes,
         media_type: &str,
-    ) -> Result<(), FillError> {
+    ) -> Result<bool, FillError> {
+        let _hold = self.hold(*digest).await;
         let len = bytes.len() as u64;
-        if self.index.manifest_type(digest)?.is_none()
-            || self.store.size(digest).await? != Some(len)
+        if self.index.manifest_type(digest)?.is_some()
+            && self.store.size(digest).await.ok().flatten() == Some(len)
         {
-            let staged = self.store.stage().await?;
-            staged.write_at(bytes, 0).await?;
-            self.store.commit(staged, digest).await?;
+            self.access.touch(*digest);
+            return Ok(true);
         }
-        self.index.insert_manifest(digest, len, media_type)?;
-        Ok(())
+        if self.health.paused() {
+            return Ok(false);
+        }
+        if let Err(error) = self.health.check_room(len) {
+            self.health.failed("free space", &error);
+            return Ok(false);
+        }
+        let staged = match self.store.stage().await {
+            Ok(staged) => staged,
+            Err(error) => {
+                self.health.failed("creating a staging file", &error);
+                return Ok(false);
+            }
+        };
+        if let Err(error) = staged.write_at(bytes, 0).await {
+            self.health.failed("writing a manifest", &error);
+            return Ok(false);
+        }
+        match self
+            .commit_staged(staged, digest, len, Some(media_type), None)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(FillError::Storage(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pins an image (and everything it refers to) against eviction and `wharf gc`. A tag is
+    /// resolved through the index whenever eviction runs, so the pin follows the tag. Returns
+    /// whether the image was not pinned before. For `wharf pin` and `wharf prefetch`.
+    ///
+    /// # Errors
+    /// Index failures.
+    pub fn pin(&self, image: &ImageRef) -> Result<bool, IndexError> {
+        self.index.add_pin(image, PinSource::Command)
+    }
+
+    /// Unpins an image pinned with [`Cache::pin`]; returns who had pinned it. A configuration pin
+    /// is left alone (and `Some(PinSource::Config)` returned): remove its `[[pin]]` entry instead.
+    ///
+    /// # Errors
+    /// Index failures.
+    pub fn unpin(&self, image: &ImageRef) -> Result<Option<PinSource>, IndexError> {
+        let from_config = self
+            .index
+            .pins()?
+            .iter()
+            .any(|(pinned, source)| pinned == image && *source == PinSource::Config);
+        if from_config {
+            return Ok(Some(PinSource::Config));
+        }
+        self.index.remove_pin(image)
+    }
+}
+
+// === impl Reservation ===
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.cache.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }

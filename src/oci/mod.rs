@@ -3,9 +3,11 @@
 
 pub mod digest;
 pub mod error;
+pub mod image_ref;
 pub mod media;
 pub mod reference;
 
 pub use digest::{Digest, DigestError, Verifier};
 pub use error::{ErrorCode, ErrorEnvelope};
+pub use image_ref::{ImageRef, ImageRefError};
 pub use reference::{Reference, RepoName, Tag};

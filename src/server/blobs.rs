@@ -1,5 +1,6 @@
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>`: served from the store on a hit, from a fill otherwise,
-//! with single `Range` requests.
+//! with single `Range` requests. While the storage cannot take writes (disk full), a miss streams
+//! from the upstream without caching, verified all the same (`X-Cache: bypass`).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use super::response::{self, header, ApiError, Area, Body, CacheStatus};
 use super::route::Route;
 use super::App;
 use crate::cache::blob_store::SMALL_BLOB;
+use crate::cache::passthrough::Bypass;
 use crate::cache::{BlobFile, BlobSource, Fill};
 use crate::oci::{media, Digest, ErrorCode};
 use crate::upstream::auth;
@@ -48,6 +50,7 @@ pub async fn get(
     let head = *method == Method::HEAD;
     let range = headers.get(http::header::RANGE);
     if let Some(bytes) = app.hot_blobs.get(&digest) {
+        app.cache.touch(digest);
         return Ok(serve_bytes(&bytes, digest, range, head));
     }
     if head {
@@ -71,12 +74,39 @@ pub async fn get(
                 .started()
                 .await
                 .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
-            let status = if leader {
+            let status = if fill.handed_off() {
+                CacheStatus::Bypass
+            } else if leader {
                 CacheStatus::Miss
             } else {
                 CacheStatus::Coalesced
             };
             Ok(serve_fill(fill, size, digest, range, status))
+        }
+        BlobSource::Bypass => {
+            let bypass = app
+                .cache
+                .bypass(upstream, &route.name, digest)
+                .await
+                .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+            Ok(serve_bypass(bypass, digest, range))
+        }
+    }
+}
+
+/// Streams a blob from the upstream without caching it.
+fn serve_bypass(bypass: Bypass, digest: Digest, range: Option<&HeaderValue>) -> Response<Body> {
+    match bypass.size() {
+        Some(size) => match ranged(digest, size, range, CacheStatus::Bypass) {
+            Ok((head, start, end)) => {
+                head.map(|()| response::stream(bypass.stream(start, Some(end))))
+            }
+            Err(e) => range_error(size, e),
+        },
+        None => {
+            let mut response = Response::new(response::stream(bypass.stream(0, None)));
+            set_blob_headers(response.headers_mut(), digest, CacheStatus::Bypass);
+            response
         }
     }
 }

@@ -275,6 +275,7 @@ fn accept_headers(client_headers: &HeaderMap) -> HeaderMap {
 /// A stored manifest: from memory when it is hot, else from the store (and then kept in memory).
 async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, ApiError> {
     if let Some(hot) = app.hot_manifests.get(digest) {
+        app.cache.touch(*digest);
         return Ok(Some(hot));
     }
     let index = app.cache.index();

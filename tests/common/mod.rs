@@ -90,6 +90,11 @@ impl Wharf {
         }
     }
 
+    /// The running wharf's cache.
+    pub fn cache(&self) -> &std::sync::Arc<wharf::cache::Cache> {
+        self.running.as_ref().unwrap().cache()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

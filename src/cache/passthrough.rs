@@ -1,0 +1,270 @@
+//! Verified pass-through: a blob streamed from the upstream to one client without being stored,
+//! when the storage cannot take it (a write failed, free space is below `storage.min_free`, or the
+//! blob is larger than `storage.max_size`).
+//!
+//! The bytes are hashed as they pass and the last chunk is held back until the digest and size have
+//! been checked, exactly as for a fill: a client never gets a clean end on content that does not
+//! verify. Two cases share the code:
+//! - a new miss while caching is paused: the client's own upstream `GET`, hashed from byte 0
+//!   ([`Cache::bypass`], served with `X-Cache: bypass`);
+//! - a fill whose storage failed at byte `W` ([`super::fill::Handoff`]): each reader following it reads
+//!   what it still needs below `W` from the staging file (its descriptor stays readable after the
+//!   file is unlinked), then asks the upstream for the rest with a `Range` request from `W`, and
+//!   continues the hash from the fill's state at `W`. Its response headers went out before the
+//!   failure, so it keeps the `X-Cache` it started with.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Method};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::{debug, warn};
+
+use super::blob_store::{BlobFile, ByteStream};
+use super::fill::{resume, FillError};
+use super::Cache;
+use crate::oci::{Digest, RepoName, Verifier};
+use crate::upstream::{auth, Upstream};
+
+/// How much of the staging file a handed-off reader reads at once.
+const FILE_CHUNK: u64 = 64 * 1024;
+
+/// A new miss streamed from the upstream without caching; see [`Cache::bypass`].
+pub struct Bypass {
+    job: Job,
+}
+
+/// One reader's pass-through.
+struct Job {
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    /// The blob's size, when the upstream announced it.
+    size: Option<u64>,
+    /// The staging file of a handed-off fill, readable below `hashed`.
+    file: Option<Arc<File>>,
+    /// Bytes already hashed into `verifier` (and, for a handoff, in `file`).
+    hashed: u64,
+    verifier: Verifier,
+    /// An upstream response for the whole blob already under way (a bypass).
+    response: Option<reqwest::Response>,
+    /// The upstream download slot a bypass holds until its body ends.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Sends chunks to the reader, always one behind: the last is sent only once verified.
+struct Out {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    held: Option<Bytes>,
+}
+
+/// The reader went away: stop.
+struct Gone;
+
+// === impl Cache ===
+
+impl Cache {
+    /// Starts streaming a blob from the upstream without caching it: the client's own `GET`, taken
+    /// under the upstream's download limit.
+    ///
+    /// # Errors
+    /// The upstream's refusal or failure, or no download slot in time.
+    pub async fn bypass(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: Digest,
+    ) -> Result<Bypass, FillError> {
+        let permit = upstream.fill_slot().await?;
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let response = upstream
+            .send(
+                Method::GET,
+                &path,
+                HeaderMap::new(),
+                &auth::pull_scope(repo.as_str()),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(upstream.status_error(response).await.into());
+        }
+        Ok(Bypass {
+            job: Job {
+                upstream: upstream.clone(),
+                repo: repo.clone(),
+                digest,
+                size: response.content_length(),
+                file: None,
+                hashed: 0,
+                verifier: Verifier::new(),
+                response: Some(response),
+                permit: Some(permit),
+            },
+        })
+    }
+}
+
+// === impl Bypass ===
+
+impl Bypass {
+    /// The size the upstream announced.
+    pub fn size(&self) -> Option<u64> {
+        self.job.size
+    }
+
+    /// Streams `[start, end)` of the blob (to its end when `end` is `None`), verified.
+    pub fn stream(self, start: u64, end: Option<u64>) -> ByteStream {
+        self.job.spawn(start, end)
+    }
+}
+
+/// Continues a handed-off fill for one reader at `start` (see the module docs).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the state of a fill at its handoff"
+)]
+pub(super) fn continue_fill(
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    size: Option<u64>,
+    file: Option<Arc<File>>,
+    written: u64,
+    verifier: Verifier,
+    start: u64,
+    end: Option<u64>,
+) -> ByteStream {
+    Job {
+        upstream,
+        repo,
+        digest,
+        size,
+        file,
+        hashed: written,
+        verifier,
+        response: None,
+        permit: None,
+    }
+    .spawn(start, end)
+}
+
+// === impl Job ===
+
+impl Job {
+    fn spawn(self, start: u64, end: Option<u64>) -> ByteStream {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let digest = self.digest;
+            let upstream = self.upstream.name().to_owned();
+            let mut out = Out { tx, held: None };
+            match self.run(&mut out, start, end).await {
+                Ok(Ok(())) => {
+                    if let Some(last) = out.held.take() {
+                        let _ = out.tx.send(Ok(last)).await;
+                    }
+                }
+                Ok(Err(error)) => {
+                    warn!(%digest, %upstream, %error, "blob streamed without caching failed; the response is cut short");
+                    let _ = out.tx.send(Err(error)).await;
+                }
+                Err(Gone) => debug!(%digest, "client left a pass-through response"),
+            }
+        });
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+
+    /// Streams to `out`; the outer error is the reader leaving, the inner one a failure to report.
+    async fn run(
+        mut self,
+        out: &mut Out,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<io::Result<()>, Gone> {
+        let end = end.or(self.size).unwrap_or(u64::MAX);
+        // What the reader still needs below the handoff point comes from the staging file.
+        if let Some(file) = self.file.take() {
+            let mut pos = start;
+            let stop = self.hashed.min(end);
+            while pos < stop {
+                let next = stop.min(pos + FILE_CHUNK);
+                match BlobFile::new(file.clone(), next)
+                    .read_range(pos, next)
+                    .await
+                {
+                    Ok(bytes) => out.send(bytes).await?,
+                    Err(e) => return Ok(Err(e)),
+                }
+                pos = next;
+            }
+        }
+        let digest = self.digest;
+        let (response, mut skip) = match self.response.take() {
+            Some(response) => (response, 0),
+            None => {
+                let path = format!("/v2/{}/blobs/{digest}", self.repo);
+                let scope = auth::pull_scope(self.repo.as_str());
+                match resume(&self.upstream, &path, &scope, self.hashed).await {
+                    Ok(resumed) => resumed,
+                    Err(e) => return Ok(Err(io::Error::other(e.to_string()))),
+                }
+            }
+        };
+        let mut offset = self.hashed;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    return Ok(Err(io::Error::other(format!(
+                        "upstream body broke off: {e}"
+                    ))))
+                }
+            };
+            let chunk = if skip > 0 {
+                let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+                skip -= n as u64;
+                chunk.slice(n..)
+            } else {
+                chunk
+            };
+            let len = chunk.len() as u64;
+            if self.size.is_some_and(|s| offset + len > s) {
+                return Ok(Err(io::Error::other(format!(
+                    "upstream sent more than the {} bytes it announced for {digest}",
+                    self.size.unwrap_or(0)
+                ))));
+            }
+            self.verifier.update(&chunk);
+            let (from, to) = (offset.max(start), (offset + len).min(end));
+            if from < to {
+                // Both bounds lie within this chunk.
+                let piece = chunk.slice((from - offset) as usize..(to - offset) as usize);
+                out.send(piece).await?;
+            }
+            offset += len;
+        }
+        drop(self.permit.take());
+        Ok(self.verifier.finish(&digest, self.size).map_err(|m| {
+            io::Error::other(format!("upstream content does not match {digest}: {m}"))
+        }))
+    }
+}
+
+// === impl Out ===
+
+impl Out {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), Gone> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if let Some(previous) = self.held.replace(chunk) {
+            self.tx.send(Ok(previous)).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+}
