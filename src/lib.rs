@@ -104,7 +104,8 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
     let metrics = Arc::new(metrics::Metrics::new());
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
-        if u.insecure {
+        // An offline upstream is never contacted, so how it would be is not worth a warning.
+        if u.insecure && !u.offline {
             warn!(
                 upstream = %u.name,
                 url = %u.url,

@@ -186,10 +186,12 @@ pub async fn run<R: AsyncRead + Unpin>(
         let path = entry.path.clone();
         match entry.kind {
             Kind::Dir => continue,
-            Kind::Other(flag) => return Err(bad(format!(
+            Kind::Other(flag) => {
+                return Err(bad(format!(
                 "{path}: entry type {:?} is not allowed in a bundle (only files and directories)",
                 char::from(flag)
-            ))),
+            )))
+            }
             Kind::File => {}
         }
         let known = [BUNDLE_JSON, OCI_LAYOUT, INDEX_JSON]
