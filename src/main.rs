@@ -773,6 +773,10 @@ async fn run_export(
         since: base,
     };
     let to_stdout = out.as_os_str() == "-";
+    if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!("wharf: not writing a tar to a terminal; redirect stdout, or give --out FILE");
+        return ExitCode::from(EX_USAGE);
+    }
     let shown = if to_stdout {
         "stdout".to_owned()
     } else {
@@ -834,10 +838,14 @@ async fn run_export(
             ExitCode::SUCCESS
         }
         Ok(Target::Remote(client)) => {
-            let (len, body) = match client.export(&request).await {
-                Ok(response) => response,
+            let export = match client.export(&request).await {
+                Ok(export) => export,
                 Err(e) => return remote_failure(&e),
             };
+            for warning in &export.warnings {
+                eprintln!("wharf: warning: {warning}");
+            }
+            let (len, body) = (export.len, export.body);
             let bar = report::byte_bar(terminal, len, &format!("export {shown}"));
             let result = receive_export(body, out, to_stdout, len, bar.as_ref()).await;
             if let Some(bar) = bar {

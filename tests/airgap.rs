@@ -422,6 +422,16 @@ async fn platform_filters_are_recorded_and_respected() {
     );
     assert!(!bundle.exists() && !connected.path().join("arm.tar.partial").exists());
 
+    // --all takes what is cached: the missing platform is left out, said, and recorded.
+    let all = connected.path().join("all.tar");
+    let (code, out, err) = wharf(&["export", "--out", all.to_str().unwrap(), "--all"], &c1).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: upstream.test/org/multi:1: platform linux/amd64")
+            && out.contains("left out: linux/amd64 (not cached)"),
+        "{out}{err}"
+    );
+
     let (code, out, err) = wharf(
         &[
             "export",
@@ -480,8 +490,22 @@ async fn platform_filters_are_recorded_and_respected() {
 async fn prefetch_export_import_and_pins_while_a_server_runs() {
     let s = site().await;
     let connected = tempfile::tempdir().unwrap();
-    let c1 = write_config(connected.path(), &s.up.url(), "", "");
+    // Clients need credentials on this mirror; the commands (local to the server) do not.
+    let htpasswd = connected.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("secret", 4).unwrap()),
+    )
+    .unwrap();
+    let c1 = write_config(
+        connected.path(),
+        &s.up.url(),
+        "",
+        &format!("[auth]\nhtpasswd = \"{}\"", htpasswd.display()),
+    );
     let w1 = serve(&c1).await;
+    let (status, _, _) = get(&w1, "/v2/upstream.test/org/app/manifests/1").await;
+    assert_eq!(status, 401);
     let socket = connected.path().join("data/admin.sock");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
@@ -546,6 +570,7 @@ async fn prefetch_export_import_and_pins_while_a_server_runs() {
                     .get(format!(
                         "http://{addr}/v2/upstream.test/org/multi/blobs/{d}"
                     ))
+                    .basic_auth("alice", Some("secret"))
                     .send()
                     .await
                     .unwrap();
@@ -740,6 +765,24 @@ async fn corrupt_bundles_are_refused_naming_the_entry_and_change_nothing() {
         assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err}");
         assert_eq!(snapshot(&data), before, "{what}: the store is unchanged");
     }
+    // A wharf that does not know the bundle's registry refuses it, saying what to add.
+    let other = tempfile::tempdir().unwrap();
+    let c3 = other.path().join("wharf.toml");
+    std::fs::write(
+        &c3,
+        format!(
+            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"other.test\"\nurl = \"https://other.test\"\noffline = true\n",
+            other.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = wharf(&["import", app_bundle.to_str().unwrap()], &c3).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("names registry \"upstream.test\", which is not an [[upstream]] name; configured: other.test; add that upstream"),
+        "{err}"
+    );
+
     // And the good bundle still imports.
     let (code, _, err) = wharf(&["import", app_bundle.to_str().unwrap()], &c2).await;
     assert_eq!(code, 0, "{err}");
@@ -918,5 +961,68 @@ async fn a_sync_entry_follows_a_tag_that_moves_upstream() {
     assert_eq!(up.count("GET", "/org/synced/manifests/1"), 2);
     let pins = w.cache().index().pins().unwrap();
     assert_eq!(pins.len(), 1, "synced images are pinned");
+    w.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_import_leaves_nothing_visible_and_runs_again() {
+    use tokio::io::AsyncWriteExt;
+    let s = site().await;
+    let connected = tempfile::tempdir().unwrap();
+    let c1 = write_config(connected.path(), &s.up.url(), "", "");
+    let (code, _, err) = wharf(&["prefetch", "upstream.test/org/app:1"], &c1).await;
+    assert_eq!(code, 0, "{err}");
+    let bundle = connected.path().join("app.tar");
+    let (code, _, err) = wharf(
+        &["export", "--out", bundle.to_str().unwrap(), "--pinned"],
+        &c1,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&bundle).unwrap();
+
+    let nowhere = Fake::start().await;
+    let airgap = tempfile::tempdir().unwrap();
+    let c2 = write_config(airgap.path(), &nowhere.url(), "offline = true", "");
+    let data = airgap.path().join("data");
+    // Most of the bundle arrives on stdin, then the import is killed (SIGKILL) while it waits for
+    // the rest with blobs staged.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["import", "-", "--config"])
+        .arg(&c2)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(&bytes[..bytes.len() * 3 / 4])
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_under(&data.join("tmp"), ".partial").len() < 2 {
+        assert!(Instant::now() < deadline, "the import staged nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    drop(stdin);
+    assert!(
+        files_under(&data.join("blobs"), "").is_empty(),
+        "no blob is visible"
+    );
+    let index = wharf::cache::Index::open(&data.join("index")).unwrap();
+    assert_eq!(index.blobs().count(), 0);
+    assert!(index.all_tags().unwrap().is_empty() && index.pins().unwrap().is_empty());
+    drop(index);
+
+    // Run again: the staging leftovers are cleared and the import completes.
+    let (code, out, err) = wharf(&["import", bundle.to_str().unwrap()], &c2).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 blobs stored"), "{out}");
+    assert!(files_under(&data.join("tmp"), "").is_empty());
+    let w = serve(&c2).await;
+    assert_serves(&w, &s.up, "org/app", "1", &s.app).await;
     w.shutdown().await.unwrap();
 }

@@ -20,6 +20,16 @@ use super::{export, import, pins, prefetch};
 /// A request body: bytes or a stream.
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
 
+/// An export the running wharf streams.
+pub struct Export<S> {
+    /// The tar's length.
+    pub len: Option<u64>,
+    /// What the export left out, and why.
+    pub warnings: Vec<String>,
+    /// The tar.
+    pub body: S,
+}
+
 /// Talks to the wharf serving a storage.
 pub struct Client {
     path: PathBuf,
@@ -145,7 +155,7 @@ impl Client {
         }))
     }
 
-    /// Starts an export; the tar's length and its bytes.
+    /// Starts an export: the tar's length, the export's warnings and the tar.
     ///
     /// # Errors
     /// When the request is refused (something is not cached); a stream item when the connection
@@ -153,18 +163,32 @@ impl Client {
     pub async fn export(
         &self,
         request: &export::Request,
-    ) -> Result<(Option<u64>, impl Stream<Item = Result<Bytes, ClientError>>), ClientError> {
+    ) -> Result<Export<impl Stream<Item = Result<Bytes, ClientError>>>, ClientError> {
         let response = self.post_json("/export", request).await?;
         let len = response
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let warnings = response
+            .headers()
+            .get_all(control::WARNING_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| match v.parse::<u64>() {
+                Ok(n) => format!("and {n} more warnings (see the running wharf's log)"),
+                Err(_) => v.to_owned(),
+            })
+            .collect();
         let body = response
             .into_body()
             .into_data_stream()
             .map_err(|e| ClientError::Broken(e.to_string()));
-        Ok((len, body))
+        Ok(Export {
+            len,
+            warnings,
+            body,
+        })
     }
 
     /// Sends a bundle to import.

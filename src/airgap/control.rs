@@ -51,6 +51,13 @@ pub const SOCKET: &str = "admin.sock";
 /// The largest JSON request body read.
 const MAX_REQUEST: usize = 16 * 1024 * 1024;
 
+/// Carries an export's warnings (one per value) before the tar; a last value that is a bare number
+/// says how many more were left out.
+pub const WARNING_HEADER: header::HeaderName = header::HeaderName::from_static("x-wharf-warning");
+
+/// The most warnings sent in headers.
+const MAX_WARNINGS: usize = 50;
+
 /// The socket of the storage at `storage`.
 pub fn socket_path(storage: &Path) -> PathBuf {
     storage.join(SOCKET)
@@ -340,6 +347,10 @@ async fn export_stream(state: &Arc<State>, req: export::Request) -> Response<Bod
         }
     };
     let len = plan.len();
+    let warnings = plan.warnings.clone();
+    for warning in &warnings {
+        warn!(%warning, "control socket: export");
+    }
     info!(
         images = plan.manifest.images.len(),
         bytes = len,
@@ -372,6 +383,17 @@ async fn export_stream(state: &Arc<State>, req: export::Request) -> Response<Bod
         header::HeaderValue::from_static("application/x-tar"),
     );
     h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    for warning in warnings.iter().take(MAX_WARNINGS) {
+        if let Ok(v) = header::HeaderValue::from_str(warning) {
+            h.append(WARNING_HEADER, v);
+        }
+    }
+    if warnings.len() > MAX_WARNINGS {
+        h.append(
+            WARNING_HEADER,
+            header::HeaderValue::from(warnings.len() - MAX_WARNINGS),
+        );
+    }
     r
 }
 
@@ -401,5 +423,35 @@ async fn import_body(state: &Arc<State>, body: Incoming, pin: bool) -> Response<
                 error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_the_new_one_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        std::fs::write(&path, b"left by a crash").unwrap();
+        let (_listener, bound) = bind(dir.path()).unwrap();
+        assert_eq!(bound, path);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Nothing else is left in the storage directory.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [SOCKET]);
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(
+            bind(dir.path()).is_err(),
+            "a directory in the way is not removed"
+        );
     }
 }

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -192,6 +191,12 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
         }
         Selection::Pinned => {
             for (image, _) in index.pins()? {
+                if !app.upstreams.iter().any(|u| u.name() == image.registry) {
+                    warnings.push(format!(
+                        "{image}: pinned, but its registry is no [[upstream]] any more; left out"
+                    ));
+                    continue;
+                }
                 let (root, at) = root_of(&image)?.ok_or_else(|| not_cached(&image))?;
                 roots.push((image, root, at, false));
             }
@@ -208,7 +213,13 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
                     reference: Reference::Tag(tag),
                 })
                 .collect();
-            images.extend(index.pins()?.into_iter().map(|(image, _)| image));
+            images.extend(
+                index
+                    .pins()?
+                    .into_iter()
+                    .map(|(image, _)| image)
+                    .filter(|image| known.contains(image.registry.as_str())),
+            );
             for image in images {
                 match root_of(&image)? {
                     Some((root, at)) => roots.push((image, root, at, true)),
@@ -598,6 +609,3 @@ impl Drop for OutFile {
         }
     }
 }
-
-/// Shares the plan with a writer task (the control socket streams it from a spawned task).
-pub type SharedPlan = Arc<Plan>;
