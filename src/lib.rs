@@ -8,7 +8,9 @@
 //! The crate is split by boundary: [`config`] (the operator's file), [`oci`] (pure protocol types),
 //! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
 //! index and in-flight fills, and the cache's lifecycle: size budget, eviction, pins, crash repair,
-//! `wharf check` and `wharf gc`). `main.rs` only wires these together.
+//! `wharf check` and `wharf gc`), and [`airgap`] (filling a wharf ahead of time, carrying its
+//! content to an air-gapped one in a bundle, and the control socket through which those commands
+//! reach a running wharf). `main.rs` only wires these together.
 
 pub mod access;
 pub mod admin;

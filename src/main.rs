@@ -827,6 +827,8 @@ async fn run_export(
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
+            // The manifests read count as uses, for eviction.
+            let _ = app.cache.flush_access();
             if let Err(e) = written {
                 eprintln!("wharf: export failed, nothing was written to {shown}: {e}");
                 return ExitCode::FAILURE;

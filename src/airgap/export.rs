@@ -138,14 +138,18 @@ impl Plan {
     }
 }
 
-/// Parses a canonical reference against the upstreams `app` has.
+/// Parses a full reference (`docker.io/library/nginx:1.27`) against the upstreams `app` has,
+/// with Docker Hub's `library/` for one-segment names on `docker.io`.
 ///
 /// # Errors
 /// A message naming the reference.
 pub fn parse_image(app: &App, text: &str) -> Result<ImageRef, String> {
-    let image: ImageRef = text
+    let mut image: ImageRef = text
         .parse()
         .map_err(|e| format!("{text:?} is not an image reference ({e})"))?;
+    if image.registry == "docker.io" {
+        image = image.with_library_prefix();
+    }
     if !app.upstreams.iter().any(|u| u.name() == image.registry) {
         let names: Vec<&str> = app.upstreams.iter().map(|u| u.name()).collect();
         return Err(format!(
@@ -499,16 +503,26 @@ pub async fn write<W: AsyncWrite + Unpin>(
         w.file(&blob_path(digest), *size, plan.mtime)
             .await
             .map_err(ExportError::Write)?;
-        let mut verifier = Verifier::new();
+        // Reading and hashing the next chunk overlaps with writing this one.
         let mut pos = 0;
-        while pos < *size {
-            let end = (*size).min(pos + CHUNK);
-            let (v, bytes) = read_hashing(&blob, pos, end, verifier)
+        let mut next = (*size > 0).then(|| {
+            let end = (*size).min(CHUNK);
+            tokio::spawn(read_hashing(blob.clone(), 0, end, Verifier::new()))
+        });
+        let mut verifier = Verifier::new();
+        while let Some(reading) = next.take() {
+            let (v, bytes) = reading
                 .await
+                .map_err(|e| ExportError::Storage(io::Error::other(e)))?
                 .map_err(ExportError::Storage)?;
-            verifier = v;
+            pos += bytes.len() as u64;
+            if pos < *size {
+                let end = (*size).min(pos + CHUNK);
+                next = Some(tokio::spawn(read_hashing(blob.clone(), pos, end, v)));
+            } else {
+                verifier = v;
+            }
             w.data(&bytes).await.map_err(ExportError::Write)?;
-            pos = end;
             report(&w, &mut progress);
         }
         if let Err(mismatch) = verifier.finish(digest, Some(*size)) {
@@ -527,7 +541,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
 
 /// Reads `[start, end)` of a stored blob and hashes it, on the blocking pool.
 async fn read_hashing(
-    blob: &crate::cache::BlobFile,
+    blob: crate::cache::BlobFile,
     start: u64,
     end: u64,
     mut verifier: Verifier,

@@ -404,31 +404,38 @@ async fn stage<R: AsyncRead + Unpin>(
                 .map_err(ImportError::Storage)?,
         )
     };
-    let mut verifier = Verifier::new();
+    // Hashing and writing a chunk (on the blocking pool) overlaps with reading the next one.
+    let mut verifier = Some(Verifier::new());
+    let mut pending: Option<tokio::task::JoinHandle<(Verifier, io::Result<()>)>> = None;
     let mut offset = 0u64;
     loop {
         let chunk = reader.chunk(CHUNK).await.map_err(from_tar)?;
+        if let Some(job) = pending.take() {
+            let (v, written) = job
+                .await
+                .map_err(|e| ImportError::Storage(io::Error::other(e)))?;
+            written.map_err(ImportError::Storage)?;
+            verifier = Some(v);
+        }
         if chunk.is_empty() {
             break;
         }
+        let mut v = verifier.take().unwrap_or_default();
         let file = staged
             .as_ref()
             .map(crate::cache::blob_store::Staged::reader);
-        let len = chunk.len() as u64;
-        let (v, written) = tokio::task::spawn_blocking(move || {
-            verifier.update(&chunk);
+        let at = offset;
+        offset += chunk.len() as u64;
+        pending = Some(tokio::task::spawn_blocking(move || {
+            v.update(&chunk);
             let written = match file {
-                Some(f) => f.write_all_at(&chunk, offset),
+                Some(f) => f.write_all_at(&chunk, at),
                 None => Ok(()),
             };
-            (verifier, written)
-        })
-        .await
-        .map_err(|e| ImportError::Storage(io::Error::other(e)))?;
-        verifier = v;
-        written.map_err(ImportError::Storage)?;
-        offset += len;
+            (v, written)
+        }));
     }
+    let verifier = verifier.unwrap_or_default();
     if let Err(mismatch) = verifier.finish(&digest, Some(size)) {
         return Err(bad(format!(
             "{path}: {mismatch}, not to its name: the bundle is corrupt"
@@ -536,7 +543,7 @@ fn read_index<'m>(
         let bundled = manifest
             .images
             .iter()
-            .find(|b| b.reference == image.to_string() && b.digest == digest)
+            .find(|b| b.reference == name && b.digest == digest)
             .ok_or_else(|| {
                 bad(format!(
                     "{at}: {name}@{digest} is not among the images of {BUNDLE_JSON}"
