@@ -336,6 +336,17 @@ async fn prefetch_export_import_without_a_server_then_serve_offline() {
         .collect();
     assert_eq!(listed, in_tar, "wharf-bundle.json names every file");
     assert!(manifest["created"].as_str().unwrap().ends_with('Z'));
+    // Every entry has the bundle's creation time, whatever the files' times in the store.
+    let created = humantime::parse_rfc3339(manifest["created"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let bytes = std::fs::read(&bundle).unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    for e in archive.entries().unwrap() {
+        assert_eq!(e.unwrap().header().mtime().unwrap(), created);
+    }
 
     // The air-gapped side: offline, empty storage, its upstream a listener that counts connections.
     let nowhere = Fake::start().await;

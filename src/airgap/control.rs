@@ -361,8 +361,14 @@ async fn export_stream(state: &Arc<State>, req: export::Request) -> Response<Bod
     let app = state.app.clone();
     spawn_task(&state.tasks, async move {
         let result = export::write(&app, &plan, writer, |_| {}).await;
-        if let Err(e) = &result {
-            error!(error = %e, "control socket: export failed mid-way; the client gets a cut-off bundle it removes");
+        match &result {
+            Ok(_) => {}
+            Err(export::ExportError::Write(_)) => {
+                info!("control socket: export stopped: the command went away");
+            }
+            Err(e) => {
+                error!(error = %e, "control socket: export failed mid-way; the command removes what it got");
+            }
         }
         let _ = done_tx.send(result.map(|_| ()).map_err(|e| e.to_string()));
     });

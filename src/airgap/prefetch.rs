@@ -36,6 +36,9 @@ use crate::server::{App, Trusted};
 /// How many blobs download at once when `--jobs` is not given.
 pub const DEFAULT_JOBS: usize = 4;
 
+/// The most downloads one prefetch runs at once (the upstream's `max_fills` bounds them too).
+pub const MAX_JOBS: usize = 64;
+
 /// Progress events are sent at most once per this many bytes of a blob.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -227,14 +230,14 @@ pub async fn run(
             images: images.len(),
         })
         .await;
+    let jobs = options.jobs.clamp(1, MAX_JOBS);
     let run = Arc::new(Run {
         app,
-        permits: Semaphore::new(options.jobs.max(1)),
-        options,
+        permits: Semaphore::new(jobs),
+        options: Options { jobs, ..options },
         claimed: Mutex::default(),
         events: events.clone(),
     });
-    let jobs = run.options.jobs.max(1);
     let mut summary = Summary::default();
     let mut done = futures_util::stream::iter(images)
         .map(|image| {
@@ -255,10 +258,11 @@ pub async fn run(
 
 /// Prefetches one image without events (for `[[sync]]` runs).
 pub async fn one(app: Arc<App>, image: ImageRef, options: Options) -> Fetched {
+    let jobs = options.jobs.clamp(1, MAX_JOBS);
     let run = Run {
         app,
-        permits: Semaphore::new(options.jobs.max(1)),
-        options,
+        permits: Semaphore::new(jobs),
+        options: Options { jobs, ..options },
         claimed: Mutex::default(),
         events: Events::none(),
     };
@@ -321,7 +325,7 @@ async fn fetch_image(
         .await;
     let results: Vec<Result<BlobOutcome, String>> = futures_util::stream::iter(missing)
         .map(|d| fetch_blob(run, image, name, d))
-        .buffer_unordered(run.options.jobs.max(1))
+        .buffer_unordered(run.options.jobs)
         .collect()
         .await;
     let mut first_error = None;

@@ -266,3 +266,57 @@ pub fn print_import_report(r: &Report, file: &str) {
         r.pinned
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::airgap::prefetch::ImageStats;
+    use crate::oci::Digest;
+
+    #[test]
+    fn every_event_is_shown_with_and_without_a_terminal() {
+        let events = [
+            Event::Start { images: 2 },
+            Event::Resolved {
+                image: "r.io/a:1".into(),
+                digest: Digest::of(b"m"),
+                blobs: 2,
+                bytes: 3 << 20,
+                cached_bytes: 1 << 20,
+            },
+            Event::Progress {
+                image: "r.io/a:1".into(),
+                bytes: 1 << 20,
+            },
+            Event::Progress {
+                image: "r.io/unknown:1".into(),
+                bytes: 5,
+            },
+            Event::Warning {
+                image: "r.io/a:1".into(),
+                message: "stale".into(),
+            },
+            Event::Done {
+                image: "r.io/a:1".into(),
+                stats: ImageStats::default(),
+            },
+            Event::Done {
+                image: "r.io/b:1".into(),
+                stats: ImageStats {
+                    error: Some("gone".into()),
+                    ..ImageStats::default()
+                },
+            },
+            Event::Summary {
+                summary: Summary::default(),
+            },
+        ];
+        for terminal in [true, false] {
+            let mut view = PrefetchView::new(terminal);
+            for e in &events {
+                view.event(e);
+            }
+            assert!(view.bars.is_empty() && view.total.is_none());
+        }
+    }
+}

@@ -46,6 +46,13 @@ pub fn spawn(
     entries: &[SyncConfig],
     upstreams: &[UpstreamConfig],
 ) -> Vec<JoinHandle<()>> {
+    if !entries.is_empty() && app.upstreams.iter().all(|u| u.offline()) {
+        info!(
+            entries = entries.len(),
+            "every upstream is offline: [[sync]] entries do not run"
+        );
+        return Vec::new();
+    }
     entries
         .iter()
         .enumerate()
