@@ -394,6 +394,44 @@ async fn prefetch_export_import_without_a_server_then_serve_offline() {
         0,
         "the offline wharf never connected"
     );
+
+    // A layer lost from the connected storage: --all exports the rest and says what it left out.
+    let layer = &s.app.layers[1];
+    let path = connected
+        .path()
+        .join("data/blobs/sha256")
+        .join(&layer[7..9])
+        .join(&layer[7..]);
+    std::fs::remove_file(path).unwrap();
+    let rest = connected.path().join("rest.tar");
+    let (code, out, err) = wharf(&["export", "--out", rest.to_str().unwrap(), "--all"], &c1).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: upstream.test/org/app:1: layers[1] {layer} is not cached"
+        )) && err.contains("left out"),
+        "{err}"
+    );
+    assert!(
+        out.contains("exported upstream.test/org/multi:1") && !out.contains("org/app"),
+        "{out}"
+    );
+    // Named, the same image is refused.
+    let (code, _, err) = wharf(
+        &[
+            "export",
+            "--out",
+            rest.to_str().unwrap(),
+            "upstream.test/org/app:1",
+        ],
+        &c1,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("layers[1] {layer} is not cached")),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,20 +254,42 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
     let mut images = Vec::new();
     let mut index_entries = Vec::new();
     for (image, root, fetched_at, lenient) in roots {
-        let omitted = walk(
+        // Each image is walked on its own, so one that cannot be exported adds nothing.
+        let mut scratch = Walked {
+            manifests: BTreeMap::new(),
+            blobs: BTreeMap::new(),
+            holds: std::mem::take(&mut walked.holds),
+            held: std::mem::take(&mut walked.held),
+        };
+        let mut said = Vec::new();
+        let result = walk(
             app,
             &image,
             root,
             platforms,
             lenient,
-            &mut walked,
-            &mut warnings,
+            &mut scratch,
+            &mut said,
         )
-        .await?;
+        .await;
+        walked.holds = std::mem::take(&mut scratch.holds);
+        walked.held = std::mem::take(&mut scratch.held);
+        let omitted = match result {
+            Ok(omitted) => omitted,
+            // --all exports what is cached: an image missing a blob is left out, and said so.
+            Err(ExportError::NotCached(why)) if lenient => {
+                warnings.push(format!("{why}; left out"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        warnings.extend(said);
+        let size = scratch.manifests.get(&root).copied().unwrap_or(0);
+        walked.manifests.append(&mut scratch.manifests);
+        walked.blobs.append(&mut scratch.blobs);
         let media_type = index
             .manifest_type(&root)?
             .ok_or_else(|| not_cached(&image))?;
-        let size = walked.manifests.get(&root).copied().unwrap_or(0);
         let reference = image.to_string();
         index_entries.push(serde_json::json!({
             "mediaType": media_type,
@@ -285,6 +307,12 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
         });
     }
 
+    if images.is_empty() {
+        return Err(ExportError::NotCached(format!(
+            "no image is wholly cached: nothing to export ({})",
+            warnings.join("; ")
+        )));
+    }
     let known = request.since.as_ref().map(|b| &b.known);
     let mut blobs: BTreeMap<Digest, u64> = walked.blobs.clone();
     blobs.extend(walked.manifests.iter().map(|(d, s)| (*d, *s)));

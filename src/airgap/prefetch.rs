@@ -367,10 +367,12 @@ async fn resolve(
         let x_cache = header_str(&response, &header::X_CACHE);
         let body = body_bytes(response, MAX_MANIFEST).await?;
         if status != StatusCode::OK {
-            return Err(format!(
-                "{context}manifest {reference}: {}",
-                error_text(status, &body)
-            ));
+            let what = if root {
+                "manifest".to_owned()
+            } else {
+                format!("{context}manifest {reference}")
+            };
+            return Err(format!("{what}: {}", error_text(status, &body)));
         }
         let digest = Digest::of(&body);
         if !seen.insert(digest) {

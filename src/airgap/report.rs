@@ -126,6 +126,12 @@ impl PrefetchView {
             }
             Event::Done { image, stats } => {
                 if let Some(bar) = self.bars.remove(image) {
+                    // What was not downloaded after all (another image of the run fetched it, or
+                    // the image failed) leaves the total.
+                    let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
+                    if let Some(total) = &self.total {
+                        total.set_length(total.length().unwrap_or(0).saturating_sub(left));
+                    }
                     bar.finish_and_clear();
                     self.multi.remove(&bar);
                 }
