@@ -158,8 +158,8 @@ fn from_tar(e: TarError) -> ImportError {
     }
 }
 
-/// Imports the bundle read from `input` into the cache of `app`. `progress` is called with the
-/// bytes of the archive read so far, as they are read.
+/// Imports the bundle read from `input` into the cache of `app` (wrap `input` to watch its
+/// progress).
 ///
 /// # Errors
 /// A bad bundle (naming the entry), or a storage or index failure; either way nothing of the
@@ -173,6 +173,8 @@ pub async fn run<R: AsyncRead + Unpin>(
     let mut blobs: BTreeMap<Digest, Staging> = BTreeMap::new();
     let mut small: HashMap<&'static str, Bytes> = HashMap::new();
     let mut bundle_manifest: Option<BundleManifest> = None;
+    // The sizes wharf-bundle.json gives, by path, once it has been read.
+    let mut declared: HashMap<String, u64> = HashMap::new();
     let mut entries = 0u64;
 
     // 1. Stage.
@@ -187,10 +189,10 @@ pub async fn run<R: AsyncRead + Unpin>(
         match entry.kind {
             Kind::Dir => continue,
             Kind::Other(flag) => {
+                let kind = char::from(flag);
                 return Err(bad(format!(
-                "{path}: entry type {:?} is not allowed in a bundle (only files and directories)",
-                char::from(flag)
-            )))
+                    "{path}: entry type {kind:?} is not allowed in a bundle (only files and directories)"
+                )));
             }
             Kind::File => {}
         }
@@ -218,6 +220,7 @@ pub async fn run<R: AsyncRead + Unpin>(
                 if m.files.len() as u64 > MAX_ENTRIES {
                     return Err(bad(format!("{path} lists more than {MAX_ENTRIES} files")));
                 }
+                declared = m.files.iter().map(|f| (f.path.clone(), f.size)).collect();
                 bundle_manifest = Some(m);
             }
             small.insert(name, bytes);
@@ -231,16 +234,11 @@ pub async fn run<R: AsyncRead + Unpin>(
         if blobs.contains_key(&digest) {
             return Err(bad(format!("{path} appears twice in the archive")));
         }
-        if let Some(declared) = bundle_manifest
-            .as_ref()
-            .and_then(|m| m.files.iter().find(|f| f.path == path))
-        {
-            if declared.size != entry.size {
-                return Err(bad(format!(
-                    "{path}: {} bytes, but {BUNDLE_JSON} says {}",
-                    entry.size, declared.size
-                )));
-            }
+        if let Some(size) = declared.get(&path).filter(|s| **s != entry.size) {
+            return Err(bad(format!(
+                "{path}: {} bytes, but {BUNDLE_JSON} says {size}",
+                entry.size
+            )));
         }
         let staging = stage(app, &mut reader, &path, digest, entry.size).await?;
         blobs.insert(digest, staging);
@@ -522,6 +520,11 @@ fn read_index<'m>(
         .get("manifests")
         .and_then(|m| m.as_array())
         .ok_or_else(|| bad(format!("{INDEX_JSON}: no manifests list")))?;
+    let by_reference: HashMap<(&str, Digest), &bundle::BundleImage> = manifest
+        .images
+        .iter()
+        .map(|b| ((b.reference.as_str(), b.digest), b))
+        .collect();
     let mut out = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("{INDEX_JSON}: manifests[{i}]");
@@ -540,15 +543,11 @@ fn read_index<'m>(
             .and_then(|d| d.as_str())
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| bad(format!("{at} ({name}) has no sha256 digest")))?;
-        let bundled = manifest
-            .images
-            .iter()
-            .find(|b| b.reference == name && b.digest == digest)
-            .ok_or_else(|| {
-                bad(format!(
-                    "{at}: {name}@{digest} is not among the images of {BUNDLE_JSON}"
-                ))
-            })?;
+        let bundled = by_reference.get(&(name, digest)).copied().ok_or_else(|| {
+            bad(format!(
+                "{at}: {name}@{digest} is not among the images of {BUNDLE_JSON}"
+            ))
+        })?;
         if let Reference::Digest(d) = &image.reference {
             if *d != digest {
                 return Err(bad(format!(

@@ -151,13 +151,14 @@ pub fn resolve(text: &str, upstreams: &[UpstreamConfig]) -> Result<ImageRef, Str
 /// `line N: <problem>` for the first line that does not parse.
 pub fn parse_list(text: &str, upstreams: &[UpstreamConfig]) -> Result<Vec<ImageRef>, String> {
     let mut out: Vec<ImageRef> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
         let image = resolve(line, upstreams).map_err(|e| format!("line {}: {e}", n + 1))?;
-        if !out.contains(&image) {
+        if seen.insert(image.clone()) {
             out.push(image);
         }
     }
