@@ -4,7 +4,8 @@
 //! hashing the same bytes with sha256, and copying the bundle file.
 //!
 //! `cargo bench --bench airgap` prints a table (medians of 3). `WHARF_BENCH_AIRGAP_MIB` (default
-//! 1024) sizes the image. Storage lives under target/ (a real disk, not tmpfs); the page cache is
+//! 1024) sizes the image and `WHARF_BENCH_AIRGAP_LAYER_KIB` (default 65536) its layers: small
+//! layers show the cost per entry. Storage lives under target/ (a real disk, not tmpfs); the page cache is
 //! warm, as it is for an export right after a prefetch.
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,6 @@ use wharf::airgap::client::Client;
 use wharf::airgap::{export, import};
 use wharf::cache::TagEntry;
 use wharf::oci::{Digest, Verifier};
-
-const LAYER: usize = 64 << 20;
 
 fn config(root: &Path) -> wharf::Config {
     let text = format!(
@@ -52,20 +51,20 @@ async fn put_blob(cache: &wharf::cache::Cache, bytes: Bytes) -> Digest {
     digest
 }
 
-/// Plants an image of `layers` layers in a cache, tagged `bench.test/bench/app:1`.
-async fn plant(app: &wharf::server::App, layers: usize) -> u64 {
+/// Plants an image of `layers` layers of `layer` bytes in a cache, tagged `bench.test/bench/app:1`.
+async fn plant(app: &wharf::server::App, layers: usize, layer: usize) -> u64 {
     let cache = &app.cache;
     let mut descriptors = Vec::new();
-    let mut data = vec![0u8; LAYER];
+    let mut data = vec![0u8; layer];
     let mut total = 0;
     for i in 0..layers {
         fill(&mut data, i as u64 + 1);
         let bytes = Bytes::copy_from_slice(&data);
         let digest = put_blob(cache, bytes).await;
         descriptors.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": LAYER
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": layer
         }));
-        total += LAYER as u64;
+        total += layer as u64;
     }
     let config = Bytes::from_static(
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
@@ -119,7 +118,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let layers = (mib << 20).div_ceil(LAYER).max(1);
+    let layer: usize = std::env::var("WHARF_BENCH_AIRGAP_LAYER_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65536)
+        << 10;
+    let layers = (mib << 20).div_ceil(layer).max(1);
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(base).unwrap();
     let dir = tempfile::tempdir_in(base).unwrap();
@@ -131,8 +135,8 @@ fn main() {
     runtime.block_on(async {
         let source = dir.path().join("source");
         let app = wharf::app(&config(&source)).unwrap();
-        eprintln!("planting {layers} layers of 64 MiB ...");
-        let bytes = plant(&app, layers).await;
+        eprintln!("planting {layers} layers of {} KiB ...", layer >> 10);
+        let bytes = plant(&app, layers, layer).await;
         let bundle = dir.path().join("bundle.tar");
 
         let mut export_local = Vec::new();
@@ -198,7 +202,7 @@ fn main() {
         }
 
         // Baselines: sha256 of the same bytes in memory (one core), and a plain file copy.
-        let mut data = vec![0u8; LAYER];
+        let mut data = vec![0u8; layer];
         fill(&mut data, 1);
         let data = Arc::new(data);
         let started = Instant::now();
@@ -220,8 +224,9 @@ fn main() {
 
         let gbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
         println!(
-            "wharf air-gap bundles; one image of {} MiB ({layers} layers); bundle {tar_len} bytes; median of 3; 2 cores (shared, noisy)",
-            bytes >> 20
+            "wharf air-gap bundles; one image of {} MiB ({layers} layers of {} KiB); bundle {tar_len} bytes; median of 3; 2 cores (shared, noisy)",
+            bytes >> 20,
+            layer >> 10
         );
         println!("{:<52} {:>8} {:>8}", "metric", "seconds", "GB/s");
         println!("{}", "-".repeat(70));
