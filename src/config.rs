@@ -17,6 +17,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::access::allow::AllowList;
+use crate::airgap::refs::{self, Platform};
 use crate::oci::ImageRef;
 use crate::secret::{Credentials, Secret};
 use crate::size::parse_size;
@@ -45,6 +46,25 @@ pub struct Config {
     /// `[[pin]]`: images kept out of eviction and `wharf gc`, each naming a configured upstream
     /// (Docker Hub names normalised with `library/`), without duplicates.
     pub pins: Vec<ImageRef>,
+    /// `[[sync]]`: image lists kept fresh in the background while wharf serves.
+    pub sync: Vec<SyncConfig>,
+}
+
+/// One `[[sync]]`.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The images listed in the entry (`images`), each naming a configured upstream (Docker Hub
+    /// short names accepted).
+    pub images: Vec<ImageRef>,
+    /// A file of more images, one per line with `#` comments (`file`), read again at every run.
+    /// It was read and checked when the configuration was loaded.
+    pub file: Option<PathBuf>,
+    /// How often the entry runs (`interval`, default `6h`, at least `1s`).
+    pub interval: Duration,
+    /// Only these platforms of a multi-platform image (`platforms`); `None` for all.
+    pub platforms: Option<Vec<Platform>>,
+    /// Pin the images (`pin`, default true), as `wharf prefetch` does.
+    pub pin: bool,
 }
 
 /// `[server]`.
@@ -217,6 +237,20 @@ pub struct RawConfig {
     gc: RawGc,
     #[serde(default)]
     pin: Vec<RawPin>,
+    #[serde(default)]
+    sync: Vec<RawSync>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    images: Option<Vec<String>>,
+    file: Option<PathBuf>,
+    #[serde(default = "default_sync_interval")]
+    interval: String,
+    platforms: Option<Vec<String>>,
+    #[serde(default = "default_true")]
+    pin: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,14 +363,21 @@ pub trait Sources {
     /// # Errors
     /// The I/O error.
     fn read(&self, path: &Path) -> std::io::Result<String>;
+    /// A password file's contents (the same as [`Sources::read`] unless passwords are not wanted).
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn read_secret(&self, path: &Path) -> std::io::Result<String> {
+        self.read(path)
+    }
 }
 
 /// The real process environment and filesystem.
 #[derive(Debug, Clone, Copy)]
 pub struct System;
 
-/// Password sources for commands that never use them: every variable and file reads as a
-/// placeholder (the credentials are dropped right after validation).
+/// Password sources for commands that never use them: every variable and password file reads as
+/// a placeholder (the credentials are dropped right after validation). Other files are read.
 struct NoSecrets;
 
 impl Sources for NoSecrets {
@@ -344,9 +385,25 @@ impl Sources for NoSecrets {
         Some("unused".into())
     }
 
-    fn read(&self, _: &Path) -> std::io::Result<String> {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn read_secret(&self, _: &Path) -> std::io::Result<String> {
         Ok("unused".into())
     }
+}
+
+/// What a command needs of the file, which decides what is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `wharf serve`: everything.
+    Serve,
+    /// A command that fetches from upstreams but serves nothing (`wharf prefetch`): passwords and
+    /// upstream CA files, not the listener's TLS files or the htpasswd file.
+    Fetch,
+    /// A command that never contacts an upstream: none of those files.
+    Offline,
 }
 
 /// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
@@ -379,28 +436,33 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// Reads and validates the file at `path` for a maintenance command (`wharf check`, `gc`, `pin`)
-    /// that never contacts an upstream: password files and variables are not read, so the command
-    /// works in a shell that lacks the server's environment. Everything else is checked as usual.
+    /// Reads and validates the file at `path` for a maintenance command (`wharf check`, `gc`, `pin`,
+    /// `export`, `import`) that never contacts an upstream and serves nothing: password files and
+    /// variables, the listener's TLS files, the htpasswd file and upstream CA files are not read,
+    /// so the command works in a shell that lacks the server's environment and rights. Everything
+    /// else is checked as usual.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file, the key and the fix.
     pub fn load_offline(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                path,
-                format!(
-                    "cannot read the file ({}); pass the server's configuration with --config PATH",
-                    io_reason(&e)
-                ),
-            )
-        })?;
-        let mut config = Self::from_toml_with(&text, path, &NoSecrets)?;
+        let text = read_for_command(path)?;
+        let mut config = Self::from_toml_for(&text, path, &NoSecrets, Purpose::Offline)?;
         for u in &mut config.upstreams {
             u.credentials = None;
         }
         config.set_offline();
         Ok(config)
+    }
+
+    /// Reads and validates the file at `path` for a command that fetches from the upstreams but
+    /// serves nothing (`wharf prefetch` when no wharf serves the storage): passwords and upstream
+    /// CA files are read as for `serve`; the listener's TLS files and the htpasswd file are not.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the key and the fix.
+    pub fn load_fetching(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_for_command(path)?;
+        Self::from_toml_for(&text, path, &System, Purpose::Fetch)
     }
 
     /// Parses and validates configuration text, reading passwords from the process environment and
@@ -421,8 +483,28 @@ impl Config {
         file: &Path,
         sources: &dyn Sources,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
+        Self::from_toml_for(text, file, sources, Purpose::Serve)
+    }
+
+    fn from_toml_for(
+        text: &str,
+        file: &Path,
+        sources: &dyn Sources,
+        purpose: Purpose,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::new(file, toml_reason(text, &e)))?;
+        if purpose != Purpose::Serve {
+            // Files only the listener needs: a command does not serve.
+            raw.server.tls_cert = None;
+            raw.server.tls_key = None;
+            raw.auth.htpasswd = None;
+        }
+        if purpose == Purpose::Offline {
+            for u in &mut raw.upstream {
+                u.ca_file = None;
+            }
+        }
         validate(raw, file, sources)
     }
 
@@ -435,6 +517,19 @@ impl Config {
     pub fn default_upstream(&self) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| u.default)
     }
+}
+
+/// The file's text, for a command (not `serve`).
+fn read_for_command(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            format!(
+                "cannot read the file ({}); pass the server's configuration with --config PATH",
+                io_reason(&e)
+            ),
+        )
+    })
 }
 
 // === impl UpstreamConfig ===
@@ -517,6 +612,9 @@ fn default_write_error_pause() -> String {
 }
 fn default_manifest_retention() -> String {
     "90d".into()
+}
+fn default_sync_interval() -> String {
+    "6h".into()
 }
 
 impl Default for RawServer {
@@ -805,6 +903,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
     }
 
     let pins = pins(raw.pin, &upstreams, &err)?;
+    let sync = sync(raw.sync, &upstreams, sources, &err)?;
 
     Ok(Config {
         file: file.to_owned(),
@@ -816,6 +915,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
         storage,
         gc: GcConfig { manifest_retention },
         pins,
+        sync,
         cache: CacheConfig {
             tag_ttl,
             serve_stale: raw.cache.serve_stale,
@@ -977,6 +1077,82 @@ fn pins(
     Ok(pins)
 }
 
+/// `[[sync]]`: images (inline and from a file, all resolved against the upstreams), an interval of
+/// at least a second, platforms.
+fn sync(
+    raw: Vec<RawSync>,
+    upstreams: &[UpstreamConfig],
+    sources: &dyn Sources,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<SyncConfig>, ConfigError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("sync[{i}].{k}");
+        if s.images.is_none() && s.file.is_none() {
+            return Err(err(
+                &format!("sync[{i}]"),
+                "lists no images; set images = [\"docker.io/library/nginx:1.27\"] or file = \"/etc/wharf/sync.list\" (one image per line)".into(),
+            ));
+        }
+        let mut images: Vec<ImageRef> = Vec::new();
+        for text in s.images.iter().flatten() {
+            let image = refs::resolve(text, upstreams).map_err(|p| {
+                err(
+                    &key("images"),
+                    format!("{p}; e.g. images = [\"docker.io/library/nginx:1.27\"]"),
+                )
+            })?;
+            if !images.contains(&image) {
+                images.push(image);
+            }
+        }
+        if let Some(path) = &s.file {
+            let text = sources.read(path).map_err(|e| {
+                err(
+                    &key("file"),
+                    format!(
+                        "cannot read {} ({}); create it with one image per line (# for comments)",
+                        path.display(),
+                        io_reason(&e)
+                    ),
+                )
+            })?;
+            refs::parse_list(&text, upstreams)
+                .map_err(|p| err(&key("file"), format!("{} {p}", path.display())))?;
+        }
+        let interval = parse_duration(&s.interval).map_err(|p| err(&key("interval"), p))?;
+        if interval < Duration::from_secs(1) {
+            return Err(err(
+                &key("interval"),
+                "must be at least 1s; use e.g. interval = \"6h\"".into(),
+            ));
+        }
+        let platforms = match &s.platforms {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(err(
+                    &key("platforms"),
+                    "is empty; list platforms, e.g. platforms = [\"linux/amd64\", \"linux/arm64\"], or leave it out for all".into(),
+                ))
+            }
+            Some(list) => Some(
+                list.iter()
+                    .map(|p| p.parse::<Platform>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| err(&key("platforms"), e.to_string()))?,
+            ),
+        };
+        out.push(SyncConfig {
+            images,
+            file: s.file,
+            interval,
+            platforms,
+            pin: s.pin,
+        });
+    }
+    Ok(out)
+}
+
 /// Parses an image reference whose registry must be the name of one of `upstreams`, and applies
 /// Docker Hub's `library/` normalisation when it names Docker Hub. Used for `[[pin]]` and the
 /// command line (`wharf pin IMAGE`).
@@ -1106,7 +1282,7 @@ fn credentials(
 }
 
 fn password_from_file(path: &Path, sources: &dyn Sources) -> Result<Secret, KeyProblem> {
-    let text = sources.read(path).map_err(|e| {
+    let text = sources.read_secret(path).map_err(|e| {
         (
             "password_file",
             format!(
@@ -1260,6 +1436,7 @@ fn type_fix(message: &str, key: Option<&str>) -> String {
                     | "shutdown_grace"
                     | "write_error_pause"
                     | "manifest_retention"
+                    | "interval"
             ) =>
         {
             format!("durations are quoted strings with a unit, e.g. {last} = \"30s\"")
@@ -1472,6 +1649,7 @@ mod tests {
             "[log]\n",
             "[gc]\n",
             "[[pin]]\n",
+            "[[sync]]\n",
         ] {
             let got = load(&format!("{table}no_such_key = 1\n"))
                 .map(|_| ())
@@ -1680,6 +1858,98 @@ mod tests {
         std::fs::write(&path, format!("{UP}[storage]\nmax_size = \"x\"\n")).unwrap();
         let e = Config::load_offline(&path).unwrap_err().to_string();
         assert!(e.contains("storage.max_size"), "{e}");
+    }
+
+    #[test]
+    fn commands_do_not_read_the_files_only_serving_needs() {
+        // Files the operator's shell may not be able to read (or that exist only under systemd's
+        // LoadCredential=): the listener's TLS pair, the htpasswd file, an upstream CA.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wharf.toml");
+        let list = dir.path().join("sync.list");
+        std::fs::write(&list, "upstream.test/org/app:1\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n[auth]\nhtpasswd = \"/nonexistent/htpasswd\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"https://u.test\"\nca_file = \"/nonexistent/ca.pem\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n[[sync]]\nfile = '{}'\n",
+                list.display()
+            ),
+        )
+        .unwrap();
+        assert!(Config::load(&path).is_err());
+        let c = Config::load_offline(&path).unwrap();
+        assert!(c.server.tls.is_none() && c.auth.htpasswd.is_none());
+        assert!(c.upstreams[0].ca_pem.is_none() && c.upstreams[0].credentials.is_none());
+        // The sync list is not a secret: it is read and checked.
+        assert_eq!(c.sync[0].file.as_deref(), Some(list.as_path()));
+        std::fs::write(&list, "quay.io/x:1\n").unwrap();
+        let e = Config::load_offline(&path).unwrap_err().to_string();
+        assert!(e.contains("sync[0].file") && e.contains("line 1"), "{e}");
+        // A command that fetches reads the passwords and the CA, not the listener's files.
+        std::fs::write(&list, "upstream.test/org/app:1\n").unwrap();
+        let e = Config::load_fetching(&path).unwrap_err().to_string();
+        assert!(e.contains("upstream[0].ca_file"), "{e}");
+    }
+
+    #[test]
+    fn sync_entries() {
+        let text = format!(
+            "{UP}[[sync]]\nimages = [\"nginx:1.27\", \"docker.io/library/nginx:1.27\", \"redis@sha256:{}\"]\ninterval = \"30m\"\nplatforms = [\"linux/amd64\", \"linux/arm/v7\"]\npin = false\n[[sync]]\nfile = \"/pw\"\n",
+            "ab".repeat(32)
+        );
+        let mut sources = fake();
+        sources.files.insert("/list", "# ship\nnginx:1\n".into());
+        let c = Config::from_toml_with(
+            &text.replace("/pw", "/list"),
+            Path::new("wharf.toml"),
+            &sources,
+        )
+        .unwrap();
+        let s = &c.sync[0];
+        let images: Vec<String> = s.images.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            images,
+            [
+                "docker.io/library/nginx:1.27".to_owned(),
+                format!("docker.io/library/redis@sha256:{}", "ab".repeat(32))
+            ]
+        );
+        assert_eq!(s.interval, Duration::from_secs(1800));
+        assert_eq!(
+            s.platforms
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["linux/amd64", "linux/arm/v7"]
+        );
+        assert!(!s.pin);
+        let s = &c.sync[1];
+        assert!(s.images.is_empty() && s.pin && s.platforms.is_none());
+        assert_eq!(s.file.as_deref(), Some(Path::new("/list")));
+        assert_eq!(s.interval, Duration::from_secs(6 * 3600));
+        assert!(load(UP).unwrap().sync.is_empty());
+
+        for (body, want) in [
+            ("interval = \"1h\"", "sync[0]: lists no images; set images ="),
+            (
+                "images = [\"quay.io/a:1\"]",
+                "sync[0].images: \"quay.io/a:1\" names registry \"quay.io\", which is not an [[upstream]] name",
+            ),
+            ("file = \"/missing\"", "sync[0].file: cannot read /missing (no such file)"),
+            ("file = \"/htpasswd\"", "sync[0].file: /htpasswd line 1:"),
+            ("images = [\"nginx\"]\ninterval = \"500ms\"", "sync[0].interval: must be at least 1s"),
+            ("images = [\"nginx\"]\ninterval = \"6\"", "sync[0].interval: \"6\" is not a duration"),
+            ("images = [\"nginx\"]\ninterval = 6", "sync[0].interval: is a whole number, expected a string; durations are quoted"),
+            ("images = [\"nginx\"]\nplatforms = []", "sync[0].platforms: is empty"),
+            ("images = [\"nginx\"]\nplatforms = [\"linux\"]", "sync[0].platforms: \"linux\" is not a platform"),
+            ("images = [\"nginx\"]\nevery = \"1h\"", "sync[0].every: unknown key; valid keys here are images, file, interval, platforms, pin"),
+        ] {
+            let e = load(&format!("{UP}[[sync]]\n{body}\n")).unwrap_err().to_string();
+            assert!(e.starts_with("wharf.toml: "), "{e}");
+            assert!(e.contains(want), "{body}: {e}");
+        }
     }
 
     #[test]

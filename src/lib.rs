@@ -8,10 +8,13 @@
 //! The crate is split by boundary: [`config`] (the operator's file), [`oci`] (pure protocol types),
 //! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
 //! index and in-flight fills, and the cache's lifecycle: size budget, eviction, pins, crash repair,
-//! `wharf check` and `wharf gc`). `main.rs` only wires these together.
+//! `wharf check` and `wharf gc`), and [`airgap`] (filling a wharf ahead of time, carrying its
+//! content to an air-gapped one in a bundle, and the control socket through which those commands
+//! reach a running wharf). `main.rs` only wires these together.
 
 pub mod access;
 pub mod admin;
+pub mod airgap;
 pub mod cache;
 pub mod config;
 pub mod metrics;
@@ -87,14 +90,24 @@ pub enum Error {
 /// # Errors
 /// When the storage, the index, an upstream client or the htpasswd file cannot be set up.
 pub fn app(config: &Config) -> Result<server::App, Error> {
-    let metrics = Arc::new(metrics::Metrics::new());
     let cache = Arc::new(cache::Cache::open_with(
         &config.storage.path,
         &cache::Options::from_config(config),
     )?);
+    app_with_cache(config, cache)
+}
+
+/// As [`app`], with a cache the caller opened (`wharf prefetch`, `export` and `import` open it
+/// first, to learn whether a running wharf holds it).
+///
+/// # Errors
+/// When an upstream client or the htpasswd file cannot be set up.
+pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<server::App, Error> {
+    let metrics = Arc::new(metrics::Metrics::new());
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
-        if u.insecure {
+        // An offline upstream is never contacted, so how it would be is not worth a warning.
+        if u.insecure && !u.offline {
             warn!(
                 upstream = %u.name,
                 url = %u.url,
@@ -153,6 +166,8 @@ pub struct Running {
     reloader: Arc<Mutex<reload::Reloader>>,
     poller: Option<JoinHandle<()>>,
     background: cache::Background,
+    control: Option<airgap::control::Control>,
+    sync: Vec<JoinHandle<()>>,
 }
 
 /// Opens the cache, builds the upstream clients, binds the listeners and starts serving. Returns
@@ -224,6 +239,24 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         "wharf is listening"
     );
     let background = app.cache.spawn_background();
+    let control = match airgap::control::bind(&config.storage.path) {
+        Ok((listener, path)) => Some(airgap::control::spawn(
+            listener,
+            path,
+            app.clone(),
+            &config.storage.path,
+            &config.file,
+        )),
+        Err(error) => {
+            warn!(
+                %error,
+                socket = %airgap::control::socket_path(&config.storage.path).display(),
+                "cannot create the control socket: wharf prefetch, export, import and pin cannot reach this wharf while it runs"
+            );
+            None
+        }
+    };
+    let sync = airgap::sync::spawn(&app, &config.sync, &config.upstreams);
     let (stop, stopped) = oneshot::channel::<()>();
     let options = server::ServeOptions {
         tls: tls_config,
@@ -243,6 +276,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         reloader,
         poller,
         background,
+        control,
+        sync,
     })
 }
 
@@ -294,6 +329,14 @@ impl Running {
             state
                 .draining
                 .store(true, std::sync::atomic::Ordering::Release);
+        }
+        // Air-gap requests and sync runs stop first: nothing new is fetched or imported once a
+        // shutdown has begun (downloads already started finish within the grace).
+        if let Some(control) = self.control {
+            control.stop();
+        }
+        for task in &self.sync {
+            task.abort();
         }
         let _ = self.stop.send(());
         let _ = self.task.await;

@@ -116,6 +116,14 @@ pub struct Staged {
     committed: bool,
 }
 
+/// A staging file whose handle is closed, for a writer that stages many blobs before committing
+/// any (`wharf import`): thousands of open staging files would run out of file descriptors.
+/// Dropping it without [`Parked::reopen`] removes the file.
+pub struct Parked {
+    path: PathBuf,
+    armed: bool,
+}
+
 /// The local-disk store.
 #[derive(Debug)]
 pub struct FsBlobStore {
@@ -237,6 +245,56 @@ impl Staged {
     /// The path of the staging file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Closes the file and keeps it staged, to be reopened (and committed) later.
+    pub fn park(mut self) -> Parked {
+        // The file stays; the Parked removes it unless it is reopened.
+        self.committed = true;
+        Parked {
+            path: self.path.clone(),
+            armed: true,
+        }
+    }
+}
+
+// === impl Parked ===
+
+impl Parked {
+    /// The path of the staging file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the staging file again, to commit it.
+    ///
+    /// # Errors
+    /// When the file cannot be opened (removed by hand meanwhile).
+    pub async fn reopen(mut self) -> io::Result<Staged> {
+        let path = self.path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.armed = false;
+        Ok(Staged {
+            path: self.path.clone(),
+            file: Arc::new(file),
+            committed: false,
+        })
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort, as for Staged: start-up removes whatever a crash leaves in tmp/.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -510,6 +568,29 @@ mod tests {
         store.remove(&digest).await.unwrap();
         store.remove(&digest).await.unwrap();
         assert!(store.open(&digest).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn parked_stages_close_and_reopen_or_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let data = Bytes::from_static(b"parked blob");
+        let digest = Digest::of(&data);
+        let staged = store.stage().await.unwrap();
+        staged.write_at(data.clone(), 0).await.unwrap();
+        let parked = staged.park();
+        let path = parked.path().to_owned();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let staged = parked.reopen().await.unwrap();
+        store.commit(staged, &digest).await.unwrap();
+        assert!(!path.exists());
+        assert_eq!(store.size(&digest).await.unwrap(), Some(data.len() as u64));
+
+        let dropped = store.stage().await.unwrap().park();
+        let path = dropped.path().to_owned();
+        assert!(path.exists());
+        drop(dropped);
+        assert!(!path.exists());
     }
 
     #[tokio::test]

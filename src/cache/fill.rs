@@ -71,6 +71,8 @@ pub struct Fill {
     /// The most recently received chunks, so readers that keep up are served from memory (no read
     /// back from the staging file); readers that fall behind read the file.
     recent: Mutex<Recent>,
+    /// Set once the fill's task is over: the blob committed and indexed, or not kept.
+    ended: watch::Sender<bool>,
 }
 
 /// The tail of a fill's body, as received: chunks by offset, at most [`RECENT_BYTES`] in all.
@@ -242,6 +244,7 @@ impl Fill {
             upstream: upstream.clone(),
             repo: repo.clone(),
             recent: Mutex::new(Recent::default()),
+            ended: watch::Sender::new(false),
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
@@ -275,8 +278,17 @@ impl Fill {
                 }
             }
             cache.inflight.remove(&digest);
+            task_fill.ended.send_replace(true);
         });
         fill
+    }
+
+    /// Resolves once the fill's task is over: the blob is committed and indexed, or it was not
+    /// kept (a failure, a handoff, a storage error). `wharf prefetch` waits on it before counting a
+    /// blob as cached.
+    pub async fn ended(&self) {
+        let mut rx = self.ended.subscribe();
+        let _ = rx.wait_for(|ended| *ended).await;
     }
 
     /// The digest being filled.
@@ -849,6 +861,7 @@ mod tests {
             ),
             repo: "org/app".parse().unwrap(),
             recent: Mutex::new(Recent::default()),
+            ended: watch::Sender::new(false),
         }
     }
 

@@ -489,6 +489,34 @@ impl Index {
         Ok(tags)
     }
 
+    /// Every cached tag, in key order: its upstream's name, repository, tag and mapping (for
+    /// `wharf export --all`). Records that do not parse (written by a later version) are skipped.
+    ///
+    /// # Errors
+    /// sled errors.
+    pub fn all_tags(&self) -> Result<Vec<(String, RepoName, Tag, TagEntry)>, IndexError> {
+        let mut out = Vec::new();
+        for item in &self.tags {
+            let (k, v) = item?;
+            let mut parts = k.split(|b| *b == 0);
+            let (Some(upstream), Some(repo), Some(tag), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let parsed = (
+                std::str::from_utf8(upstream).ok(),
+                std::str::from_utf8(repo).ok().and_then(|r| r.parse().ok()),
+                std::str::from_utf8(tag).ok().and_then(|t| t.parse().ok()),
+                decode_entry(&v),
+            );
+            if let (Some(upstream), Some(repo), Some(tag), Some(entry)) = parsed {
+                out.push((upstream.to_owned(), repo, tag, entry));
+            }
+        }
+        Ok(out)
+    }
+
     /// The cached referrers list of a subject (per `artifactType` filter): the digest of the stored
     /// response, and when it was fetched.
     ///
@@ -652,6 +680,20 @@ mod tests {
             )
             .unwrap();
         assert_eq!(index.tags_of("up", &repo).unwrap(), ["1", "2"]);
+        let all: Vec<String> = index
+            .all_tags()
+            .unwrap()
+            .iter()
+            .map(|(u, r, t, e)| format!("{u} {r}:{t} {}", e.digest == d))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "up org/app:1 true",
+                "up org/app:2 true",
+                "up org/app2:9 true"
+            ]
+        );
         let subject = Digest::of(b"subject");
         assert_eq!(index.referrers("up", &repo, &subject, None).unwrap(), None);
         index

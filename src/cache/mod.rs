@@ -42,7 +42,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 pub use background::Background;
-pub use blob_store::{BlobFile, BlobStore, FsBlobStore};
+pub use blob_store::{BlobFile, BlobStore, FsBlobStore, Parked};
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
 pub use index::{Index, IndexError, PinSource, TagEntry, Usage};

@@ -198,6 +198,41 @@ async fn resolve_tag(
     }
 }
 
+/// Asks the upstream about a tag now, whatever the age of its cached mapping (`tag_ttl` is not
+/// consulted): a `HEAD` when the tag's manifest is cached, and a `GET` only when the digest
+/// changed or nothing is cached. It shares the flight of client requests for the same tag, and
+/// records the answer as a client request would. Returns the digest the tag points to and whether
+/// it was confirmed (`Revalidated`) or fetched (`Miss`). For `[[sync]]` runs.
+///
+/// # Errors
+/// The upstream's answer as an [`ApiError`] (an offline upstream refuses; nothing is served stale
+/// here: a sync wants the upstream's word).
+pub async fn revalidate(
+    app: &App,
+    route: &Route,
+    tag: &Tag,
+) -> Result<(Digest, CacheStatus), ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let entry = app
+        .cache
+        .index()
+        .tag(upstream.name(), &route.name, tag)
+        .map_err(|e| ApiError::internal("index failure", &e))?;
+    let known = match entry {
+        Some(entry) => cached(app, &entry.digest).await?,
+        None => None,
+    };
+    let reference = Reference::Tag(tag.clone());
+    let (manifest, status) = flight(
+        app,
+        route,
+        &reference,
+        refresh_tag(app, route, tag, &HeaderMap::new(), known),
+    )
+    .await?;
+    Ok((manifest.digest, status))
+}
+
 /// Asks the upstream about a tag: a `HEAD` first when a manifest is cached (nothing more if its
 /// digest is unchanged), a `GET` otherwise. Records the tag's digest and time.
 async fn refresh_tag(

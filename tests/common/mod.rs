@@ -118,7 +118,8 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// Files under `dir` whose path contains `part`, recursively.
+/// Regular files under `dir` whose path contains `part`, recursively (not the control socket a
+/// running wharf keeps in its storage).
 pub fn files_under(dir: &Path, part: &str) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -130,7 +131,7 @@ pub fn files_under(dir: &Path, part: &str) -> Vec<std::path::PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().contains(part) {
+            } else if p.is_file() && p.to_string_lossy().contains(part) {
                 out.push(p);
             }
         }

@@ -1,0 +1,653 @@
+//! `wharf export`: writes cached images into a bundle (see [`super::bundle`]), streamed from the
+//! blob store into the tar.
+//!
+//! Exporting is planned first: the images are resolved (a tag as the index maps it now), every
+//! manifest is read, and every blob they need is checked to be in the store and held, so eviction
+//! cannot remove it while the tar is written, and a missing piece is an error before the first byte
+//! (naming the image, the platform and the blob). The plan knows every entry's size, so it knows
+//! the archive's exact length (sent as `Content-Length` over the control socket) and writes
+//! `wharf-bundle.json` before any blob. Then each blob is read from its file and hashed on the way
+//! into the tar: a blob that rotted on disk stops the export instead of reaching the bundle.
+//!
+//! With `--since PREV.tar`, blobs PREV holds (or left out because its own base held them) are left
+//! out and listed as such; only PREV's `wharf-bundle.json` is read, never its blobs.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::bundle::{
+    self, blob_path, BundleFile, BundleImage, BundleManifest, Omitted, Since, Source, BLOBS_DIR,
+    BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT, REF_NAME,
+};
+use super::manifest::{self, EntryPlatform};
+use super::refs::Platform;
+use super::tar::{self, Writer};
+use crate::cache::holds::Hold;
+use crate::cache::IndexError;
+use crate::oci::{Digest, ImageRef, Reference, Verifier};
+use crate::server::App;
+
+/// How much of a blob is read (and hashed) at a time.
+const CHUNK: u64 = 1 << 20;
+
+/// What to export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// These images (canonical references: `docker.io/library/nginx:1.27`).
+    Images(Vec<String>),
+    /// Every pinned image.
+    Pinned,
+    /// Every cached tag and every pinned image.
+    All,
+}
+
+/// An export request (as the CLI sends it over the control socket, too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// The images.
+    pub selection: Selection,
+    /// Only these platforms of an index (`None`: all).
+    pub platforms: Option<Vec<Platform>>,
+    /// The base bundle, for an incremental export.
+    pub since: Option<Base>,
+}
+
+/// What a base bundle holds, from its `wharf-bundle.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Base {
+    /// The base's file name and creation time.
+    pub since: Since,
+    /// Blobs a wharf that imported the base has.
+    pub known: BTreeSet<Digest>,
+}
+
+/// A planned export: what goes into the bundle, with the blobs held until it is written.
+pub struct Plan {
+    /// The bundle's `wharf-bundle.json`.
+    pub manifest: BundleManifest,
+    manifest_json: Vec<u8>,
+    index_json: Vec<u8>,
+    blobs: Vec<(Digest, u64)>,
+    mtime: u64,
+    /// Things the operator should know (index entries left out because they are not cached).
+    pub warnings: Vec<String>,
+    _holds: Vec<Hold>,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The request is wrong (an image that cannot be parsed, nothing to export).
+    #[error("{0}")]
+    Request(String),
+    /// Something the bundle needs is not cached.
+    #[error("{0}")]
+    NotCached(String),
+    /// A stored blob does not hash to its digest.
+    #[error("stored blob {digest} is corrupt ({problem}); stop wharf and run `wharf check --verify --repair`, then prefetch the image again")]
+    Corrupt {
+        /// The blob.
+        digest: Digest,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Reading the store failed.
+    #[error("reading the storage: {0}")]
+    Storage(io::Error),
+    /// Writing the bundle failed.
+    #[error("writing the bundle: {0}")]
+    Write(io::Error),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// What one image needs, as found while planning.
+struct Walked {
+    manifests: BTreeMap<Digest, u64>,
+    blobs: BTreeMap<Digest, u64>,
+    holds: Vec<Hold>,
+    held: HashSet<Digest>,
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// The exact length of the archive.
+    pub fn len(&self) -> u64 {
+        let mut n = tar::entry_len(self.manifest_json.len() as u64)
+            + tar::entry_len(OCI_LAYOUT_CONTENT.len() as u64)
+            + tar::entry_len(self.index_json.len() as u64)
+            + 2 * tar::BLOCK;
+        for (_, size) in &self.blobs {
+            n += tar::entry_len(*size);
+        }
+        n + tar::END
+    }
+
+    /// Whether the bundle holds no image (never: planning refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.manifest.images.is_empty()
+    }
+}
+
+/// Parses a full reference (`docker.io/library/nginx:1.27`) against the upstreams `app` has,
+/// with Docker Hub's `library/` for one-segment names on `docker.io`.
+///
+/// # Errors
+/// A message naming the reference.
+pub fn parse_image(app: &App, text: &str) -> Result<ImageRef, String> {
+    let mut image: ImageRef = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not an image reference ({e})"))?;
+    if image.registry == "docker.io" {
+        image = image.with_library_prefix();
+    }
+    if !app.upstreams.iter().any(|u| u.name() == image.registry) {
+        let names: Vec<&str> = app.upstreams.iter().map(|u| u.name()).collect();
+        return Err(format!(
+            "{text:?} names registry {:?}, which is not an [[upstream]] name; configured: {}",
+            image.registry,
+            names.join(", ")
+        ));
+    }
+    Ok(image)
+}
+
+/// Resolves the request into a plan: images, manifests and blobs, all checked to be cached.
+///
+/// # Errors
+/// A bad request, or something the bundle needs that is not cached.
+pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, ExportError> {
+    let index = app.cache.index();
+    // (image, root manifest, when the tag was last confirmed, lenient about uncached platforms)
+    let mut roots: Vec<(ImageRef, Digest, Option<std::time::SystemTime>, bool)> = Vec::new();
+    let mut warnings = Vec::new();
+    let not_cached = |image: &ImageRef| {
+        ExportError::NotCached(format!(
+            "{image} is not cached; prefetch it first (wharf prefetch {image})"
+        ))
+    };
+    let root_of =
+        |image: &ImageRef| -> Result<Option<(Digest, Option<std::time::SystemTime>)>, ExportError> {
+            Ok(match &image.reference {
+                Reference::Digest(d) => index.manifest_type(d)?.map(|_| (*d, None)),
+                Reference::Tag(tag) => index
+                    .tag(&image.registry, &image.repo, tag)?
+                    .filter(|e| index.manifest_type(&e.digest).ok().flatten().is_some())
+                    .map(|e| (e.digest, Some(e.fetched_at))),
+            })
+        };
+    match &request.selection {
+        Selection::Images(texts) => {
+            for text in texts {
+                let image = parse_image(app, text).map_err(ExportError::Request)?;
+                let (root, at) = root_of(&image)?.ok_or_else(|| not_cached(&image))?;
+                roots.push((image, root, at, false));
+            }
+        }
+        Selection::Pinned => {
+            for (image, _) in index.pins()? {
+                if !app.upstreams.iter().any(|u| u.name() == image.registry) {
+                    warnings.push(format!(
+                        "{image}: pinned, but its registry is no [[upstream]] any more; left out"
+                    ));
+                    continue;
+                }
+                let (root, at) = root_of(&image)?.ok_or_else(|| not_cached(&image))?;
+                roots.push((image, root, at, false));
+            }
+        }
+        Selection::All => {
+            let known: HashSet<&str> = app.upstreams.iter().map(|u| u.name()).collect();
+            let mut images: Vec<ImageRef> = index
+                .all_tags()?
+                .into_iter()
+                .filter(|(up, ..)| known.contains(up.as_str()))
+                .map(|(registry, repo, tag, _)| ImageRef {
+                    registry,
+                    repo,
+                    reference: Reference::Tag(tag),
+                })
+                .collect();
+            images.extend(
+                index
+                    .pins()?
+                    .into_iter()
+                    .map(|(image, _)| image)
+                    .filter(|image| known.contains(image.registry.as_str())),
+            );
+            for image in images {
+                match root_of(&image)? {
+                    Some((root, at)) => roots.push((image, root, at, true)),
+                    None => warnings.push(format!("{image}: not cached; left out")),
+                }
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    roots.retain(|(image, ..)| seen.insert(image.to_string()));
+    if !matches!(request.selection, Selection::Images(_)) {
+        roots.sort_by_key(|(image, ..)| image.to_string());
+    }
+    if roots.is_empty() {
+        return Err(ExportError::Request(match request.selection {
+            Selection::Pinned => "no image is pinned: nothing to export".into(),
+            _ => "nothing is cached: nothing to export".into(),
+        }));
+    }
+
+    let mut walked = Walked {
+        manifests: BTreeMap::new(),
+        blobs: BTreeMap::new(),
+        holds: Vec::new(),
+        held: HashSet::new(),
+    };
+    let platforms = request.platforms.as_deref();
+    let mut images = Vec::new();
+    let mut index_entries = Vec::new();
+    for (image, root, fetched_at, lenient) in roots {
+        // Each image is walked on its own, so one that cannot be exported adds nothing.
+        let mut scratch = Walked {
+            manifests: BTreeMap::new(),
+            blobs: BTreeMap::new(),
+            holds: std::mem::take(&mut walked.holds),
+            held: std::mem::take(&mut walked.held),
+        };
+        let mut said = Vec::new();
+        let result = walk(
+            app,
+            &image,
+            root,
+            platforms,
+            lenient,
+            &mut scratch,
+            &mut said,
+        )
+        .await;
+        walked.holds = std::mem::take(&mut scratch.holds);
+        walked.held = std::mem::take(&mut scratch.held);
+        let omitted = match result {
+            Ok(omitted) => omitted,
+            // --all exports what is cached: an image missing a blob is left out, and said so.
+            Err(ExportError::NotCached(why)) if lenient => {
+                warnings.push(format!("{why}; left out"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        warnings.extend(said);
+        let size = scratch.manifests.get(&root).copied().unwrap_or(0);
+        walked.manifests.append(&mut scratch.manifests);
+        walked.blobs.append(&mut scratch.blobs);
+        let media_type = index
+            .manifest_type(&root)?
+            .ok_or_else(|| not_cached(&image))?;
+        let reference = image.to_string();
+        index_entries.push(serde_json::json!({
+            "mediaType": media_type,
+            "digest": root,
+            "size": size,
+            "annotations": { REF_NAME: reference },
+        }));
+        images.push(BundleImage {
+            reference,
+            digest: root,
+            media_type,
+            size,
+            fetched_at: fetched_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            omitted,
+        });
+    }
+
+    if images.is_empty() {
+        return Err(ExportError::NotCached(format!(
+            "no image is wholly cached: nothing to export ({})",
+            warnings.join("; ")
+        )));
+    }
+    let known = request.since.as_ref().map(|b| &b.known);
+    let mut blobs: BTreeMap<Digest, u64> = walked.blobs.clone();
+    blobs.extend(walked.manifests.iter().map(|(d, s)| (*d, *s)));
+    let mut excluded = Vec::new();
+    blobs.retain(|d, _| {
+        let keep = !known.is_some_and(|k| k.contains(d));
+        if !keep {
+            excluded.push(*d);
+        }
+        keep
+    });
+    let index_json = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::media::OCI_INDEX,
+        "manifests": index_entries,
+    }))
+    .map_err(|e| ExportError::Request(e.to_string()))?;
+    let mut files = vec![
+        BundleFile {
+            path: OCI_LAYOUT.into(),
+            sha256: Digest::of(OCI_LAYOUT_CONTENT),
+            size: OCI_LAYOUT_CONTENT.len() as u64,
+        },
+        BundleFile {
+            path: INDEX_JSON.into(),
+            sha256: Digest::of(&index_json),
+            size: index_json.len() as u64,
+        },
+    ];
+    files.extend(blobs.iter().map(|(d, size)| BundleFile {
+        path: blob_path(d),
+        sha256: *d,
+        size: *size,
+    }));
+    let (created, mtime) = bundle::now();
+    let manifest = BundleManifest {
+        wharf_bundle_version: bundle::VERSION,
+        created,
+        source: Source {
+            tool: format!("wharf {}", env!("CARGO_PKG_VERSION")),
+            host: bundle::host_name(),
+            storage: std::path::absolute(storage)
+                .unwrap_or_else(|_| storage.to_owned())
+                .display()
+                .to_string(),
+        },
+        since: request.since.as_ref().map(|b| b.since.clone()),
+        platforms: request
+            .platforms
+            .as_ref()
+            .map(|p| p.iter().map(ToString::to_string).collect()),
+        images,
+        files,
+        excluded,
+    };
+    let manifest_json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| ExportError::Request(e.to_string()))?;
+    Ok(Plan {
+        manifest,
+        manifest_json,
+        index_json,
+        blobs: blobs.into_iter().collect(),
+        mtime,
+        warnings,
+        _holds: walked.holds,
+    })
+}
+
+/// Holds `digest` (so eviction leaves it until the export is written) and returns its stored size.
+async fn hold(app: &App, walked: &mut Walked, digest: Digest) -> Result<Option<u64>, ExportError> {
+    if walked.held.insert(digest) {
+        walked.holds.push(app.cache.hold(digest).await);
+    }
+    Ok(app.cache.index().blob_size(&digest)?)
+}
+
+/// Reads an image's manifests from the store and records what it needs; returns the index entries
+/// it leaves out.
+async fn walk(
+    app: &App,
+    image: &ImageRef,
+    root: Digest,
+    platforms: Option<&[Platform]>,
+    lenient: bool,
+    walked: &mut Walked,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Omitted>, ExportError> {
+    let mut omitted = Vec::new();
+    let mut queue = vec![(root, String::new())];
+    let mut seen = HashSet::new();
+    let missing = |context: &str, what: &str| {
+        ExportError::NotCached(format!(
+            "{image}: {context}{what} is not cached; prefetch the image first (wharf prefetch {image})"
+        ))
+    };
+    while let Some((digest, context)) = queue.pop() {
+        if !seen.insert(digest) {
+            continue;
+        }
+        let size = hold(app, walked, digest)
+            .await?
+            .ok_or_else(|| missing(&context, &format!("manifest {digest}")))?;
+        let bytes = app
+            .cache
+            .read_small(&digest)
+            .await
+            .map_err(|e| ExportError::Storage(io::Error::other(e.to_string())))?
+            .ok_or_else(|| missing(&context, &format!("manifest {digest}")))?;
+        if Digest::of(&bytes) != digest {
+            return Err(ExportError::Corrupt {
+                digest,
+                problem: format!("it hashes to {}", Digest::of(&bytes)),
+            });
+        }
+        walked.manifests.insert(digest, size);
+        let refs = manifest::parse(&bytes).map_err(|e| {
+            ExportError::NotCached(format!(
+                "{image}: {context}manifest {digest} cannot be exported: {e}"
+            ))
+        })?;
+        for child in refs.children.iter().rev() {
+            let platform = EntryPlatform::describe(child.platform.as_ref());
+            if !EntryPlatform::passes(child.platform.as_ref(), platforms) {
+                omitted.push(Omitted {
+                    digest: child.digest,
+                    platform,
+                    reason: "platform".into(),
+                });
+                continue;
+            }
+            let cached = app.cache.index().manifest_type(&child.digest)?.is_some();
+            if cached {
+                queue.push((child.digest, format!("{platform}: ")));
+            } else if lenient {
+                warnings.push(format!(
+                    "{image}: platform {platform} ({}) is not cached; left out",
+                    child.digest
+                ));
+                omitted.push(Omitted {
+                    digest: child.digest,
+                    platform,
+                    reason: "not cached".into(),
+                });
+            } else {
+                return Err(ExportError::NotCached(format!(
+                    "{image}: platform {platform} ({}) is not cached; prefetch the image (wharf prefetch {image}), or leave platforms out with --platform",
+                    child.digest
+                )));
+            }
+        }
+        if let Some(subject) = &refs.subject {
+            queue.push((subject.digest, format!("{context}subject: ")));
+        }
+        for b in &refs.blobs {
+            let size = hold(app, walked, b.digest)
+                .await?
+                .ok_or_else(|| missing(&context, &format!("{} {}", b.field, b.digest)))?;
+            walked.blobs.insert(b.digest, size);
+        }
+    }
+    omitted.sort_by_key(|o| o.digest);
+    omitted.dedup_by_key(|o| o.digest);
+    Ok(omitted)
+}
+
+/// Writes the planned bundle to `out`, calling `progress` with the bytes of each write. Returns the
+/// output once the end-of-archive marker is written and flushed.
+///
+/// # Errors
+/// A blob that is missing or corrupt in the store, or a failed write.
+pub async fn write<W: AsyncWrite + Unpin>(
+    app: &App,
+    plan: &Plan,
+    out: W,
+    mut progress: impl FnMut(u64),
+) -> Result<W, ExportError> {
+    let mut w = Writer::new(tokio::io::BufWriter::with_capacity(1 << 20, out));
+    let mut reported = 0;
+    let mut report = |w: &Writer<_>, progress: &mut dyn FnMut(u64)| {
+        let now = w.written();
+        progress(now - reported);
+        reported = now;
+    };
+    w.small_file(BUNDLE_JSON, &plan.manifest_json, plan.mtime)
+        .await
+        .map_err(ExportError::Write)?;
+    w.small_file(OCI_LAYOUT, OCI_LAYOUT_CONTENT, plan.mtime)
+        .await
+        .map_err(ExportError::Write)?;
+    w.small_file(INDEX_JSON, &plan.index_json, plan.mtime)
+        .await
+        .map_err(ExportError::Write)?;
+    w.dir("blobs", plan.mtime)
+        .await
+        .map_err(ExportError::Write)?;
+    w.dir(BLOBS_DIR, plan.mtime)
+        .await
+        .map_err(ExportError::Write)?;
+    report(&w, &mut progress);
+    for (digest, size) in &plan.blobs {
+        let blob = app
+            .cache
+            .store()
+            .open(digest)
+            .await
+            .map_err(ExportError::Storage)?
+            .ok_or(ExportError::NotCached(format!(
+                "stored blob {digest} vanished from the storage during the export; prefetch the image again"
+            )))?;
+        if blob.size() != *size {
+            return Err(ExportError::Corrupt {
+                digest: *digest,
+                problem: format!("it is {} bytes, the index says {size}", blob.size()),
+            });
+        }
+        w.file(&blob_path(digest), *size, plan.mtime)
+            .await
+            .map_err(ExportError::Write)?;
+        // Reading and hashing the next chunk overlaps with writing this one.
+        let mut pos = 0;
+        let mut next = (*size > 0).then(|| {
+            let end = (*size).min(CHUNK);
+            tokio::spawn(read_hashing(blob.clone(), 0, end, Verifier::new()))
+        });
+        let mut verifier = Verifier::new();
+        while let Some(reading) = next.take() {
+            let (v, bytes) = reading
+                .await
+                .map_err(|e| ExportError::Storage(io::Error::other(e)))?
+                .map_err(ExportError::Storage)?;
+            pos += bytes.len() as u64;
+            if pos < *size {
+                let end = (*size).min(pos + CHUNK);
+                next = Some(tokio::spawn(read_hashing(blob.clone(), pos, end, v)));
+            } else {
+                verifier = v;
+            }
+            w.data(&bytes).await.map_err(ExportError::Write)?;
+            report(&w, &mut progress);
+        }
+        if let Err(mismatch) = verifier.finish(digest, Some(*size)) {
+            return Err(ExportError::Corrupt {
+                digest: *digest,
+                problem: mismatch.to_string(),
+            });
+        }
+        w.pad(*size).await.map_err(ExportError::Write)?;
+    }
+    let mut out = w.finish().await.map_err(ExportError::Write)?;
+    progress(tar::END);
+    out.flush().await.map_err(ExportError::Write)?;
+    Ok(out.into_inner())
+}
+
+/// Reads `[start, end)` of a stored blob and hashes it, on the blocking pool.
+async fn read_hashing(
+    blob: crate::cache::BlobFile,
+    start: u64,
+    end: u64,
+    mut verifier: Verifier,
+) -> io::Result<(Verifier, Bytes)> {
+    if let Some(contents) = blob.contents() {
+        let bytes =
+            contents.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0));
+        verifier.update(&bytes);
+        return Ok((verifier, bytes));
+    }
+    let file = blob.file().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.read_exact_at(&mut buf, start)?;
+        verifier.update(&buf);
+        Ok((verifier, Bytes::from(buf)))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// A bundle being written to a file: `FILE.partial` until [`OutFile::commit`] renames it, removed
+/// if dropped before, so an interrupted export never leaves a file that looks complete.
+pub struct OutFile {
+    partial: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+// === impl OutFile ===
+
+impl OutFile {
+    /// Creates `path.partial` (replacing one an earlier interrupted export left).
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub async fn create(path: &Path) -> io::Result<(Self, tokio::fs::File)> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file = tokio::fs::File::create(&partial).await?;
+        Ok((
+            Self {
+                partial,
+                path: path.to_owned(),
+                done: false,
+            },
+            file,
+        ))
+    }
+
+    /// Makes the written file durable and gives it its name.
+    ///
+    /// # Errors
+    /// When syncing or renaming fails (the partial file is removed).
+    pub async fn commit(mut self, file: tokio::fs::File) -> io::Result<()> {
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&self.partial, &self.path).await?;
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! `wharf prefetch`: fills the cache with whole images ahead of time, through the same code that
+//! answers clients.
+//!
+//! Every manifest and blob is asked of the running [`App`] as a client would ask it (a `GET` on
+//! `/v2/`, marked [`Trusted`] so it needs no client credentials), and the body is drained. So a
+//! prefetch is verified exactly like a pull, joins fills that client pulls started (and the other
+//! way round), waits its turn under the upstream's `max_fills`, respects allow lists and offline
+//! upstreams, and revalidates tags as `tag_ttl` says. What is cached already is skipped without a
+//! request: a re-run after an interruption fetches only what is missing, and a complete image costs
+//! nothing upstream (a tag past its TTL costs one `HEAD`).
+//!
+//! An image is resolved first (its manifest, the platform manifests of an index that pass the
+//! `--platform` filter, the `subject` of an artifact), then its blobs are fetched, at most `jobs`
+//! at a time across all images. Progress goes out as [`Event`]s: to the terminal, or as NDJSON
+//! over the control socket ([`super::control`]). An image that fails does not stop the others.
+//! Images that completed are pinned unless asked not to.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::ACCEPT;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::manifest::{self, Descriptor, EntryPlatform};
+use super::refs::Platform;
+use crate::oci::{media, Digest, ImageRef, Reference};
+use crate::server::response::header;
+use crate::server::{App, Trusted};
+
+/// How many blobs download at once when `--jobs` is not given.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// The most downloads one prefetch runs at once (the upstream's `max_fills` bounds them too).
+pub const MAX_JOBS: usize = 64;
+
+/// Progress events are sent at most once per this many bytes of a blob.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+/// The largest manifest read (the upstream limit too).
+const MAX_MANIFEST: usize = crate::server::manifests::MAX_MANIFEST;
+
+/// What a prefetch does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Options {
+    /// Only these platforms of an index (`None`: all).
+    pub platforms: Option<Vec<Platform>>,
+    /// Pin the images that completed.
+    pub pin: bool,
+    /// Blob downloads at once, across images.
+    pub jobs: usize,
+}
+
+/// Progress of a prefetch, for the terminal or the control socket (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The prefetch starts.
+    Start {
+        /// How many images.
+        images: usize,
+    },
+    /// An image's manifests are resolved: what it needs.
+    Resolved {
+        /// The image.
+        image: String,
+        /// Its manifest (or index).
+        digest: Digest,
+        /// Blobs it needs (configs and layers).
+        blobs: u64,
+        /// Their bytes, as the manifests give them.
+        bytes: u64,
+        /// Bytes of them already cached.
+        cached_bytes: u64,
+    },
+    /// Bytes of an image downloaded since the last event for it.
+    Progress {
+        /// The image.
+        image: String,
+        /// Bytes.
+        bytes: u64,
+    },
+    /// Something the operator should know about an image that did not fail.
+    Warning {
+        /// The image.
+        image: String,
+        /// What.
+        message: String,
+    },
+    /// An image is done (or failed).
+    Done {
+        /// The image.
+        image: String,
+        /// What it took.
+        stats: ImageStats,
+    },
+    /// The prefetch is over.
+    Summary {
+        /// The totals.
+        summary: Summary,
+    },
+}
+
+/// What one image took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStats {
+    /// The manifest (or index) it resolved to.
+    pub digest: Option<Digest>,
+    /// Manifests fetched from the upstream.
+    pub manifests_fetched: u64,
+    /// Manifests that were cached.
+    pub manifests_cached: u64,
+    /// Blobs fetched.
+    pub blobs_fetched: u64,
+    /// Blobs that were cached (or fetched for another image of this run).
+    pub blobs_cached: u64,
+    /// Bytes fetched.
+    pub bytes_fetched: u64,
+    /// Bytes that were cached.
+    pub bytes_cached: u64,
+    /// Whether it was pinned.
+    pub pinned: bool,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// The totals of a prefetch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Images asked for.
+    pub images: u64,
+    /// Images that failed.
+    pub failed: u64,
+    /// Images pinned.
+    pub pinned: u64,
+    /// Manifests fetched.
+    pub manifests_fetched: u64,
+    /// Manifests cached.
+    pub manifests_cached: u64,
+    /// Blobs fetched.
+    pub blobs_fetched: u64,
+    /// Blobs cached.
+    pub blobs_cached: u64,
+    /// Bytes fetched.
+    pub bytes_fetched: u64,
+    /// Bytes cached.
+    pub bytes_cached: u64,
+    /// The failed images and why.
+    pub failures: Vec<(String, String)>,
+}
+
+/// Where events go: a channel, or nowhere (a `[[sync]]` run logs instead).
+#[derive(Clone, Default)]
+pub struct Events(Option<mpsc::Sender<Event>>);
+
+/// What the prefetch of one image found.
+pub struct Fetched {
+    /// The image.
+    pub image: ImageRef,
+    /// What it took.
+    pub stats: ImageStats,
+}
+
+/// Shared by the images of one run.
+struct Run {
+    app: Arc<App>,
+    options: Options,
+    permits: Semaphore,
+    /// Blobs an image of this run has fetched (or is fetching): others count them as cached.
+    claimed: Mutex<HashSet<Digest>>,
+    events: Events,
+}
+
+// === impl Events ===
+
+impl Events {
+    /// No events.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Events into a channel of `capacity`.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self(Some(tx)), rx)
+    }
+
+    async fn send(&self, event: Event) {
+        if let Some(tx) = &self.0 {
+            // A receiver that went away (a client that disconnected) stops the run from outside.
+            let _ = tx.send(event).await;
+        }
+    }
+}
+
+// === impl Summary ===
+
+impl Summary {
+    /// Adds one image's outcome.
+    pub fn add(&mut self, image: &str, stats: &ImageStats) {
+        self.images += 1;
+        self.manifests_fetched += stats.manifests_fetched;
+        self.manifests_cached += stats.manifests_cached;
+        self.blobs_fetched += stats.blobs_fetched;
+        self.blobs_cached += stats.blobs_cached;
+        self.bytes_fetched += stats.bytes_fetched;
+        self.bytes_cached += stats.bytes_cached;
+        self.pinned += u64::from(stats.pinned);
+        if let Some(e) = &stats.error {
+            self.failed += 1;
+            self.failures.push((image.to_owned(), e.clone()));
+        }
+    }
+}
+
+/// Prefetches `images` into the cache of `app`; returns the totals (also sent as the last event).
+pub async fn run(
+    app: Arc<App>,
+    images: Vec<ImageRef>,
+    options: Options,
+    events: Events,
+) -> Summary {
+    events
+        .send(Event::Start {
+            images: images.len(),
+        })
+        .await;
+    let jobs = options.jobs.clamp(1, MAX_JOBS);
+    let run = Arc::new(Run {
+        app,
+        permits: Semaphore::new(jobs),
+        options: Options { jobs, ..options },
+        claimed: Mutex::default(),
+        events: events.clone(),
+    });
+    let mut summary = Summary::default();
+    let mut done = futures_util::stream::iter(images)
+        .map(|image| {
+            let run = run.clone();
+            async move { image_task(&run, image).await }
+        })
+        .buffered(jobs);
+    while let Some(fetched) = done.next().await {
+        summary.add(&fetched.image.to_string(), &fetched.stats);
+    }
+    events
+        .send(Event::Summary {
+            summary: summary.clone(),
+        })
+        .await;
+    summary
+}
+
+/// Prefetches one image without events (for `[[sync]]` runs).
+pub async fn one(app: Arc<App>, image: ImageRef, options: Options) -> Fetched {
+    let jobs = options.jobs.clamp(1, MAX_JOBS);
+    let run = Run {
+        app,
+        permits: Semaphore::new(jobs),
+        options: Options { jobs, ..options },
+        claimed: Mutex::default(),
+        events: Events::none(),
+    };
+    image_task(&run, image).await
+}
+
+async fn image_task(run: &Run, image: ImageRef) -> Fetched {
+    let name = image.to_string();
+    let mut stats = ImageStats::default();
+    if let Err(e) = fetch_image(run, &image, &name, &mut stats).await {
+        stats.error = Some(e);
+    } else if run.options.pin {
+        match run.app.cache.pin(&image) {
+            Ok(_) => stats.pinned = true,
+            Err(e) => stats.error = Some(format!("cannot pin it: {e}")),
+        }
+    }
+    run.events
+        .send(Event::Done {
+            image: name,
+            stats: stats.clone(),
+        })
+        .await;
+    Fetched { image, stats }
+}
+
+async fn fetch_image(
+    run: &Run,
+    image: &ImageRef,
+    name: &str,
+    stats: &mut ImageStats,
+) -> Result<(), String> {
+    let blobs = {
+        let _permit = run.permits.acquire().await.map_err(|e| e.to_string())?;
+        resolve(run, image, name, stats).await?
+    };
+    // What is cached is counted, not fetched.
+    let mut missing = Vec::new();
+    let mut cached_bytes = 0;
+    let mut total = 0;
+    for d in &blobs {
+        total += d.size.unwrap_or(0);
+        match stored_size(&run.app, &d.digest).await? {
+            Some(size) => {
+                stats.blobs_cached += 1;
+                stats.bytes_cached += size;
+                cached_bytes += size;
+            }
+            None => missing.push(d.clone()),
+        }
+    }
+    run.events
+        .send(Event::Resolved {
+            image: name.to_owned(),
+            digest: stats.digest.unwrap_or_else(|| Digest::from_bytes([0; 32])),
+            blobs: blobs.len() as u64,
+            bytes: total,
+            cached_bytes,
+        })
+        .await;
+    let results: Vec<Result<BlobOutcome, String>> = futures_util::stream::iter(missing)
+        .map(|d| fetch_blob(run, image, name, d))
+        .buffer_unordered(run.options.jobs)
+        .collect()
+        .await;
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(BlobOutcome::Fetched(n)) => {
+                stats.blobs_fetched += 1;
+                stats.bytes_fetched += n;
+            }
+            Ok(BlobOutcome::Cached(n)) => {
+                stats.blobs_cached += 1;
+                stats.bytes_cached += n;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Fetches the image's manifests (the root, the platform manifests an index lists that pass the
+/// filter, subjects); returns the blobs they need, each once.
+async fn resolve(
+    run: &Run,
+    image: &ImageRef,
+    name: &str,
+    stats: &mut ImageStats,
+) -> Result<Vec<Descriptor>, String> {
+    let app = &run.app;
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    let mut seen: HashSet<Digest> = HashSet::new();
+    let mut queue: Vec<(Reference, String)> = vec![(image.reference.clone(), String::new())];
+    let mut root = true;
+    while let Some((reference, context)) = queue.pop() {
+        let path = api_path(image, &format!("manifests/{reference}"));
+        let response = get(app, &path).await;
+        let status = response.status();
+        let x_cache = header_str(&response, &header::X_CACHE);
+        let body = body_bytes(response, MAX_MANIFEST).await?;
+        if status != StatusCode::OK {
+            let what = if root {
+                "manifest".to_owned()
+            } else {
+                format!("{context}manifest {reference}")
+            };
+            return Err(format!("{what}: {}", error_text(status, &body)));
+        }
+        let digest = Digest::of(&body);
+        if !seen.insert(digest) {
+            continue;
+        }
+        match x_cache.as_deref() {
+            Some("miss") => stats.manifests_fetched += 1,
+            Some("stale") => {
+                stats.manifests_cached += 1;
+                run.events
+                    .send(Event::Warning {
+                        image: name.to_owned(),
+                        message: format!(
+                            "the upstream could not be asked about {reference}; the cached manifest {digest} was used and may be out of date"
+                        ),
+                    })
+                    .await;
+            }
+            _ => stats.manifests_cached += 1,
+        }
+        if root {
+            stats.digest = Some(digest);
+            root = false;
+        }
+        let refs =
+            manifest::parse(&body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+        for child in refs.children.iter().rev() {
+            if EntryPlatform::passes(child.platform.as_ref(), run.options.platforms.as_deref()) {
+                let platform = EntryPlatform::describe(child.platform.as_ref());
+                queue.push((Reference::Digest(child.digest), format!("{platform}: ")));
+            }
+        }
+        if let Some(subject) = &refs.subject {
+            queue.push((
+                Reference::Digest(subject.digest),
+                format!("{context}subject: "),
+            ));
+        }
+        for b in refs.blobs {
+            if !blobs.iter().any(|have| have.digest == b.digest) {
+                blobs.push(b);
+            }
+        }
+    }
+    Ok(blobs)
+}
+
+/// The size of a blob the cache has intact (checking the file, repairing the index if it is gone).
+async fn stored_size(app: &App, digest: &Digest) -> Result<Option<u64>, String> {
+    if app
+        .cache
+        .index()
+        .blob_size(digest)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    Ok(app
+        .cache
+        .committed(digest)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|b| b.size()))
+}
+
+enum BlobOutcome {
+    /// Downloaded from the upstream: its bytes.
+    Fetched(u64),
+    /// Already there (or fetched by another image of this run): its bytes.
+    Cached(u64),
+}
+
+async fn fetch_blob(
+    run: &Run,
+    image: &ImageRef,
+    name: &str,
+    d: Descriptor,
+) -> Result<BlobOutcome, String> {
+    let _permit = run.permits.acquire().await.map_err(|e| e.to_string())?;
+    let app = &run.app;
+    let digest = d.digest;
+    let what = format!("{} {digest}", d.field);
+    let first = run.claimed.lock().insert(digest);
+    if let Some(size) = stored_size(app, &digest).await? {
+        return Ok(BlobOutcome::Cached(size));
+    }
+    let response = get(app, &api_path(image, &format!("blobs/{digest}"))).await;
+    let status = response.status();
+    let x_cache = header_str(&response, &header::X_CACHE);
+    if status != StatusCode::OK {
+        let body = body_bytes(response, 64 * 1024).await.unwrap_or_default();
+        return Err(format!("{what}: {}", error_text(status, &body)));
+    }
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    let mut unreported = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("{what}: the download broke off: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+            unreported += data.len() as u64;
+            if unreported >= PROGRESS_STEP {
+                run.events
+                    .send(Event::Progress {
+                        image: name.to_owned(),
+                        bytes: unreported,
+                    })
+                    .await;
+                unreported = 0;
+            }
+        }
+    }
+    if unreported > 0 {
+        run.events
+            .send(Event::Progress {
+                image: name.to_owned(),
+                bytes: unreported,
+            })
+            .await;
+    }
+    if x_cache.as_deref() == Some("bypass") {
+        return Err(format!(
+            "{what}: downloaded but not cached: caching is paused after a storage failure or with free space at storage.min_free (see the log)"
+        ));
+    }
+    // Verified once the last byte arrived; committed (fsync, rename, index) just after.
+    if let Some(fill) = app.cache.inflight().get(&digest) {
+        fill.ended().await;
+    }
+    if stored_size(app, &digest).await?.is_none() {
+        return Err(format!(
+            "{what}: downloaded and verified but not stored: the storage failed (see the log)"
+        ));
+    }
+    Ok(match x_cache.as_deref() {
+        Some("miss" | "coalesced") if first => BlobOutcome::Fetched(received),
+        _ => BlobOutcome::Cached(received),
+    })
+}
+
+/// `/v2/<repo>/<what>?ns=<registry>`: the request a containerd mirror would send, which names the
+/// upstream unambiguously.
+pub fn api_path(image: &ImageRef, what: &str) -> String {
+    format!("/v2/{}/{what}?ns={}", image.repo, image.registry)
+}
+
+/// Asks the mirror, as a trusted local client, with every manifest type accepted.
+pub async fn get(app: &App, path: &str) -> http::Response<crate::server::response::Body> {
+    let mut request = Request::get(path)
+        .header(ACCEPT, media::upstream_accept([]))
+        .body(())
+        .unwrap_or_default();
+    request.extensions_mut().insert(Trusted);
+    app.handle(request).await
+}
+
+fn header_str<B>(response: &http::Response<B>, name: &http::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A response body, up to `max` bytes.
+async fn body_bytes(
+    response: http::Response<crate::server::response::Body>,
+    max: usize,
+) -> Result<Bytes, String> {
+    let mut body = response.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the response broke off: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(format!("the response is larger than {max} bytes"));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// An OCI error response as one line: its message (the code when there is none).
+pub fn error_text(status: StatusCode, body: &[u8]) -> String {
+    let parsed: Option<(String, String)> = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("errors")?.get(0)?;
+            Some((
+                e.get("code")?.as_str()?.to_owned(),
+                e.get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+            ))
+        });
+    match parsed {
+        Some((code, message)) if !message.is_empty() => format!("{message} ({code})"),
+        Some((code, _)) => format!("{code} ({status})"),
+        None => format!("answered {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts() {
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"not found at upstream u"}]}"#;
+        assert_eq!(
+            error_text(StatusCode::NOT_FOUND, body),
+            "not found at upstream u (MANIFEST_UNKNOWN)"
+        );
+        assert_eq!(
+            error_text(StatusCode::NOT_FOUND, br#"{"errors":[{"code":"X"}]}"#),
+            "X (404 Not Found)"
+        );
+        assert_eq!(
+            error_text(StatusCode::BAD_GATEWAY, b"junk"),
+            "answered 502 Bad Gateway"
+        );
+    }
+
+    #[test]
+    fn events_are_one_json_object_each() {
+        let e = Event::Progress {
+            image: "a/b:1".into(),
+            bytes: 5,
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(line, r#"{"event":"progress","image":"a/b:1","bytes":5}"#);
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+        let image: ImageRef = "r.io/a/b:1".parse().unwrap();
+        assert_eq!(
+            api_path(&image, "manifests/1"),
+            "/v2/a/b/manifests/1?ns=r.io"
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! `[[sync]]`: keeps lists of images fresh in the background while wharf serves, so a connected
+//! wharf always holds the current images to export.
+//!
+//! Each entry runs in its own task: at start, then every `interval` after the previous run began
+//! (a run longer than the interval is followed by the next at once, never overlapped by it). A run
+//! reads the entry's images (the `images` list, and the `file` read again each run), asks the
+//! upstream about every tag with a `HEAD` whatever its `tag_ttl` ([`manifests::revalidate`]),
+//! logs each tag that moved (old digest -> new) at info, and prefetches each image
+//! ([`prefetch::one`]), which fetches only what changed. A failure is logged at warn and retried
+//! at the next run; a summary line ends every run. At shutdown the tasks are aborted: the
+//! downloads they started finish (or not) like any other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use http::Method;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::prefetch::{self, DEFAULT_JOBS};
+use super::refs;
+use crate::config::{SyncConfig, UpstreamConfig};
+use crate::oci::{Digest, ImageRef, Reference};
+use crate::server::route::{self, Parsed};
+use crate::server::{manifests, App};
+
+/// What one run of an entry did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Images synced.
+    pub images: u64,
+    /// Tags that moved.
+    pub changed: u64,
+    /// Images that failed.
+    pub failed: u64,
+    /// Blobs fetched.
+    pub blobs_fetched: u64,
+    /// Their bytes.
+    pub bytes_fetched: u64,
+}
+
+/// Starts one task per `[[sync]]` entry; abort the handles to stop them.
+pub fn spawn(
+    app: &Arc<App>,
+    entries: &[SyncConfig],
+    upstreams: &[UpstreamConfig],
+) -> Vec<JoinHandle<()>> {
+    if !entries.is_empty() && app.upstreams.iter().all(|u| u.offline()) {
+        info!(
+            entries = entries.len(),
+            "every upstream is offline: [[sync]] entries do not run"
+        );
+        return Vec::new();
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(n, entry)| {
+            let (app, entry, upstreams) = (app.clone(), entry.clone(), upstreams.to_vec());
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(entry.interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    run_once(&app, n, &entry, &upstreams).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Runs entry number `n` once.
+pub async fn run_once(
+    app: &Arc<App>,
+    n: usize,
+    entry: &SyncConfig,
+    upstreams: &[UpstreamConfig],
+) -> RunReport {
+    let started = Instant::now();
+    let mut images = entry.images.clone();
+    if let Some(file) = &entry.file {
+        let listed = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|text| refs::parse_list(&text, upstreams));
+        match listed {
+            Ok(listed) => {
+                for image in listed {
+                    if !images.contains(&image) {
+                        images.push(image);
+                    }
+                }
+            }
+            Err(error) => warn!(
+                sync = n, file = %file.display(), %error,
+                "cannot read the sync image list; syncing this entry's other images only"
+            ),
+        }
+    }
+    let options = prefetch::Options {
+        platforms: entry.platforms.clone(),
+        pin: entry.pin,
+        jobs: DEFAULT_JOBS,
+    };
+    let outcomes: Vec<(bool, bool, prefetch::ImageStats)> = futures_util::stream::iter(images)
+        .map(|image| {
+            let (app, options) = (app.clone(), options.clone());
+            async move { sync_image(&app, n, image, options).await }
+        })
+        .buffer_unordered(DEFAULT_JOBS)
+        .collect()
+        .await;
+    let mut report = RunReport::default();
+    for (changed, failed, stats) in outcomes {
+        report.images += 1;
+        report.changed += u64::from(changed);
+        report.failed += u64::from(failed);
+        report.blobs_fetched += stats.blobs_fetched;
+        report.bytes_fetched += stats.bytes_fetched;
+    }
+    info!(
+        sync = n,
+        images = report.images,
+        changed = report.changed,
+        failed = report.failed,
+        blobs_fetched = report.blobs_fetched,
+        bytes_fetched = report.bytes_fetched,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "sync run done"
+    );
+    report
+}
+
+/// Revalidates one image's tag and fetches what it needs; returns (tag changed, failed, stats).
+async fn sync_image(
+    app: &Arc<App>,
+    n: usize,
+    image: ImageRef,
+    options: prefetch::Options,
+) -> (bool, bool, prefetch::ImageStats) {
+    let mut changed = false;
+    if let Reference::Tag(tag) = &image.reference {
+        let old = app
+            .cache
+            .index()
+            .tag(&image.registry, &image.repo, tag)
+            .ok()
+            .flatten()
+            .map(|e| e.digest);
+        match revalidate(app, &image).await {
+            Ok(new) if old != Some(new) => {
+                changed = true;
+                let old = old.map_or_else(|| "none".to_owned(), |d: Digest| d.to_string());
+                info!(sync = n, image = %image, %old, %new, "tag changed");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(sync = n, image = %image, %error, "cannot ask the upstream about the tag; trying again at the next run");
+                return (false, true, prefetch::ImageStats::default());
+            }
+        }
+    }
+    let fetched = prefetch::one(app.clone(), image, options).await;
+    if let Some(error) = &fetched.stats.error {
+        warn!(sync = n, image = %fetched.image, %error, "sync of the image failed; trying again at the next run");
+    }
+    (changed, fetched.stats.error.is_some(), fetched.stats)
+}
+
+/// Asks the upstream about a tag now (a `HEAD`, or a `GET` when it moved or is not cached).
+async fn revalidate(app: &App, image: &ImageRef) -> Result<Digest, String> {
+    let Reference::Tag(tag) = &image.reference else {
+        return Err("not a tag".into());
+    };
+    let path = format!("/v2/{}/manifests/{tag}", image.repo);
+    let query = format!("ns={}", image.registry);
+    let route = match route::parse(&Method::GET, &path, Some(&query), &app.registries) {
+        Ok(Parsed::Api(route)) => route,
+        Ok(Parsed::Base) => return Err("not a repository".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !app.access.allows(route.upstream, route.name.as_str()) {
+        return Err(format!(
+            "repository {} is not allowed on this mirror (the upstream's allow list)",
+            route.name
+        ));
+    }
+    manifests::revalidate(app, &route, tag)
+        .await
+        .map(|(digest, _)| digest)
+        .map_err(|e| e.message().to_owned())
+}
