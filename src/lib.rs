@@ -16,6 +16,7 @@ pub mod access;
 pub mod admin;
 pub mod airgap;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod oci;
