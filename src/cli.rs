@@ -33,30 +33,56 @@ pub const EX_USAGE: u8 = 64;
 /// The `sysexits.h` code for a temporary failure: the storage is in use by a running wharf.
 pub const EX_TEMPFAIL: u8 = 75;
 
-/// For a maintenance command: the configuration (read without passwords), a small runtime, and
-/// logging; or the exit code when one cannot be had.
-pub fn maintenance(
-    path: &Path,
-) -> Result<
+/// What a command needs before it runs: the configuration (read without passwords), logging, and a
+/// runtime; or the exit code when one cannot be had.
+pub type Setup = Result<
     (
         crate::Config,
         tokio::runtime::Runtime,
         crate::telemetry::LogGuard,
     ),
     ExitCode,
-> {
+>;
+
+/// The kinds of command, by what they need from [`setup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `check`, `gc`, `pin`, `unpin`, `pins`: logging as configured, a single-threaded runtime.
+    Maintenance,
+    /// `prefetch`, `export`, `import`: logging at warn unless RUST_LOG says otherwise (the command
+    /// prints its own progress), and a runtime with a few threads (downloads, hashing and writing
+    /// overlap).
+    Airgap,
+}
+
+/// Loads the configuration at `path` and starts logging and a runtime for a command of `kind`.
+pub fn setup(path: &Path, kind: Kind) -> Setup {
     let config = crate::Config::load_offline(path).map_err(|e| {
         eprintln!("wharf: {e}");
         ExitCode::from(EX_USAGE)
     })?;
-    let log = crate::telemetry::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("wharf: cannot start the async runtime: {}", chain(&e));
-            ExitCode::FAILURE
-        })?;
+    let (log, runtime) = match kind {
+        Kind::Maintenance => (
+            crate::telemetry::init(&config.log),
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        ),
+        Kind::Airgap => (
+            crate::telemetry::init(&crate::config::LogConfig {
+                format: config.log.format,
+                filter: Some("warn".into()),
+            }),
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        ),
+    };
+    let runtime = runtime.map_err(|e| {
+        eprintln!("wharf: cannot start the async runtime: {}", chain(&e));
+        ExitCode::FAILURE
+    })?;
     Ok((config, runtime, log))
 }
 
@@ -253,38 +279,6 @@ pub async fn pins(config: &crate::Config) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// For an air-gap command: the configuration (read without passwords), a runtime with a few
-/// threads (downloads, hashing and writing overlap), and logging at warn unless RUST_LOG says
-/// otherwise (the command prints its own progress).
-pub fn airgap_command(
-    path: &Path,
-) -> Result<
-    (
-        crate::Config,
-        tokio::runtime::Runtime,
-        crate::telemetry::LogGuard,
-    ),
-    ExitCode,
-> {
-    let config = crate::Config::load_offline(path).map_err(|e| {
-        eprintln!("wharf: {e}");
-        ExitCode::from(EX_USAGE)
-    })?;
-    let log = crate::telemetry::init(&crate::config::LogConfig {
-        format: config.log.format,
-        filter: Some("warn".into()),
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("wharf: cannot start the async runtime: {}", chain(&e));
-            ExitCode::FAILURE
-        })?;
-    Ok((config, runtime, log))
 }
 
 /// `wharf prefetch`'s arguments.

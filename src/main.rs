@@ -14,8 +14,8 @@ use clap::{ArgGroup, Parser, Subcommand};
 use wharf::airgap::{export, prefetch};
 use wharf::cache::check::CheckOptions;
 use wharf::cli::{
-    airgap_command, chain, check, gc, maintenance, pin, pins, run_export, run_import, run_prefetch,
-    PrefetchArgs, EX_USAGE,
+    chain, check, gc, pin, pins, run_export, run_import, run_prefetch, setup, Kind, PrefetchArgs,
+    EX_USAGE,
 };
 
 /// wharf: a pull-through caching mirror for OCI / Docker container registries.
@@ -244,25 +244,25 @@ fn main() -> ExitCode {
             config,
             repair,
             verify,
-        } => match maintenance(&config) {
+        } => match setup(&config, Kind::Maintenance) {
             Ok((config, runtime, _log)) => {
                 runtime.block_on(check(&config, CheckOptions { repair, verify }))
             }
             Err(code) => code,
         },
-        Command::Gc { config, dry_run } => match maintenance(&config) {
+        Command::Gc { config, dry_run } => match setup(&config, Kind::Maintenance) {
             Ok((config, runtime, _log)) => runtime.block_on(gc(&config, dry_run)),
             Err(code) => code,
         },
-        Command::Pin { config, images } => match maintenance(&config) {
+        Command::Pin { config, images } => match setup(&config, Kind::Maintenance) {
             Ok((config, runtime, _log)) => runtime.block_on(pin(&config, &images, true)),
             Err(code) => code,
         },
-        Command::Unpin { config, images } => match maintenance(&config) {
+        Command::Unpin { config, images } => match setup(&config, Kind::Maintenance) {
             Ok((config, runtime, _log)) => runtime.block_on(pin(&config, &images, false)),
             Err(code) => code,
         },
-        Command::Pins { config } => match maintenance(&config) {
+        Command::Pins { config } => match setup(&config, Kind::Maintenance) {
             Ok((config, runtime, _log)) => runtime.block_on(pins(&config)),
             Err(code) => code,
         },
@@ -273,7 +273,7 @@ fn main() -> ExitCode {
             no_pin,
             jobs,
             images,
-        } => match airgap_command(&config) {
+        } => match setup(&config, Kind::Airgap) {
             Ok((loaded, runtime, _log)) => runtime.block_on(run_prefetch(
                 &config,
                 &loaded,
@@ -295,7 +295,7 @@ fn main() -> ExitCode {
             platform,
             since,
             images,
-        } => match airgap_command(&config) {
+        } => match setup(&config, Kind::Airgap) {
             Ok((config, runtime, _log)) => {
                 let selection = if pinned {
                     export::Selection::Pinned
@@ -312,7 +312,7 @@ fn main() -> ExitCode {
             config,
             no_pin,
             file,
-        } => match airgap_command(&config) {
+        } => match setup(&config, Kind::Airgap) {
             Ok((config, runtime, _log)) => runtime.block_on(run_import(&config, &file, !no_pin)),
             Err(code) => code,
         },

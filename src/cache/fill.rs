@@ -614,6 +614,17 @@ pub(super) async fn resume(
     }
 }
 
+/// Drops what is left of the first `skip` bytes of a body from `chunk` (a resumed download the
+/// upstream answered from an earlier offset than asked), counting them off `skip`.
+pub(super) fn skip_prefix(chunk: Bytes, skip: &mut u64) -> Bytes {
+    if *skip == 0 {
+        return chunk;
+    }
+    let n = usize::try_from(*skip).unwrap_or(usize::MAX).min(chunk.len());
+    *skip -= n as u64;
+    chunk.slice(n..)
+}
+
 /// Where a fill's bytes go. The async side only receives: each chunk is kept in memory for the
 /// readers that keep up ([`Fill::remember`]) and handed over bounded channels to two threads, one
 /// that hashes and one that writes at the end of the staging file (announcing the new length to the
@@ -774,13 +785,7 @@ impl Sink {
             let Ok(chunk) = chunk else {
                 return Copied::Broke;
             };
-            let chunk = if skip > 0 {
-                let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
-                skip -= n as u64;
-                chunk.slice(n..)
-            } else {
-                chunk
-            };
+            let chunk = skip_prefix(chunk, &mut skip);
             if chunk.is_empty() {
                 continue;
             }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
 use super::blob_store::{BlobFile, ByteStream};
-use super::fill::{resume, FillError};
+use super::fill::{resume, skip_prefix, FillError};
 use super::Cache;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream};
@@ -225,13 +225,7 @@ impl Job {
                     ))))
                 }
             };
-            let chunk = if skip > 0 {
-                let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
-                skip -= n as u64;
-                chunk.slice(n..)
-            } else {
-                chunk
-            };
+            let chunk = skip_prefix(chunk, &mut skip);
             let len = chunk.len() as u64;
             if self.size.is_some_and(|s| offset + len > s) {
                 return Ok(Err(io::Error::other(format!(
