@@ -620,7 +620,9 @@ pub(super) fn skip_prefix(chunk: Bytes, skip: &mut u64) -> Bytes {
     if *skip == 0 {
         return chunk;
     }
-    let n = usize::try_from(*skip).unwrap_or(usize::MAX).min(chunk.len());
+    let n = usize::try_from(*skip)
+        .unwrap_or(usize::MAX)
+        .min(chunk.len());
     *skip -= n as u64;
     chunk.slice(n..)
 }
