@@ -78,6 +78,19 @@ pub struct ServerConfig {
     /// How long a SIGTERM waits for open responses and blob fills before exiting
     /// (`shutdown_grace`, default `30s`).
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers, from the connection's start or
+    /// the end of its previous response (`header_read_timeout`, default `10s`).
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay idle (no request in progress) before it is closed: HTTP/1.1
+    /// keep-alive and HTTP/2 alike (`idle_timeout`, default `60s`).
+    pub idle_timeout: Duration,
+    /// How many client connections may be open at once; more wait in the listen backlog
+    /// (`max_connections`, default 10000).
+    pub max_connections: usize,
+    /// How many of them one client address may hold (`max_connections_per_ip`, default 2000;
+    /// 0: no per-address cap). High by default, because behind a load balancer or NAT many nodes
+    /// share one address.
+    pub max_connections_per_ip: usize,
 }
 
 /// The PEM files of the listener's certificate.
@@ -204,6 +217,15 @@ pub struct UpstreamConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Which repositories clients may pull (`allow`); `None` allows all.
     pub allow: Option<AllowList>,
+    /// Hosts (lower case names or IP addresses) that redirects may lead to even when they resolve
+    /// to a loopback, private, link-local or unique-local address (`redirect_hosts`, default
+    /// none): for a registry whose storage sits on an internal network.
+    pub redirect_hosts: Vec<String>,
+    /// The slowest a blob may arrive, in bytes per second averaged over `min_rate_window`, before
+    /// the fill is cut and resumed (`min_rate`, default `64KiB`; 0 turns the check off).
+    pub min_rate: u64,
+    /// The window `min_rate` is measured over (`min_rate_window`, default `30s`).
+    pub min_rate_window: Duration,
 }
 
 /// A configuration the operator must fix. Its `Display` is one line:
@@ -262,6 +284,14 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace: String,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_connections_per_ip")]
+    max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -351,6 +381,12 @@ struct RawUpstream {
     insecure: bool,
     ca_file: Option<PathBuf>,
     allow: Option<Vec<String>>,
+    #[serde(default)]
+    redirect_hosts: Vec<String>,
+    #[serde(default = "default_min_rate")]
+    min_rate: String,
+    #[serde(default = "default_min_rate_window")]
+    min_rate_window: String,
 }
 
 /// Where password values come from: the environment and files, abstracted so tests feed a map
@@ -405,6 +441,9 @@ enum Purpose {
     /// A command that never contacts an upstream: none of those files.
     Offline,
 }
+
+/// The largest `max_connections`: beyond what one process's file table should hold.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
 const MAX_FILLS: usize = 4096;
@@ -595,6 +634,24 @@ fn default_fill_wait() -> String {
 fn default_shutdown_grace() -> String {
     "30s".into()
 }
+fn default_header_read_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    2_000
+}
+fn default_min_rate() -> String {
+    "64KiB".into()
+}
+fn default_min_rate_window() -> String {
+    "30s".into()
+}
 fn default_log_format() -> String {
     "text".into()
 }
@@ -624,6 +681,10 @@ impl Default for RawServer {
             tls_cert: None,
             tls_key: None,
             shutdown_grace: default_shutdown_grace(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -702,6 +763,40 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
     let tls = tls_files(raw.server.tls_cert, raw.server.tls_key, sources)
         .map_err(|(k, p)| err(&format!("server.{k}"), p))?;
     let shutdown_grace = duration("server.shutdown_grace", &raw.server.shutdown_grace)?;
+    let header_read_timeout = duration(
+        "server.header_read_timeout",
+        &raw.server.header_read_timeout,
+    )?;
+    let idle_timeout = duration("server.idle_timeout", &raw.server.idle_timeout)?;
+    for (k, d, example) in [
+        ("header_read_timeout", header_read_timeout, "10s"),
+        ("idle_timeout", idle_timeout, "60s"),
+    ] {
+        if d.is_zero() {
+            return Err(err(
+                &format!("server.{k}"),
+                format!("must be more than zero; use e.g. {k} = \"{example}\""),
+            ));
+        }
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&raw.server.max_connections) {
+        return Err(err(
+            "server.max_connections",
+            format!(
+                "{} is out of range; use 1 to {MAX_CONNECTIONS} (the default is 10000)",
+                raw.server.max_connections
+            ),
+        ));
+    }
+    if raw.server.max_connections_per_ip > raw.server.max_connections {
+        return Err(err(
+            "server.max_connections_per_ip",
+            format!(
+                "{} is more than max_connections ({}); use at most that, or 0 for no per-address cap",
+                raw.server.max_connections_per_ip, raw.server.max_connections
+            ),
+        ));
+    }
     let storage = storage(raw.storage, &err)?;
     let manifest_retention = duration("gc.manifest_retention", &raw.gc.manifest_retention)?;
     if manifest_retention.is_zero() {
@@ -822,6 +917,31 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             ));
         }
         let fill_wait = duration(&key("fill_wait"), &u.fill_wait)?;
+        let mut redirect_hosts = Vec::with_capacity(u.redirect_hosts.len());
+        for host in &u.redirect_hosts {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
+            if bare.is_empty() || (!is_ip && bare.contains(['/', ':', ' ', '@'])) {
+                return Err(err(
+                    &key("redirect_hosts"),
+                    format!("{host:?} is not a host name or IP address; list hosts only, e.g. redirect_hosts = [\"storage.internal\", \"10.0.0.5\"]"),
+                ));
+            }
+            redirect_hosts.push(bare.to_ascii_lowercase());
+        }
+        let min_rate = crate::size::parse_size(u.min_rate.trim_end_matches("/s")).map_err(|p| {
+            err(
+                &key("min_rate"),
+                format!("{p} (bytes per second), or \"0\" to turn the check off"),
+            )
+        })?;
+        let min_rate_window = duration(&key("min_rate_window"), &u.min_rate_window)?;
+        if min_rate_window < Duration::from_secs(1) {
+            return Err(err(
+                &key("min_rate_window"),
+                "must be at least one second; use e.g. min_rate_window = \"30s\"".into(),
+            ));
+        }
         upstreams.push(UpstreamConfig {
             name,
             url,
@@ -836,6 +956,9 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             insecure: u.insecure,
             ca_pem,
             allow,
+            redirect_hosts,
+            min_rate,
+            min_rate_window,
         });
     }
 
@@ -911,6 +1034,10 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
             listen,
             tls,
             shutdown_grace,
+            header_read_timeout,
+            idle_timeout,
+            max_connections: raw.server.max_connections,
+            max_connections_per_ip: raw.server.max_connections_per_ip,
         },
         storage,
         gc: GcConfig { manifest_retention },
@@ -1434,6 +1561,9 @@ fn type_fix(message: &str, key: Option<&str>) -> String {
                     | "timeout"
                     | "fill_wait"
                     | "shutdown_grace"
+                    | "header_read_timeout"
+                    | "idle_timeout"
+                    | "min_rate_window"
                     | "write_error_pause"
                     | "manifest_retention"
                     | "interval"
@@ -1441,7 +1571,7 @@ fn type_fix(message: &str, key: Option<&str>) -> String {
         {
             format!("durations are quoted strings with a unit, e.g. {last} = \"30s\"")
         }
-        "a string" if matches!(last, "max_size" | "min_free") => {
+        "a string" if matches!(last, "max_size" | "min_free" | "min_rate") => {
             format!("sizes are quoted strings with a unit, e.g. {last} = \"50GiB\"")
         }
         "a string" => "put the value in double quotes".into(),

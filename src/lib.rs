@@ -18,6 +18,7 @@ pub mod airgap;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod oci;
 pub mod reload;
@@ -259,9 +260,27 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let sync = airgap::sync::spawn(&app, &config.sync, &config.upstreams);
     let (stop, stopped) = oneshot::channel::<()>();
+    let file_limit = server::conn::raise_file_limit();
+    let max_connections = server::conn::connections_for(file_limit, config.server.max_connections);
+    if max_connections < config.server.max_connections {
+        warn!(
+            configured = config.server.max_connections,
+            allowed = max_connections,
+            file_limit = file_limit.unwrap_or(0),
+            "server.max_connections is more than the open-file limit allows (two descriptors a connection); raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections"
+        );
+    }
     let options = server::ServeOptions {
         tls: tls_config,
         grace: config.server.shutdown_grace,
+        limits: server::conn::Limits::new(
+            max_connections,
+            config.server.max_connections_per_ip,
+            server::conn::Timeouts {
+                header_read: config.server.header_read_timeout,
+                idle: config.server.idle_timeout,
+            },
+        ),
     };
     let task = tokio::spawn(server::serve(listener, app.clone(), options, async {
         let _ = stopped.await;

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub client_auth_failures: Counter,
     /// Reloads of files.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections closed at once because their address held `max_connections_per_ip`.
+    pub connections_refused: Counter,
 }
 
 /// Labels of `wharf_http_requests_total`.
@@ -165,6 +169,18 @@ impl Metrics {
             "Reloads of the TLS certificate and the htpasswd file, by result",
             reloads.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because their address held server.max_connections_per_ip",
+            connections_refused.clone(),
+        );
         let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build_info
             .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
@@ -179,7 +195,14 @@ impl Metrics {
             upstream_duration,
             client_auth_failures,
             reloads,
+            connections_open,
+            connections_refused,
         }
+    }
+
+    /// Counts a connection refused for its address's cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts one downstream request once its response is done.

@@ -15,7 +15,6 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
@@ -27,8 +26,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::TlsFiles;
 use crate::reload::Reloadable;
 
-/// How long a client may take to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::limits::TLS_HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT;
 
 /// A certificate and key that cannot be used. The messages name no key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

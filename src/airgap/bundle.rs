@@ -37,8 +37,7 @@ pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The bundle format version this wharf writes and reads.
 pub const VERSION: u32 = 1;
-/// The largest `wharf-bundle.json` read (about 400,000 files).
-pub const MAX_BUNDLE_JSON: u64 = 64 * 1024 * 1024;
+pub use crate::limits::MAX_BUNDLE_JSON;
 
 /// `wharf-bundle.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,8 +48,7 @@ use crate::server::App;
 /// The socket's name in the storage directory.
 pub const SOCKET: &str = "admin.sock";
 
-/// The largest JSON request body read.
-const MAX_REQUEST: usize = 16 * 1024 * 1024;
+use crate::limits::MAX_CONTROL_REQUEST as MAX_REQUEST;
 
 /// Carries an export's warnings (one per value) before the tar; a last value that is a bare number
 /// says how many more were left out.

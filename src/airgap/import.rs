@@ -44,14 +44,10 @@ use crate::cache::{IndexError, Parked, TagEntry};
 use crate::oci::{media, Digest, ImageRef, Reference, Verifier};
 use crate::server::App;
 
-/// The most entries a bundle may have.
-pub const MAX_ENTRIES: u64 = 500_000;
-/// The largest `index.json` read.
-pub const MAX_INDEX_JSON: u64 = 16 * 1024 * 1024;
-/// The largest `oci-layout` read.
-const MAX_OCI_LAYOUT: u64 = 64 * 1024;
-/// The largest manifest read back for checking.
-const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+use crate::limits::MAX_OCI_LAYOUT;
+pub use crate::limits::{MAX_BUNDLE_ENTRIES as MAX_ENTRIES, MAX_INDEX_JSON};
+/// The largest manifest read back for checking (as `u64`, for entry sizes).
+const MAX_MANIFEST: u64 = crate::limits::MAX_MANIFEST as u64;
 /// How much of an entry is read (and hashed, and written) at a time.
 const CHUNK: usize = 1 << 20;
 /// Blobs committed at once.

@@ -43,7 +43,7 @@ pub const MAX_JOBS: usize = 64;
 const PROGRESS_STEP: u64 = 1 << 20;
 
 /// The largest manifest read (the upstream limit too).
-const MAX_MANIFEST: usize = crate::server::manifests::MAX_MANIFEST;
+const MAX_MANIFEST: usize = crate::limits::MAX_MANIFEST;
 
 /// What a prefetch does.
 #[derive(Debug, Clone, Serialize, Deserialize)]

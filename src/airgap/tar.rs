@@ -23,8 +23,7 @@ pub const END: u64 = 2 * BLOCK;
 /// The largest size the 11 octal digits of a ustar header hold (8 GiB - 1).
 const USTAR_MAX: u64 = 0o777_7777_7777;
 
-/// The largest pax or GNU long-name header wharf reads (they hold a name or a size).
-const MAX_EXTENSION: u64 = 64 * 1024;
+use crate::limits::MAX_TAR_EXTENSION as MAX_EXTENSION;
 
 /// `size` rounded up to whole blocks.
 pub fn padded(size: u64) -> u64 {

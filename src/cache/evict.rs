@@ -24,9 +24,8 @@ use super::{Cache, FillError, IndexError};
 use crate::oci::{media, Digest, ImageRef, Reference};
 use crate::size::format_size;
 
-/// Manifests larger than this are not read when following references (the upstream limit is
-/// 4 MiB, so a stored manifest never is).
-const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+/// The largest manifest read (as `u64`, for file sizes).
+const MAX_MANIFEST: u64 = crate::limits::MAX_MANIFEST as u64;
 
 /// The size budget: `max_size` and its watermarks in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

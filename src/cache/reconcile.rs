@@ -24,8 +24,8 @@ use super::index::{Index, IndexError};
 use super::{Cache, FillError};
 use crate::oci::{media, Digest, Verifier};
 
-/// Manifests are at most this large; an orphan under it is read whole to see if it is one.
-const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+/// The largest manifest read (as `u64`, for file sizes).
+const MAX_MANIFEST: u64 = crate::limits::MAX_MANIFEST as u64;
 
 /// What start-up found.
 #[derive(Debug, Default)]

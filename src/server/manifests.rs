@@ -26,8 +26,7 @@ use crate::cache::TagEntry;
 use crate::oci::{media, Digest, ErrorCode, Reference, RepoName, Tag};
 use crate::upstream::{auth, UpstreamError};
 
-/// The largest manifest wharf accepts from an upstream (distribution's limit too).
-pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+pub use crate::limits::MAX_MANIFEST;
 
 /// The `Warning` sent with content served stale (RFC 7234 §5.5.1).
 pub const STALE_WARNING: &str = "110 - \"Response is Stale\"";

@@ -9,6 +9,7 @@
 //! [`request_id`].
 
 pub mod blobs;
+pub mod conn;
 pub mod log;
 pub mod manifests;
 pub mod referrers;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -194,6 +195,47 @@ pub struct ServeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long a shutdown waits for open responses.
     pub grace: Duration,
+    /// How many connections may be open, and how long each may take.
+    pub limits: Arc<conn::Limits>,
+}
+
+/// Accept failures (usually EMFILE or ENFILE: the file table is full) in a row: logged once when
+/// they start and once when accepting works again, with a growing pause in between so the loop
+/// neither spins nor floods the log, while open connections go on being served by their tasks.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    since: Option<Instant>,
+    count: u64,
+}
+
+// === impl AcceptFailures ===
+
+impl AcceptFailures {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    /// Records a failure; returns how long to pause before accepting again.
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        if self.since.is_none() {
+            warn!(%error, "accept failed; pausing the accept loop until it works again (open connections are still served)");
+            self.since = Some(Instant::now());
+        }
+        self.count += 1;
+        let doublings = u32::try_from(self.count.saturating_sub(1).min(7)).unwrap_or(7);
+        (Self::FIRST_PAUSE * 2u32.pow(doublings)).min(Self::MAX_PAUSE)
+    }
+
+    /// Records a success, logging the end of an episode of failures.
+    fn accepted(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(
+                failures = self.count,
+                elapsed_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "accepting connections again"
+            );
+            self.count = 0;
+        }
+    }
 }
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and waits (up
@@ -206,32 +248,63 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true);
+    // conn::Guarded bounds reading a request and idling; hyper's header timer would also cut
+    // keep-alive connections at the header timeout (see conn's module docs).
+    builder.http1().keep_alive(true).header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(crate::limits::H2_PING_INTERVAL))
+        .keep_alive_timeout(crate::limits::H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
     let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    let limits = options.limits;
+    let mut failures = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
+        // At max_connections, wait here: new clients queue in the kernel's listen backlog.
+        let slot = tokio::select! {
+            slot = limits.slot() => slot,
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    failures.accepted();
+                    conn
+                }
                 Err(error) => {
-                    // Usually EMFILE: back off briefly instead of spinning.
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    let pause = failures.failed(&error);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
+        let Some(ip_slot) = limits.admit(conn::client_ip(peer)) else {
+            debug!(%peer, "connection refused: this address holds server.max_connections_per_ip");
+            app.metrics.connection_refused();
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
+        let timeouts = limits.timeouts();
         // Watched from now on, so a shutdown also waits for (bounded) handshakes in progress.
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _places = (slot, ip_slot);
+            let metrics = app.metrics.clone();
+            metrics.connections_open.inc();
+            let state = conn::ConnState::new();
             match tls {
-                None => connection(&builder, stream, peer, app, watcher).await,
+                None => {
+                    let io = conn::Guarded::new(stream, state.clone(), timeouts);
+                    connection(&builder, io, peer, state, app, watcher).await;
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(
                         crate::tls::HANDSHAKE_TIMEOUT,
@@ -239,12 +312,16 @@ pub async fn serve(
                     )
                     .await
                     {
-                        Ok(Ok(stream)) => connection(&builder, stream, peer, app, watcher).await,
+                        Ok(Ok(stream)) => {
+                            let io = conn::Guarded::new(stream, state.clone(), timeouts);
+                            connection(&builder, io, peer, state, app, watcher).await;
+                        }
                         Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
+            metrics.connections_open.dec();
         });
     }
     drop(listener);
@@ -262,6 +339,7 @@ async fn connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     peer: SocketAddr,
+    state: Arc<conn::ConnState>,
     app: Arc<App>,
     watcher: Watcher,
 ) where
@@ -269,6 +347,7 @@ async fn connection<I>(
 {
     let service = service_fn(move |mut request: Request<Incoming>| {
         let app = app.clone();
+        let active = state.begin();
         async move {
             let started = Instant::now();
             let id = RequestId::for_request(request.headers());
@@ -290,7 +369,8 @@ async fn connection<I>(
             response
                 .headers_mut()
                 .insert(request_id::X_REQUEST_ID, id.header_value());
-            Ok::<_, Infallible>(log::Logged::wrap(line, app.metrics.clone(), response))
+            let response = log::Logged::wrap(line, app.metrics.clone(), response);
+            Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, active)))
         }
     });
     let connection = builder

@@ -14,8 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// The header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The longest incoming id kept.
-const MAX_LEN: usize = 64;
+use crate::limits::MAX_REQUEST_ID as MAX_LEN;
 
 /// A request's id, a valid header value.
 #[derive(Debug, Clone, PartialEq, Eq)]

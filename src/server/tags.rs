@@ -15,8 +15,7 @@ use super::App;
 use crate::oci::ErrorCode;
 use crate::upstream::auth;
 
-/// The largest tag list read from an upstream.
-const MAX_TAGS_BODY: usize = 16 * 1024 * 1024;
+use crate::limits::MAX_TAGS_BODY;
 
 #[derive(Deserialize)]
 struct UpstreamList {

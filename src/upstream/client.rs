@@ -26,16 +26,13 @@ use url::Url;
 
 use super::auth::{self, AuthError, Challenge, Token};
 use crate::config::UpstreamConfig;
+use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS};
 use crate::metrics::{Metrics, UpstreamStatus};
 use crate::oci::{ErrorCode, ErrorEnvelope};
 use crate::secret::Credentials;
 
-/// How many redirects one request may follow.
-const MAX_REDIRECTS: usize = 5;
 /// A token is dropped this long before it expires, so it is not sent just as it lapses.
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
-/// The largest error body read from an upstream (to find its OCI error code).
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// One configured upstream registry.
 pub struct Upstream {
