@@ -157,7 +157,9 @@ async fn blob_headers_are_awaited_at_most_timeout_in_all() {
     let started = Instant::now();
     let res = tokio::time::timeout(
         Duration::from_secs(30),
-        client().get(w.url(&format!("/v2/org/app/blobs/{d}"))).send(),
+        client()
+            .get(w.url(&format!("/v2/org/app/blobs/{d}")))
+            .send(),
     )
     .await
     .expect("the blob request must be answered")

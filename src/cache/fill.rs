@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use super::blob_store::{BlobFile, ByteStream, Staged};
 use super::rate::{Cut, PacedBody};
 use super::{passthrough, Cache, Reservation};
+use crate::limits::MAX_RESUMES;
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream, UpstreamError};
@@ -493,10 +494,6 @@ enum Follow {
 /// 64 MiB fill peaked at about 55 MiB in all, at 128 KiB at 88 MiB. Larger reads make a single cold
 /// pull of a big layer about 10-15% faster; memory that stays flat as followers attach matters more.
 const FOLLOW_CHUNK: u64 = 64 * 1024;
-
-/// How often a broken (or too slow) upstream body is resumed with a `Range` request before the
-/// fill fails.
-pub(super) const MAX_RESUMES: u32 = 3;
 
 /// The pause before resume number `attempt` (1, 2, 3): 400 ms, 800 ms, 1.6 s.
 pub(super) fn resume_pause(attempt: u32) -> Duration {

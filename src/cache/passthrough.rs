@@ -15,7 +15,7 @@
 //!
 //! Like a fill, a pass-through body that breaks off or arrives below the upstream's minimum rate
 //! ([`super::rate`]) is resumed with `Range` from the last byte hashed, at most
-//! [`super::fill::MAX_RESUMES`] times; then the response is cut short. Time spent waiting for a
+//! [`crate::limits::MAX_RESUMES`] times; then the response is cut short. Time spent waiting for a
 //! slow client is not counted against the upstream.
 
 use std::fs::File;
@@ -28,9 +28,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
 use super::blob_store::{BlobFile, ByteStream};
-use super::fill::{resume, resume_pause, skip_prefix, FillError, MAX_RESUMES};
+use super::fill::{resume, resume_pause, skip_prefix, FillError};
 use super::rate::{Cut, PacedBody};
 use super::Cache;
+use crate::limits::MAX_RESUMES;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream};
 

@@ -59,7 +59,9 @@ pub enum Cut {
     #[error("the body broke off: {0}")]
     Broke(#[source] reqwest::Error),
     /// The upstream sent less than the minimum rate.
-    #[error("the upstream sent {received} bytes in the last {window:?}, below min_rate ({need} needed)")]
+    #[error(
+        "the upstream sent {received} bytes in the last {window:?}, below min_rate ({need} needed)"
+    )]
     TooSlow {
         /// Bytes received in the last window.
         received: u64,
