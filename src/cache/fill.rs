@@ -1,10 +1,11 @@
-//! Fills: one detached task per blob digest fetching it from the upstream, any number of readers
-//! following it.
+//! Fills: one detached task per blob digest and upstream fetching it from that upstream, any number
+//! of readers following it.
 //!
 //! The first request for a missing blob starts a [`Fill`]: a task, detached from that request, that
 //! streams the upstream body into a staging file while hashing it, and publishes its progress on a
-//! `watch` channel. Every request for the digest while the fill runs, the first one included, follows
-//! it: from the last few MiB received, which the fill keeps in memory, while the reader keeps up
+//! `watch` channel. Every request for the digest through the same upstream while the fill runs, the
+//! first one included, follows it (a client of another upstream gets a fill of its own, so a slow
+//! upstream holds up only its own clients; see [`Inflight`]): from the last few MiB received, which the fill keeps in memory, while the reader keeps up
 //! with the download, and from the staging file (through a shared handle, up to the bytes written so
 //! far) when it joined late or fell behind; then it waits on the channel for more. Memory is bounded
 //! per fill, not per reader, however many clients attach. A client that disconnects only drops its
@@ -19,6 +20,9 @@
 //! `storage.min_free`, or the blob is larger than `storage.max_size`), the fill hands off instead of
 //! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
 //! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
+//!
+//! An upstream must keep up a minimum rate ([`super::rate`]): a body that arrives slower is cut and
+//! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -920,6 +924,10 @@ mod tests {
     use super::*;
 
     fn fill() -> Fill {
+        fill_from("u.test")
+    }
+
+    fn fill_from(upstream: &str) -> Fill {
         Fill {
             digest: Digest::of(b""),
             state: watch::channel(FillState::Connecting).1,
@@ -927,7 +935,9 @@ mod tests {
             upstream: Arc::new(
                 Upstream::new(
                     &crate::config::Config::from_toml(
-                        "[[upstream]]\nname = \"u.test\"\nurl = \"https://u.test\"\n",
+                        &format!(
+                            "[[upstream]]\nname = \"{upstream}\"\nurl = \"https://{upstream}\"\n"
+                        ),
                         std::path::Path::new("t.toml"),
                     )
                     .unwrap()
@@ -940,6 +950,36 @@ mod tests {
             recent: Mutex::new(Recent::default()),
             ended: watch::Sender::new(false),
         }
+    }
+
+    #[test]
+    fn fills_are_joined_only_through_the_same_upstream() {
+        let inflight = Inflight::default();
+        let not_stored = || Ok::<_, ()>(false);
+        let lead = |i: Result<Joined, ()>| match i {
+            Ok(Joined::Leader(f)) => f,
+            _ => panic!("expected a new fill"),
+        };
+        let d = Digest::of(b"");
+        let u = lead(inflight.join_or_start("u.test", d, not_stored, || Arc::new(fill())));
+        match inflight.join_or_start("u.test", d, not_stored, || unreachable!()) {
+            Ok(Joined::Follower(f)) => assert!(Arc::ptr_eq(&f, &u)),
+            _ => panic!("the same upstream's fill is joined"),
+        }
+        let v =
+            lead(inflight.join_or_start("v.test", d, not_stored, || Arc::new(fill_from("v.test"))));
+        assert!(!Arc::ptr_eq(&u, &v));
+        assert_eq!(inflight.len(), 2);
+        assert!(Arc::ptr_eq(&inflight.get_from("v.test", &d).unwrap(), &v));
+        assert!(inflight.get_from("w.test", &d).is_none());
+        inflight.remove(&u);
+        assert!(Arc::ptr_eq(&inflight.get(&d).unwrap(), &v));
+        assert!(inflight.get_from("u.test", &d).is_none());
+        inflight.remove(&v);
+        assert!(inflight.is_empty() && inflight.get(&d).is_none());
+        // Stored meanwhile: nothing to join or start.
+        let stored = inflight.join_or_start("u.test", d, || Ok::<_, ()>(true), || unreachable!());
+        assert!(matches!(stored, Ok(Joined::Committed)));
     }
 
     #[test]
