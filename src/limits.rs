@@ -56,3 +56,11 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The longest `X-Request-Id` a client may send (a longer one is replaced).
 pub const MAX_REQUEST_ID: usize = 64;
+
+// === blob fills ===
+
+/// How often a blob body that broke off, or arrived below the upstream's `min_rate`, is resumed
+/// with a `Range` request (a fill, or a pass-through) before it fails. Each attempt is measured
+/// for `min_rate` from its own start, so a trickling upstream holds a client for at most about
+/// `(MAX_RESUMES + 1) × min_rate_window` plus the pauses between attempts (0.4 s, 0.8 s, 1.6 s).
+pub const MAX_RESUMES: u32 = 3;

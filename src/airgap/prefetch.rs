@@ -500,7 +500,7 @@ async fn fetch_blob(
         ));
     }
     // Verified once the last byte arrived; committed (fsync, rename, index) just after.
-    if let Some(fill) = app.cache.inflight().get(&digest) {
+    if let Some(fill) = app.cache.inflight().get_from(&image.registry, &digest) {
         fill.ended().await;
     }
     if stored_size(app, &digest).await?.is_none() {

@@ -1,10 +1,11 @@
-//! Fills: one detached task per blob digest fetching it from the upstream, any number of readers
-//! following it.
+//! Fills: one detached task per blob digest and upstream fetching it from that upstream, any number
+//! of readers following it.
 //!
 //! The first request for a missing blob starts a [`Fill`]: a task, detached from that request, that
 //! streams the upstream body into a staging file while hashing it, and publishes its progress on a
-//! `watch` channel. Every request for the digest while the fill runs, the first one included, follows
-//! it: from the last few MiB received, which the fill keeps in memory, while the reader keeps up
+//! `watch` channel. Every request for the digest through the same upstream while the fill runs, the
+//! first one included, follows it (a client of another upstream gets a fill of its own, so a slow
+//! upstream holds up only its own clients; see [`Inflight`]): from the last few MiB received, which the fill keeps in memory, while the reader keeps up
 //! with the download, and from the staging file (through a shared handle, up to the bytes written so
 //! far) when it joined late or fell behind; then it waits on the channel for more. Memory is bounded
 //! per fill, not per reader, however many clients attach. A client that disconnects only drops its
@@ -19,6 +20,9 @@
 //! `storage.min_free`, or the blob is larger than `storage.max_size`), the fill hands off instead of
 //! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
 //! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
+//!
+//! An upstream must keep up a minimum rate ([`super::rate`]): a body that arrives slower is cut and
+//! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -37,15 +41,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
+use super::rate::{Cut, PacedBody};
 use super::{passthrough, Cache, Reservation};
+use crate::limits::MAX_RESUMES;
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream, UpstreamError};
 
-/// The fills in flight, by digest.
+/// The fills in flight, by digest and upstream: a client is only ever attached to a fill from its
+/// own upstream, so a slow upstream holds up only its own clients. Two upstreams may thus fill the
+/// same digest at once; both verify it, the first to finish commits it, and the second finds it
+/// committed and drops its copy ([`Cache::commit_staged`]).
 #[derive(Default)]
 pub struct Inflight {
-    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    fills: Mutex<HashMap<Digest, Vec<Arc<Fill>>>>,
     /// Woken when the last fill ends.
     idle: tokio::sync::Notify,
 }
@@ -142,6 +151,14 @@ pub enum FillError {
         /// Bytes received before the break.
         written: u64,
     },
+    /// The upstream sent the body below the minimum rate, on every attempt it was given.
+    #[error("upstream {upstream} sent the blob too slowly (below its min_rate); gave up after {written} bytes")]
+    TooSlow {
+        /// The upstream's name.
+        upstream: String,
+        /// Bytes received before giving up.
+        written: u64,
+    },
     /// The bytes did not match the digest.
     #[error("upstream {upstream} sent content that does not match {digest}: {mismatch}")]
     Mismatch {
@@ -166,38 +183,59 @@ pub enum FillError {
 // === impl Inflight ===
 
 impl Inflight {
-    /// The fill for `digest`, if one is running.
+    /// A fill of `digest` that is running, from any upstream (for bookkeeping that must leave a
+    /// digest being filled alone: eviction, `wharf gc`, re-verification).
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
-        self.fills.lock().get(digest).cloned()
+        self.fills.lock().get(digest)?.first().cloned()
     }
 
-    /// Joins the running fill for `digest`, or starts one with `start` unless `committed` says the
-    /// blob is already stored. Both checks happen under one lock: a fill is removed from the map only
-    /// after its blob is indexed, so a digest that is neither running nor indexed really is missing.
+    /// The fill of `digest` from the upstream named `upstream`, if one is running.
+    pub fn get_from(&self, upstream: &str, digest: &Digest) -> Option<Arc<Fill>> {
+        self.fills
+            .lock()
+            .get(digest)?
+            .iter()
+            .find(|f| f.upstream.name() == upstream)
+            .cloned()
+    }
+
+    /// Joins the running fill of `digest` from `upstream`, or starts one with `start` unless
+    /// `committed` says the blob is already stored. Both checks happen under one lock: a fill is
+    /// removed from the map only after its blob is indexed, so a digest that is neither running
+    /// nor indexed really is missing. A fill of the digest from another upstream is not joined.
     ///
     /// # Errors
     /// Whatever `committed` fails with.
     pub fn join_or_start<E>(
         &self,
+        upstream: &str,
         digest: Digest,
         committed: impl FnOnce() -> Result<bool, E>,
         start: impl FnOnce() -> Arc<Fill>,
     ) -> Result<Joined, E> {
         let mut fills = self.fills.lock();
-        if let Some(fill) = fills.get(&digest) {
+        let running = fills
+            .get(&digest)
+            .and_then(|r| r.iter().find(|f| f.upstream.name() == upstream));
+        if let Some(fill) = running {
             return Ok(Joined::Follower(fill.clone()));
         }
         if committed()? {
             return Ok(Joined::Committed);
         }
         let fill = start();
-        fills.insert(digest, fill.clone());
+        fills.entry(digest).or_default().push(fill.clone());
         Ok(Joined::Leader(fill))
     }
 
-    fn remove(&self, digest: &Digest) {
+    fn remove(&self, fill: &Arc<Fill>) {
         let mut fills = self.fills.lock();
-        fills.remove(digest);
+        if let Some(running) = fills.get_mut(&fill.digest) {
+            running.retain(|f| !Arc::ptr_eq(f, fill));
+            if running.is_empty() {
+                fills.remove(&fill.digest);
+            }
+        }
         if fills.is_empty() {
             self.idle.notify_waiters();
         }
@@ -216,7 +254,7 @@ impl Inflight {
 
     /// How many fills are running.
     pub fn len(&self) -> usize {
-        self.fills.lock().len()
+        self.fills.lock().values().map(Vec::len).sum()
     }
 
     /// Whether no fill is running.
@@ -277,7 +315,7 @@ impl Fill {
                     tx.send_replace(FillState::Failed(Arc::new(error)));
                 }
             }
-            cache.inflight.remove(&digest);
+            cache.inflight.remove(&task_fill);
             task_fill.ended.send_replace(true);
         });
         fill
@@ -461,12 +499,15 @@ enum Follow {
 /// pull of a big layer about 10-15% faster; memory that stays flat as followers attach matters more.
 const FOLLOW_CHUNK: u64 = 64 * 1024;
 
-/// How often a broken upstream body is resumed with a `Range` request before the fill fails.
-const MAX_RESUMES: u32 = 3;
+/// The pause before resume number `attempt` (1, 2, 3): 400 ms, 800 ms, 1.6 s.
+pub(super) fn resume_pause(attempt: u32) -> Duration {
+    Duration::from_millis(200 << attempt.min(8))
+}
 
-/// The fill itself: request, stream to the staging file while hashing (resuming a broken body from
-/// the last byte written), verify. Returns the verified staging file and its size, or a handoff
-/// when the storage cannot take the blob.
+/// The fill itself: request, stream to the staging file while hashing (resuming a broken body, or
+/// one that arrives below the upstream's minimum rate, from the last byte written), verify. Returns
+/// the verified staging file and its size, or a handoff when the storage cannot take the blob.
+/// Every request waits for its response headers at most the upstream's `timeout`.
 async fn run<'a>(
     cache: &'a Cache,
     upstream: &Upstream,
@@ -477,9 +518,13 @@ async fn run<'a>(
     let digest = fill.digest;
     let path = format!("/v2/{repo}/blobs/{digest}");
     let scope = auth::pull_scope(repo.as_str());
+    let pace = upstream.pace();
     let _slot = upstream.fill_slot().await?;
-    let response = upstream
-        .send(Method::GET, &path, HeaderMap::new(), &scope)
+    let response = pace
+        .headers(
+            upstream.name(),
+            upstream.send(Method::GET, &path, HeaderMap::new(), &scope),
+        )
         .await?;
     if !response.status().is_success() {
         return Err(upstream.status_error(response).await.into());
@@ -520,25 +565,34 @@ async fn run<'a>(
     let mut sink = Sink::start(staged, tx.clone(), size, cache.health.clone());
     let mut next = Some((response, 0));
     let mut resumes = 0;
+    // Whether the last attempt that got a body was cut for being too slow (else it broke off).
+    let mut too_slow = false;
     loop {
         if let Some((response, skip)) = next.take() {
-            match sink.copy(fill, response, skip).await {
+            let copied = sink.copy(fill, pace.body(response), skip).await;
+            match copied {
                 Copied::Ended | Copied::WriterStopped => break,
-                Copied::Broke => {}
+                Copied::Broke => too_slow = false,
+                Copied::TooSlow { in_window } => {
+                    too_slow = true;
+                    warn!(%digest, upstream = %upstream.name(), %repo, received = sink.received, in_window, window_s = pace.window.as_secs(), min_rate = pace.min_rate, "upstream sends the blob below min_rate; cutting it");
+                }
             }
             if size.is_some_and(|s| sink.received >= s) {
                 break; // Everything arrived; only the connection's end was unclean.
             }
         }
         if resumes == MAX_RESUMES {
-            return Err(FillError::BodyCut {
-                upstream: upstream.name().to_owned(),
-                written: sink.received,
+            let (upstream, written) = (upstream.name().to_owned(), sink.received);
+            return Err(if too_slow {
+                FillError::TooSlow { upstream, written }
+            } else {
+                FillError::BodyCut { upstream, written }
             });
         }
         resumes += 1;
-        tokio::time::sleep(Duration::from_millis(200 << resumes)).await;
-        warn!(%digest, upstream = %upstream.name(), received = sink.received, attempt = resumes, "upstream body broke off; resuming");
+        tokio::time::sleep(resume_pause(resumes)).await;
+        warn!(%digest, upstream = %upstream.name(), received = sink.received, attempt = resumes, too_slow, "upstream body stopped short; resuming");
         match resume(upstream, &path, &scope, sink.received).await {
             Ok(resumed) => next = Some(resumed),
             Err(error) => {
@@ -575,8 +629,10 @@ async fn run<'a>(
     Ok(Outcome::Verified(staged, written, reservation))
 }
 
-/// Asks for the rest of a blob from `offset` (used by pass-through readers too). Returns the response and how many leading bytes of its
-/// body to skip (all of `offset` when the upstream ignores `Range` and sends the whole blob again).
+/// Asks for the rest of a blob from `offset` (used by pass-through readers too), waiting for the
+/// response headers at most the upstream's `timeout`. Returns the response and how many leading
+/// bytes of its body to skip (all of `offset` when the upstream ignores `Range` and sends the whole
+/// blob again).
 pub(super) async fn resume(
     upstream: &Upstream,
     path: &str,
@@ -588,7 +644,13 @@ pub(super) async fn resume(
         RANGE,
         HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits are a valid header"),
     );
-    let response = upstream.send(Method::GET, path, headers, scope).await?;
+    let response = upstream
+        .pace()
+        .headers(
+            upstream.name(),
+            upstream.send(Method::GET, path, headers, scope),
+        )
+        .await?;
     match response.status() {
         StatusCode::OK => Ok((response, offset)),
         StatusCode::PARTIAL_CONTENT => {
@@ -691,6 +753,12 @@ enum Copied {
     Ended,
     /// The body broke off.
     Broke,
+    /// The body arrived below the minimum rate and was cut; `in_window` bytes came in the last
+    /// window.
+    TooSlow {
+        /// Bytes received in the last window.
+        in_window: u64,
+    },
     /// A thread stopped (a storage failure): `finish` says why.
     WriterStopped,
 }
@@ -780,12 +848,18 @@ impl Sink {
     }
 
     /// Hands a response body to the threads, skipping its first `skip` bytes (a resume the upstream
-    /// answered with the whole blob).
-    async fn copy(&mut self, fill: &Fill, response: reqwest::Response, mut skip: u64) -> Copied {
-        let mut body = response.bytes_stream();
+    /// answered with the whole blob). Only the time spent waiting for the upstream counts against
+    /// its minimum rate, not the time the queues to the threads are full.
+    async fn copy(&mut self, fill: &Fill, mut body: PacedBody, mut skip: u64) -> Copied {
         while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else {
-                return Copied::Broke;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(Cut::Broke(_)) => return Copied::Broke,
+                Err(Cut::TooSlow { received, .. }) => {
+                    return Copied::TooSlow {
+                        in_window: received,
+                    }
+                }
             };
             let chunk = skip_prefix(chunk, &mut skip);
             if chunk.is_empty() {
@@ -850,6 +924,10 @@ mod tests {
     use super::*;
 
     fn fill() -> Fill {
+        fill_from("u.test")
+    }
+
+    fn fill_from(upstream: &str) -> Fill {
         Fill {
             digest: Digest::of(b""),
             state: watch::channel(FillState::Connecting).1,
@@ -857,7 +935,9 @@ mod tests {
             upstream: Arc::new(
                 Upstream::new(
                     &crate::config::Config::from_toml(
-                        "[[upstream]]\nname = \"u.test\"\nurl = \"https://u.test\"\n",
+                        &format!(
+                            "[[upstream]]\nname = \"{upstream}\"\nurl = \"https://{upstream}\"\n"
+                        ),
                         std::path::Path::new("t.toml"),
                     )
                     .unwrap()
@@ -870,6 +950,36 @@ mod tests {
             recent: Mutex::new(Recent::default()),
             ended: watch::Sender::new(false),
         }
+    }
+
+    #[test]
+    fn fills_are_joined_only_through_the_same_upstream() {
+        let inflight = Inflight::default();
+        let not_stored = || Ok::<_, ()>(false);
+        let lead = |i: Result<Joined, ()>| match i {
+            Ok(Joined::Leader(f)) => f,
+            _ => panic!("expected a new fill"),
+        };
+        let d = Digest::of(b"");
+        let u = lead(inflight.join_or_start("u.test", d, not_stored, || Arc::new(fill())));
+        match inflight.join_or_start("u.test", d, not_stored, || unreachable!()) {
+            Ok(Joined::Follower(f)) => assert!(Arc::ptr_eq(&f, &u)),
+            _ => panic!("the same upstream's fill is joined"),
+        }
+        let v =
+            lead(inflight.join_or_start("v.test", d, not_stored, || Arc::new(fill_from("v.test"))));
+        assert!(!Arc::ptr_eq(&u, &v));
+        assert_eq!(inflight.len(), 2);
+        assert!(Arc::ptr_eq(&inflight.get_from("v.test", &d).unwrap(), &v));
+        assert!(inflight.get_from("w.test", &d).is_none());
+        inflight.remove(&u);
+        assert!(Arc::ptr_eq(&inflight.get(&d).unwrap(), &v));
+        assert!(inflight.get_from("u.test", &d).is_none());
+        inflight.remove(&v);
+        assert!(inflight.is_empty() && inflight.get(&d).is_none());
+        // Stored meanwhile: nothing to join or start.
+        let stored = inflight.join_or_start("u.test", d, || Ok::<_, ()>(true), || unreachable!());
+        assert!(matches!(stored, Ok(Joined::Committed)));
     }
 
     #[test]

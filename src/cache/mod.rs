@@ -28,6 +28,7 @@ pub mod health;
 pub mod holds;
 pub mod index;
 pub mod passthrough;
+pub mod rate;
 pub mod reconcile;
 
 use std::io;
@@ -39,7 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use background::Background;
 pub use blob_store::{BlobFile, BlobStore, FsBlobStore, Parked};
@@ -408,6 +409,12 @@ impl Cache {
     /// a crash never leaves an index record for a file that is not complete. The fill's
     /// `reservation` is released just before the record adds the blob's bytes to the usage.
     ///
+    /// Two upstreams may fill the same blob at once: the second to finish finds it stored (indexed
+    /// at the same size, the file there) and drops its staging file, so identical content is
+    /// written and counted once. The check runs under a hold, so eviction cannot remove the stored
+    /// copy in between; should both commit at once, the second rename replaces the file with the
+    /// same verified bytes and the index record (and the usage it counts) is replaced, not added.
+    ///
     /// # Errors
     /// Storage or index failures; a storage failure also pauses caching.
     pub async fn commit_staged(
@@ -418,6 +425,16 @@ impl Cache {
         media_type: Option<&str>,
         reservation: Option<Reservation<'_>>,
     ) -> Result<(), FillError> {
+        let _hold = self.hold(*digest).await;
+        if media_type.is_none()
+            && self.index.blob_size(digest)? == Some(size)
+            && self.store.size(digest).await.ok().flatten() == Some(size)
+        {
+            debug!(%digest, size, "blob already stored (filled from another upstream too); dropping this copy");
+            drop(staged);
+            self.access.touch(*digest);
+            return Ok(());
+        }
         if let Err(error) = self.store.commit(staged, digest).await {
             self.health.failed("committing a blob", &error);
             return Err(error.into());
@@ -433,8 +450,10 @@ impl Cache {
         Ok(())
     }
 
-    /// A blob to serve: committed, being filled, a new fill from `upstream`, or (while caching is
-    /// paused after a write error) a pass-through.
+    /// A blob to serve: committed, being filled from `upstream`, a new fill from `upstream`, or
+    /// (while caching is paused after a write error) a pass-through. A fill of the digest from
+    /// another upstream is never joined: that upstream may be slow, and must cost only its own
+    /// clients.
     ///
     /// # Errors
     /// Storage or index failures.
@@ -447,11 +466,12 @@ impl Cache {
         if let Some(blob) = self.committed(&digest).await? {
             return Ok(BlobSource::Hit(blob));
         }
-        if self.health.paused() && self.inflight.get(&digest).is_none() {
+        if self.health.paused() && self.inflight.get_from(upstream.name(), &digest).is_none() {
             return Ok(BlobSource::Bypass);
         }
         loop {
             let joined = self.inflight.join_or_start(
+                upstream.name(),
                 digest,
                 || self.index.blob_size(&digest).map(|s| s.is_some()),
                 || Fill::spawn(self.clone(), upstream.clone(), repo.clone(), digest),

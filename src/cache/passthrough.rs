@@ -12,20 +12,26 @@
 //!   file is unlinked), then asks the upstream for the rest with a `Range` request from `W`, and
 //!   continues the hash from the fill's state at `W`. Its response headers went out before the
 //!   failure, so it keeps the `X-Cache` it started with.
+//!
+//! Like a fill, a pass-through body that breaks off or arrives below the upstream's minimum rate
+//! ([`super::rate`]) is resumed with `Range` from the last byte hashed, at most
+//! [`crate::limits::MAX_RESUMES`] times; then the response is cut short. Time spent waiting for a
+//! slow client is not counted against the upstream.
 
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderMap, Method};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
 use super::blob_store::{BlobFile, ByteStream};
-use super::fill::{resume, skip_prefix, FillError};
+use super::fill::{resume, resume_pause, skip_prefix, FillError};
+use super::rate::{Cut, PacedBody};
 use super::Cache;
+use crate::limits::MAX_RESUMES;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::upstream::{auth, Upstream};
 
@@ -64,11 +70,21 @@ struct Out {
 /// The reader went away: stop.
 struct Gone;
 
+/// How one upstream body ended.
+enum Piece {
+    /// Cleanly.
+    Ended,
+    /// It broke off or came too slowly: resume it.
+    Stopped(Cut),
+    /// It cannot be right (more bytes than announced): fail.
+    Failed(io::Error),
+}
+
 // === impl Cache ===
 
 impl Cache {
     /// Starts streaming a blob from the upstream without caching it: the client's own `GET`, taken
-    /// under the upstream's download limit.
+    /// under the upstream's download limit, its headers awaited at most the upstream's `timeout`.
     ///
     /// # Errors
     /// The upstream's refusal or failure, or no download slot in time.
@@ -80,14 +96,9 @@ impl Cache {
     ) -> Result<Bypass, FillError> {
         let permit = upstream.fill_slot().await?;
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let response = upstream
-            .send(
-                Method::GET,
-                &path,
-                HeaderMap::new(),
-                &auth::pull_scope(repo.as_str()),
-            )
-            .await?;
+        let scope = auth::pull_scope(repo.as_str());
+        let request = upstream.send(Method::GET, &path, HeaderMap::new(), &scope);
+        let response = upstream.pace().headers(upstream.name(), request).await?;
         if !response.status().is_success() {
             return Err(upstream.status_error(response).await.into());
         }
@@ -203,49 +214,84 @@ impl Job {
             }
         }
         let digest = self.digest;
-        let (response, mut skip) = match self.response.take() {
-            Some(response) => (response, 0),
-            None => {
-                let path = format!("/v2/{}/blobs/{digest}", self.repo);
-                let scope = auth::pull_scope(self.repo.as_str());
-                match resume(&self.upstream, &path, &scope, self.hashed).await {
-                    Ok(resumed) => resumed,
-                    Err(e) => return Ok(Err(io::Error::other(e.to_string()))),
-                }
-            }
-        };
+        let pace = self.upstream.pace();
+        let mut pending = self.response.take().map(|r| Ok((r, 0)));
         let mut offset = self.hashed;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    return Ok(Err(io::Error::other(format!(
-                        "upstream body broke off: {e}"
-                    ))))
+        let mut resumes = 0;
+        loop {
+            let attempt = match pending.take() {
+                Some(response) => response,
+                None => {
+                    let path = format!("/v2/{}/blobs/{digest}", self.repo);
+                    let scope = auth::pull_scope(self.repo.as_str());
+                    resume(&self.upstream, &path, &scope, offset).await
                 }
             };
-            let chunk = skip_prefix(chunk, &mut skip);
-            let len = chunk.len() as u64;
-            if self.size.is_some_and(|s| offset + len > s) {
+            let stopped = match attempt {
+                Ok((response, skip)) => {
+                    let body = pace.body(response);
+                    match self.copy(out, body, skip, &mut offset, start, end).await? {
+                        Piece::Ended => break,
+                        Piece::Failed(e) => return Ok(Err(e)),
+                        Piece::Stopped(cut) => cut.to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if self.size.is_some_and(|s| offset >= s) {
+                break; // Everything arrived; only the connection's end was unclean.
+            }
+            if resumes == MAX_RESUMES {
                 return Ok(Err(io::Error::other(format!(
-                    "upstream sent more than the {} bytes it announced for {digest}",
-                    self.size.unwrap_or(0)
+                    "upstream {} stopped short: {stopped}",
+                    self.upstream.name()
                 ))));
             }
-            self.verifier.update(&chunk);
-            let (from, to) = (offset.max(start), (offset + len).min(end));
-            if from < to {
-                // Both bounds lie within this chunk.
-                let piece = chunk.slice((from - offset) as usize..(to - offset) as usize);
-                out.send(piece).await?;
-            }
-            offset += len;
+            resumes += 1;
+            warn!(%digest, upstream = %self.upstream.name(), received = offset, attempt = resumes, reason = %stopped, "blob streamed without caching stopped short; resuming");
+            tokio::time::sleep(resume_pause(resumes)).await;
         }
         drop(self.permit.take());
         Ok(self.verifier.finish(&digest, self.size).map_err(|m| {
             io::Error::other(format!("upstream content does not match {digest}: {m}"))
         }))
+    }
+
+    /// Hashes one upstream body from `offset` and sends what falls in `[start, end)` to `out`,
+    /// skipping the body's first `skip` bytes (a resume answered from an earlier offset).
+    async fn copy(
+        &mut self,
+        out: &mut Out,
+        mut body: PacedBody,
+        mut skip: u64,
+        offset: &mut u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Piece, Gone> {
+        let digest = self.digest;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(cut) => return Ok(Piece::Stopped(cut)),
+            };
+            let chunk = skip_prefix(chunk, &mut skip);
+            let len = chunk.len() as u64;
+            if self.size.is_some_and(|s| *offset + len > s) {
+                return Ok(Piece::Failed(io::Error::other(format!(
+                    "upstream sent more than the {} bytes it announced for {digest}",
+                    self.size.unwrap_or(0)
+                ))));
+            }
+            self.verifier.update(&chunk);
+            let (from, to) = ((*offset).max(start), (*offset + len).min(end));
+            if from < to {
+                // Both bounds lie within this chunk.
+                let piece = chunk.slice((from - *offset) as usize..(to - *offset) as usize);
+                out.send(piece).await?;
+            }
+            *offset += len;
+        }
+        Ok(Piece::Ended)
     }
 }
 

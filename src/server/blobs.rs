@@ -117,7 +117,9 @@ async fn head_blob(app: &App, route: &Route, digest: Digest) -> Result<Response<
     if let Some(blob) = cache.committed(&digest).await.map_err(fail)? {
         return Ok(blob_head(digest, Some(blob.size()), CacheStatus::Hit));
     }
-    if let Some(fill) = cache.inflight().get(&digest) {
+    let upstream = &app.upstreams[route.upstream];
+    // Only a fill from the client's own upstream: another one may be stalled.
+    if let Some(fill) = cache.inflight().get_from(upstream.name(), &digest) {
         let size = fill
             .started()
             .await
@@ -125,7 +127,6 @@ async fn head_blob(app: &App, route: &Route, digest: Digest) -> Result<Response<
         return Ok(blob_head(digest, size, CacheStatus::Coalesced));
     }
     // A HEAD does not start a fill: ask the upstream for the size only.
-    let upstream = &app.upstreams[route.upstream];
     let path = format!("/v2/{}/blobs/{digest}", route.name);
     let response = upstream
         .send(

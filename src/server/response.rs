@@ -318,7 +318,7 @@ impl ApiError {
     pub fn from_fill(error: &FillError, area: Area) -> Self {
         match error {
             FillError::Upstream(e) => Self::from_upstream(e, area),
-            FillError::BodyCut { .. } => Self::new(
+            FillError::BodyCut { .. } | FillError::TooSlow { .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::Unavailable,
                 error.to_string(),

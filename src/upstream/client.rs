@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::{self, AuthError, Challenge, Token};
+use crate::cache::rate::Pace;
 use crate::config::UpstreamConfig;
 use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS};
 use crate::metrics::{Metrics, UpstreamStatus};
@@ -57,6 +58,8 @@ pub struct Upstream {
     rate_limit: Mutex<Option<RateLimit>>,
     /// Where every request sent is counted.
     metrics: Arc<Metrics>,
+    /// How fast blob bodies must arrive (`min_rate`), and how soon their headers (`timeout`).
+    pace: Pace,
 }
 
 /// The upstream's rate-limit headers, as last seen.
@@ -177,6 +180,7 @@ impl Upstream {
             backoff: Backoff::default(),
             rate_limit: Mutex::new(None),
             metrics,
+            pace: Pace::from_config(config),
         })
     }
 
@@ -224,6 +228,11 @@ impl Upstream {
     /// The upstream's rate-limit headers, as last seen.
     pub fn rate_limit(&self) -> Option<RateLimit> {
         *self.rate_limit.lock()
+    }
+
+    /// How fast this upstream must deliver blob bodies, and how soon their headers.
+    pub fn pace(&self) -> Pace {
+        self.pace
     }
 
     /// Sends a request for `path` (`/v2/...`, with an optional query) under the pull `scope`

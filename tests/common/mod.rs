@@ -6,6 +6,7 @@ pub mod fake;
 pub mod images;
 pub mod pki;
 pub mod real;
+pub mod slow_auth;
 
 use std::path::Path;
 
