@@ -35,9 +35,9 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use parking_lot::{Mutex, RwLock};
+use throttle::{addr_key, Before, Pool, Throttle};
 use tokio::sync::Semaphore;
 use tracing::warn;
-use throttle::{addr_key, Before, Pool, Throttle};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -262,7 +262,10 @@ impl BasicAuth {
             tag
         };
         let remembered = self.verified.contains_key(&(generation, tag));
-        match self.throttle.before(addr, &user, remembered, Instant::now()) {
+        match self
+            .throttle
+            .before(addr, &user, remembered, Instant::now())
+        {
             Before::Pass => return Ok(()),
             Before::Wait(retry_after) => return Err(Refusal::Throttled { retry_after }),
             Before::Check => {}
@@ -290,7 +293,10 @@ impl BasicAuth {
                     Pool::Clean => clean,
                     Pool::Suspect => suspect,
                 };
-                let _slot = slots.acquire_owned().await.map_err(|_| CheckFailed::Wrong)?;
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| CheckFailed::Wrong)?;
                 let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
                     .await
                     .unwrap_or(false);

@@ -354,7 +354,12 @@ impl Throttle {
     ///
     /// # Errors
     /// The wait, when the address or user is backed off or has as many checks running as it may.
-    pub fn admit(self: &Arc<Self>, addr: AddrKey, user: &str, now: Instant) -> Result<Ticket, Duration> {
+    pub fn admit(
+        self: &Arc<Self>,
+        addr: AddrKey,
+        user: &str,
+        now: Instant,
+    ) -> Result<Ticket, Duration> {
         let mut guard = self.state.lock();
         let s = &mut *guard;
         let trusted = s.is_trusted(&addr, now);
@@ -503,7 +508,10 @@ mod tests {
             let started = ticket.finish(false, a, t0);
             assert_eq!(started.is_some(), i + 1 == AUTH_FREE_FAILURES, "{i}");
         }
-        assert_eq!(t.before(a, "x", false, t0), Before::Wait(AUTH_BACKOFF_FIRST));
+        assert_eq!(
+            t.before(a, "x", false, t0),
+            Before::Wait(AUTH_BACKOFF_FIRST)
+        );
         assert!(t.admit(a, "x", t0).is_err());
         // Another address and user are not held back.
         assert_eq!(t.before(ip("192.0.2.2"), "y", false, t0), Before::Check);
@@ -549,7 +557,10 @@ mod tests {
             Before::Wait(_)
         ));
         assert!(t.admit(ip("203.0.113.200"), "alice", now).is_err());
-        assert_eq!(t.before(ip("203.0.113.200"), "bob", false, now), Before::Check);
+        assert_eq!(
+            t.before(ip("203.0.113.200"), "bob", false, now),
+            Before::Check
+        );
         // alice's own address: checked, on the trusted workers.
         assert_eq!(t.before(home, "alice", false, now), Before::Check);
         assert_eq!(t.admit(home, "alice", now).unwrap().pool(), Pool::Trusted);
@@ -568,7 +579,10 @@ mod tests {
             }
         }
         assert_eq!(t.before(lb, "alice", true, now), Before::Pass);
-        assert!(matches!(t.before(stranger, "alice", true, now), Before::Wait(_)));
+        assert!(matches!(
+            t.before(stranger, "alice", true, now),
+            Before::Wait(_)
+        ));
         assert!(matches!(t.before(lb, "alice", false, now), Before::Wait(_)));
     }
 
@@ -602,7 +616,9 @@ mod tests {
         // Once forgotten, the records are swept and new ones tracked again.
         let later = now + AUTH_FAILURE_MEMORY;
         let fresh = ip("198.51.100.77");
-        t.admit(fresh, "carol", later).unwrap().finish(false, fresh, later);
+        t.admit(fresh, "carol", later)
+            .unwrap()
+            .finish(false, fresh, later);
         assert_eq!(t.tracked().0, 1);
     }
 
