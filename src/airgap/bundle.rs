@@ -212,6 +212,12 @@ impl Head {
             .size
             .filter(|s| *s > 0)
             .ok_or_else(|| format!("the bundle does not start with {BUNDLE_JSON}"))?;
+        if size > MAX_BUNDLE_JSON {
+            return Err(format!(
+                "the bundle's {BUNDLE_JSON} is {size} bytes, more than wharf reads"
+            ));
+        }
+        // At most MAX_BUNDLE_JSON, so this neither overflows nor truncates.
         let end = usize::try_from(512 + size).unwrap_or(usize::MAX);
         let bytes = self
             .buf
