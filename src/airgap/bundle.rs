@@ -147,9 +147,9 @@ impl BundleManifest {
             .collect()
     }
 
-    /// Bytes of blob content in the bundle.
+    /// Bytes of blob content in the bundle (saturating: the sizes are whatever the file says).
     pub fn blob_bytes(&self) -> u64 {
-        self.blobs().map(|f| f.size).sum()
+        self.blobs().fold(0u64, |n, f| n.saturating_add(f.size))
     }
 }
 
