@@ -195,6 +195,40 @@ async fn one_user_guessed_from_many_addresses_is_backed_off_and_other_users_are_
     );
 }
 
+#[test]
+fn the_back_off_records_stay_bounded_under_a_flood_of_names_and_addresses() {
+    use wharf::access::throttle::{addr_key, Before, Throttle};
+    use wharf::limits::{AUTH_FREE_FAILURES, AUTH_TRACKED_ADDRESSES, AUTH_TRACKED_USERS};
+    let t = Arc::new(Throttle::default());
+    let now = std::time::Instant::now();
+    let guesser = addr_key(Some("192.0.2.1".parse().unwrap()));
+    for _ in 0..AUTH_FREE_FAILURES {
+        t.admit(guesser, "alice", now)
+            .unwrap()
+            .finish(false, guesser, now);
+    }
+    // Three times as many distinct addresses (IPv6, each its own /64) and names as are tracked.
+    for i in 0..3 * AUTH_TRACKED_ADDRESSES.max(AUTH_TRACKED_USERS) as u64 {
+        let ip: IpAddr =
+            std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(i) << 64)).into();
+        let addr = addr_key(Some(ip));
+        if let Ok(ticket) = t.admit(addr, &format!("user-{i}"), now) {
+            ticket.finish(false, addr, now);
+        }
+        t.failed_unchecked(addr, now);
+    }
+    let (addresses, users, trusted) = t.tracked();
+    assert!(addresses <= AUTH_TRACKED_ADDRESSES, "{addresses}");
+    assert!(users <= AUTH_TRACKED_USERS, "{users}");
+    assert_eq!(trusted, 0);
+    // The flood did not push out alice's record: she is still backed off for untrusted addresses.
+    let elsewhere = addr_key(Some("198.51.100.7".parse().unwrap()));
+    assert!(matches!(
+        t.before(elsewhere, "alice", false, now),
+        Before::Wait(_)
+    ));
+}
+
 // === bundles ===
 
 /// A configuration with one upstream, `upstream.test`, storage in `dir/data`.
