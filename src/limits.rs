@@ -64,3 +64,40 @@ pub const MAX_REQUEST_ID: usize = 64;
 /// for `min_rate` from its own start, so a trickling upstream holds a client for at most about
 /// `(MAX_RESUMES + 1) × min_rate_window` plus the pauses between attempts (0.4 s, 0.8 s, 1.6 s).
 pub const MAX_RESUMES: u32 = 3;
+
+// === client authentication ===
+
+/// Failed credential checks an address (or a user name) may make before it is backed off.
+pub const AUTH_FREE_FAILURES: u32 = 5;
+
+/// The first back-off after [`AUTH_FREE_FAILURES`] failures; each further failure doubles it.
+pub const AUTH_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest back-off, however many failures there were.
+pub const AUTH_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// How long failures are remembered: an address or user without a failure for this long starts
+/// afresh.
+pub const AUTH_FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+
+/// How long an address that logged in stays trusted: it checks passwords on bcrypt workers of its
+/// own, is not held back by another address's failures for the same user, and may still use
+/// credentials it already proved while it is backed off.
+pub const AUTH_TRUSTED_FOR: Duration = Duration::from_secs(60 * 60);
+
+/// Addresses (IPv6: /64 networks) whose failures are tracked one by one; beyond that, new ones
+/// share one record, so a flood of addresses cannot grow memory nor push out a tracked record.
+pub const AUTH_TRACKED_ADDRESSES: usize = 10_000;
+
+/// User names whose failures are tracked one by one; beyond that, new ones share one record.
+pub const AUTH_TRACKED_USERS: usize = 10_000;
+
+/// Trusted addresses remembered (see [`AUTH_TRUSTED_FOR`]).
+pub const AUTH_TRUSTED_ADDRESSES: usize = 10_000;
+
+/// Concurrent bcrypt checks for addresses and users with recent failures (or a check already
+/// running); clean and trusted addresses each have one per CPU of their own.
+pub const AUTH_SUSPECT_CHECKS: usize = 1;
+
+/// The longest user name kept for tracking (and logged): longer ones are cut.
+pub const AUTH_MAX_USER: usize = 64;

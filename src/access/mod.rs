@@ -10,14 +10,19 @@
 //! requests with the same credentials, so a successful check is remembered for
 //! [`VERIFIED_TTL`], keyed by an HMAC of user and password under a key made at start (the
 //! password itself is never kept). Concurrent checks of the same credentials share one bcrypt run,
-//! and at most one check per CPU runs at once, on the blocking pool, so a flood of bad passwords
-//! cannot take the runtime's workers. Failed attempts are logged at warn with the client's address
+//! and checks run on the blocking pool, so a flood of bad passwords cannot take the runtime's
+//! workers. [`throttle`] backs off addresses and user names after a few failed checks (`429
+//! TOOMANYREQUESTS` with `Retry-After`, without running bcrypt) and picks the bcrypt workers a check
+//! runs on: one per CPU for addresses where someone logged in lately, one per CPU for clean
+//! addresses, and one for addresses and users that failed lately, so guesses cannot queue in front
+//! of a real user's login. Failed attempts are logged at warn with the client's address
 //! and the user name, never the password, at most once a minute per client and user (with the
 //! number of attempts) and a few dozen lines a minute in all; `wharf_client_auth_failures_total`
-//! counts every one.
+//! counts every one. The start of each back-off is logged too.
 
 pub mod allow;
 pub mod htpasswd;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +35,7 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use parking_lot::{Mutex, RwLock};
+use throttle::{addr_key, Before, Pool, Throttle};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -56,6 +62,12 @@ pub enum Refusal {
     Missing,
     /// Credentials that are malformed or wrong.
     Wrong,
+    /// Too many failed attempts from the client's address or for the user: try again after
+    /// `retry_after` (the credentials were not checked).
+    Throttled {
+        /// How long until the back-off ends.
+        retry_after: Duration,
+    },
 }
 
 /// HTTP Basic authentication against an htpasswd file.
@@ -66,8 +78,13 @@ pub struct BasicAuth {
     generation: AtomicU64,
     verified: moka::future::Cache<(u64, [u8; 32]), ()>,
     key: ring::hmac::Key,
-    /// One bcrypt run per CPU at a time.
+    /// bcrypt workers for clean addresses: one per CPU.
     slots: Arc<Semaphore>,
+    /// bcrypt workers for trusted addresses (someone logged in there lately): one per CPU.
+    trusted_slots: Arc<Semaphore>,
+    /// bcrypt workers for addresses and users that failed lately.
+    suspect_slots: Arc<Semaphore>,
+    throttle: Arc<Throttle>,
     failures: FailureLog,
     metrics: Arc<Metrics>,
 }
@@ -114,7 +131,14 @@ const FAILURE_LINES: usize = 30;
 /// Client-and-user pairs remembered; beyond that, attempts are only counted in the metric.
 const FAILURE_KEYS: usize = 10_000;
 /// The longest user name logged (it is whatever the client sent).
-const MAX_LOGGED_USER: usize = 64;
+const MAX_LOGGED_USER: usize = crate::limits::AUTH_MAX_USER;
+
+/// Why a credential check did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckFailed {
+    Wrong,
+    Throttled(Duration),
+}
 
 // === impl Access ===
 
@@ -193,6 +217,9 @@ impl BasicAuth {
                 .build(),
             key,
             slots: Arc::new(Semaphore::new(cpus)),
+            trusted_slots: Arc::new(Semaphore::new(cpus)),
+            suspect_slots: Arc::new(Semaphore::new(crate::limits::AUTH_SUSPECT_CHECKS)),
+            throttle: Arc::new(Throttle::default()),
             failures: FailureLog::default(),
             metrics,
         })
@@ -206,7 +233,21 @@ impl BasicAuth {
         let Some(value) = headers.get(AUTHORIZATION) else {
             return Err(Refusal::Missing);
         };
+        let ip = client.map(|c| c.ip());
+        let addr = addr_key(ip);
         let Some((user, password)) = basic_credentials(value.as_bytes()) else {
+            let now = Instant::now();
+            if let Some(retry_after) = self.throttle.addr_blocked(addr, now) {
+                return Err(Refusal::Throttled { retry_after });
+            }
+            let started = self.throttle.failed_unchecked(addr, now);
+            if let Some(wait) = started {
+                warn!(
+                    client = %client_text(ip),
+                    retry_after_s = wait.as_secs(),
+                    "client authentication backed off after repeated malformed credentials"
+                );
+            }
             self.failed(client, "-");
             return Err(Refusal::Wrong);
         };
@@ -220,33 +261,69 @@ impl BasicAuth {
             tag.copy_from_slice(ctx.sign().as_ref());
             tag
         };
-        if self.verified.contains_key(&(generation, tag)) {
-            return Ok(());
+        let remembered = self.verified.contains_key(&(generation, tag));
+        match self
+            .throttle
+            .before(addr, &user, remembered, Instant::now())
+        {
+            Before::Pass => return Ok(()),
+            Before::Wait(retry_after) => return Err(Refusal::Throttled { retry_after }),
+            Before::Check => {}
         }
         let users = self.users.read().clone();
-        let slots = self.slots.clone();
+        let throttle = self.throttle.clone();
+        let pools = [
+            self.trusted_slots.clone(),
+            self.slots.clone(),
+            self.suspect_slots.clone(),
+        ];
         let name = user.clone();
-        // Concurrent requests with the same credentials share this check; only success is kept.
+        let logged_user: String = user.chars().take(MAX_LOGGED_USER).collect();
+        // Concurrent requests with the same credentials share this check (and its place among the
+        // checks its address and user may run); only success is kept.
         let checked = self
             .verified
             .try_get_with((generation, tag), async move {
-                let _slot = slots.acquire_owned().await.map_err(|_| ())?;
+                let ticket = throttle
+                    .admit(addr, &name, Instant::now())
+                    .map_err(CheckFailed::Throttled)?;
+                let [trusted, clean, suspect] = pools;
+                let slots = match ticket.pool() {
+                    Pool::Trusted => trusted,
+                    Pool::Clean => clean,
+                    Pool::Suspect => suspect,
+                };
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| CheckFailed::Wrong)?;
                 let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
                     .await
                     .unwrap_or(false);
                 if ok {
-                    Ok(())
-                } else {
-                    Err(())
+                    ticket.finish(true, addr, Instant::now());
+                    return Ok(());
                 }
+                if let Some(wait) = ticket.finish(false, addr, Instant::now()) {
+                    warn!(
+                        client = %client_text(ip),
+                        user = ?logged_user,
+                        retry_after_s = wait.as_secs(),
+                        "client authentication backed off after repeated failures"
+                    );
+                }
+                Err(CheckFailed::Wrong)
             })
             .await;
         match checked {
             Ok(()) => Ok(()),
-            Err(_) => {
-                self.failed(client, &user);
-                Err(Refusal::Wrong)
-            }
+            Err(e) => match *e {
+                CheckFailed::Throttled(retry_after) => Err(Refusal::Throttled { retry_after }),
+                CheckFailed::Wrong => {
+                    self.failed(client, &user);
+                    Err(Refusal::Wrong)
+                }
+            },
         }
     }
 
@@ -254,10 +331,9 @@ impl BasicAuth {
         self.metrics.client_auth_failures.inc();
         let ip = client.map(|c| c.ip());
         let user: String = user.chars().take(MAX_LOGGED_USER).collect();
-        let client_text = ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
         match self.failures.record(ip, &user, Instant::now()) {
             FailureLine::Log { attempts } => {
-                warn!(client = %client_text, user = ?user, attempts, "client authentication failed");
+                warn!(client = %client_text(ip), user = ?user, attempts, "client authentication failed");
             }
             FailureLine::Suppressing => warn!(
                 "more failed client authentications this minute are counted in wharf_client_auth_failures_total but not logged"
@@ -284,6 +360,11 @@ impl Reloadable for BasicAuth {
         self.verified.invalidate_all();
         Ok(())
     }
+}
+
+/// A client address for the log (`-` when there is none).
+fn client_text(ip: Option<IpAddr>) -> String {
+    ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string())
 }
 
 fn read_htpasswd(file: &Path) -> Result<Htpasswd, String> {

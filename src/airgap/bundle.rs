@@ -147,9 +147,9 @@ impl BundleManifest {
             .collect()
     }
 
-    /// Bytes of blob content in the bundle.
+    /// Bytes of blob content in the bundle (saturating: the sizes are whatever the file says).
     pub fn blob_bytes(&self) -> u64 {
-        self.blobs().map(|f| f.size).sum()
+        self.blobs().fold(0u64, |n, f| n.saturating_add(f.size))
     }
 }
 
@@ -212,6 +212,12 @@ impl Head {
             .size
             .filter(|s| *s > 0)
             .ok_or_else(|| format!("the bundle does not start with {BUNDLE_JSON}"))?;
+        if size > MAX_BUNDLE_JSON {
+            return Err(format!(
+                "the bundle's {BUNDLE_JSON} is {size} bytes, more than wharf reads"
+            ));
+        }
+        // At most MAX_BUNDLE_JSON, so this neither overflows nor truncates.
         let end = usize::try_from(512 + size).unwrap_or(usize::MAX);
         let bytes = self
             .buf

@@ -122,14 +122,16 @@ struct Walked {
 impl Plan {
     /// The exact length of the archive.
     pub fn len(&self) -> u64 {
-        let mut n = tar::entry_len(self.manifest_json.len() as u64)
-            + tar::entry_len(OCI_LAYOUT_CONTENT.len() as u64)
-            + tar::entry_len(self.index_json.len() as u64)
-            + 2 * tar::BLOCK;
+        // Sizes of files in the store, far from 2^64: saturating only guards the arithmetic.
+        let len = |size: usize| tar::entry_len(size as u64).unwrap_or(u64::MAX);
+        let mut n = len(self.manifest_json.len())
+            .saturating_add(len(OCI_LAYOUT_CONTENT.len()))
+            .saturating_add(len(self.index_json.len()))
+            .saturating_add(2 * tar::BLOCK);
         for (_, size) in &self.blobs {
-            n += tar::entry_len(*size);
+            n = n.saturating_add(tar::entry_len(*size).unwrap_or(u64::MAX));
         }
-        n + tar::END
+        n.saturating_add(tar::END)
     }
 
     /// Whether the bundle holds no image (never: planning refuses that).
@@ -610,7 +612,14 @@ impl OutFile {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let file = tokio::fs::File::create(&partial).await?;
+        // A bundle holds what the cache holds: 0600, as the cache's own files are.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::cache::blob_store::FILE_MODE)
+            .open(&partial)
+            .await?;
         Ok((
             Self {
                 partial,

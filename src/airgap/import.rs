@@ -20,12 +20,13 @@
 //! A failed or interrupted import leaves nothing visible: staging files are removed (by the import,
 //! or by the next start of wharf), and a re-run starts over. Importing the same bundle twice changes
 //! nothing the second time. A tag the store already maps with a more recent confirmation from the
-//! upstream than the bundle's is left as it is, so an old bundle never rolls a tag back.
+//! upstream than the bundle's is left as it is, so an old bundle never rolls a tag back. A bundle's
+//! `fetchedAt` in the future counts as the time of the import.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -308,15 +309,20 @@ pub async fn run<R: AsyncRead + Unpin>(
         }
     }
     let index = app.cache.index();
+    let imported_at = SystemTime::now();
     for (image, bundled) in &images {
         let tag = match &image.reference {
             Reference::Digest(_) => None,
             Reference::Tag(tag) => {
+                // A time in the future (a wrong clock at the exporting site, or a crafted bundle)
+                // is clamped to now: it would keep the tag fresh for ever and every later bundle
+                // out as older.
                 let fetched_at = bundled
                     .fetched_at
                     .as_deref()
                     .and_then(|t| humantime::parse_rfc3339(t).ok())
-                    .unwrap_or(UNIX_EPOCH);
+                    .unwrap_or(UNIX_EPOCH)
+                    .min(imported_at);
                 let current = index.tag(&image.registry, &image.repo, tag)?;
                 let outcome = match current {
                     Some(c) if c.digest == bundled.digest => {

@@ -25,20 +25,30 @@ const USTAR_MAX: u64 = 0o777_7777_7777;
 
 use crate::limits::MAX_TAR_EXTENSION as MAX_EXTENSION;
 
-/// `size` rounded up to whole blocks.
-pub fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK) * BLOCK
+/// `size` rounded up to whole blocks; `None` when that does not fit a `u64` (a size within a block
+/// of 2^64, which a header can claim: base-256 sizes and pax records go that far).
+pub fn padded(size: u64) -> Option<u64> {
+    size.div_ceil(BLOCK).checked_mul(BLOCK)
 }
 
 /// The bytes a file entry of `size` bytes takes in an archive written by [`Writer`]: its header(s)
-/// and its padded data.
-pub fn entry_len(size: u64) -> u64 {
+/// and its padded data; `None` when that does not fit a `u64`.
+pub fn entry_len(size: u64) -> Option<u64> {
     let header = if size > USTAR_MAX {
-        BLOCK + padded(pax_size_record(size).len() as u64) + BLOCK
+        // A pax record of a u64 is under 40 bytes: one block.
+        3 * BLOCK
     } else {
         BLOCK
     };
-    header + padded(size)
+    padded(size)?.checked_add(header)
+}
+
+/// The error for a size whose padding does not fit a `u64`.
+fn too_large(size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("a tar entry of {size} bytes is too large"),
+    )
 }
 
 /// The pax record `"<len> size=<size>\n"`, whose length counts its own digits.
@@ -168,8 +178,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// When writing fails.
     pub async fn pad(&mut self, size: u64) -> io::Result<()> {
         let zeros = [0u8; BLOCK as usize];
+        let padded = padded(size).ok_or_else(|| too_large(size))?;
         // Less than a block, so the cast is exact.
-        let n = (padded(size) - size) as usize;
+        let n = (padded - size) as usize;
         self.put(&zeros[..n]).await
     }
 
@@ -262,13 +273,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let Some((path, size, read)) = self.current.take() else {
             return Ok(());
         };
-        let mut left = padded(size) - read;
+        // Sizes were checked to pad without overflow when the entry was read.
+        let end = padded(size).unwrap_or(u64::MAX);
+        let mut left = end.saturating_sub(read);
         let mut scratch = vec![0u8; 64 * 1024];
         while left > 0 {
             let want = usize::try_from(left.min(scratch.len() as u64)).unwrap_or(scratch.len());
             let n = self.inner.read(&mut scratch[..want]).await?;
             if n == 0 {
-                let at = padded(size) - left;
+                let at = end - left;
                 return Err(TarError::Truncated(if at < size {
                     format!("{path} ends after {at} of {size} bytes")
                 } else {
@@ -288,7 +301,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 self.after()
             )));
         }
-        let mut data = vec![0u8; usize::try_from(padded(size)).unwrap_or(0)];
+        // At most MAX_EXTENSION, so the padding fits.
+        let mut data = vec![0u8; usize::try_from(padded(size).unwrap_or(0)).unwrap_or(0)];
         self.inner.read_exact(&mut data).await.map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 TarError::Truncated(format!("an extended header {} is cut short", self.after()))
@@ -418,6 +432,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             };
             let path = normalize(&raw).map_err(TarError::Format)?;
             let size = pax_size.take().unwrap_or(size);
+            if padded(size).is_none() {
+                return Err(TarError::Format(format!(
+                    "{path} claims {size} bytes, more than any archive can hold"
+                )));
+            }
             let kind = match flag {
                 b'0' | 0 | b'7' => Kind::File,
                 b'5' => Kind::Dir,
@@ -487,7 +506,7 @@ mod tests {
         assert_eq!(written + END, out.len() as u64);
         assert_eq!(
             out.len() as u64,
-            entry_len(2) + BLOCK + entry_len(700) + entry_len(0) + END
+            entry_len(2).unwrap() + BLOCK + entry_len(700).unwrap() + entry_len(0).unwrap() + END
         );
         out
     }
@@ -555,7 +574,7 @@ mod tests {
     async fn truncation_is_reported_with_the_entry() {
         let bytes = write_sample().await;
         // Cut inside blobs/x's data, inside a header, and before the end marker.
-        let data_start = (entry_len(2) + BLOCK + BLOCK) as usize;
+        let data_start = (entry_len(2).unwrap() + BLOCK + BLOCK) as usize;
         for (cut, want) in [
             (data_start + 100, "blobs/x ends after 100 of 700 bytes"),
             (data_start - 300, "a header after blobs is cut short"),
@@ -632,7 +651,7 @@ mod tests {
         w.file("big", 9_000_000_000, 0).await.unwrap();
         assert_eq!(
             w.written(),
-            entry_len(9_000_000_000) - padded(9_000_000_000)
+            entry_len(9_000_000_000).unwrap() - padded(9_000_000_000).unwrap()
         );
         let bytes = w.finish().await.unwrap();
         let mut r = Reader::new(&bytes[..]);

@@ -15,10 +15,13 @@
 //! into place and its directory fsynced, and only then does the caller index it. A process killed at
 //! any point leaves either a staging file (removed at start-up, never read) or a complete, verified
 //! file under its digest (indexed, or adopted by start-up after hashing it again).
+//!
+//! Whatever the process umask, the directories the store creates are 0700 and its files 0600 (see
+//! [`private_dir_all`]): a wharf started by hand must not leave the cache readable by other users.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +133,24 @@ pub struct FsBlobStore {
     root: PathBuf,
     tmp: PathBuf,
     counter: AtomicU64,
+}
+
+/// The mode of every file wharf creates under its storage.
+pub const FILE_MODE: u32 = 0o600;
+
+/// The mode of every directory wharf creates under its storage.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`] (an existing directory is left as it
+/// is). The mode is given to `mkdir` itself, so no directory is ever looser, whatever the umask.
+///
+/// # Errors
+/// When a directory cannot be created.
+pub fn private_dir_all(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
 }
 
 // === impl BlobFile ===
@@ -327,8 +348,8 @@ impl FsBlobStore {
     /// # Errors
     /// When the directories cannot be created.
     pub fn create(root: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(root.join("blobs").join("sha256"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
+        private_dir_all(&root.join("blobs").join("sha256"))?;
+        private_dir_all(&root.join("tmp"))?;
         Self::open_existing(root)
     }
 
@@ -423,6 +444,7 @@ impl BlobStore for FsBlobStore {
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(FILE_MODE)
                 .open(p)
         })
         .await?;
@@ -440,7 +462,7 @@ impl BlobStore for FsBlobStore {
         Self::blocking(move || {
             file.sync_all()?;
             let dir = dest.parent().expect("blob paths have a parent");
-            std::fs::create_dir_all(dir)?;
+            private_dir_all(dir)?;
             std::fs::rename(&from, &dest)?;
             File::open(dir)?.sync_all()
         })

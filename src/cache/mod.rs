@@ -208,8 +208,18 @@ impl Cache {
             path: root.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(root).map_err(storage_err)?;
+        blob_store::private_dir_all(root).map_err(storage_err)?;
         let index_dir = root.join("index");
+        // sled creates its files with the umask's permissions and takes no mode: its directory is
+        // made (or, when an older wharf made it, set) 0700 first, so they are unreachable to others.
+        blob_store::private_dir_all(&index_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &index_dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(blob_store::DIR_MODE),
+                )
+            })
+            .map_err(storage_err)?;
         let index_err = |source: IndexError| {
             if source.is_locked() {
                 OpenError::Locked {

@@ -180,11 +180,19 @@ impl App {
     }
 }
 
-/// The 401 for a request without acceptable credentials.
+/// The 401 for a request without acceptable credentials (429 while its client is backed off).
 fn unauthorized(refusal: Refusal) -> ApiError {
     let message = match refusal {
         Refusal::Missing => "authentication required: this mirror needs a user name and password",
         Refusal::Wrong => "authentication failed: wrong user name or password",
+        Refusal::Throttled { retry_after } => {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                "too many failed authentication attempts; retry later",
+            )
+            .retry_after_secs(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+        }
     };
     ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
 }

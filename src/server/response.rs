@@ -164,6 +164,13 @@ impl ApiError {
         self
     }
 
+    /// Sets `Retry-After` to `seconds` (at least 1).
+    #[must_use]
+    pub fn retry_after_secs(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(HeaderValue::from(seconds.max(1)));
+        self
+    }
+
     /// Adds detail for the log only.
     #[must_use]
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
