@@ -32,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -78,6 +79,9 @@ pub struct ConnState {
     /// Nanoseconds from `opened` to when `in_flight` last dropped to zero; `u64::MAX` while no
     /// request has finished yet.
     idle_since: AtomicU64,
+    /// The connection's reader, woken when the last request ends so its idle deadline starts
+    /// (hyper may not read again on its own until the client sends something).
+    reader: AtomicWaker,
 }
 
 /// A request in progress on a connection; dropping it (with the response body) ends it.
@@ -189,6 +193,7 @@ impl ConnState {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(u64::MAX),
+            reader: AtomicWaker::new(),
         })
     }
 
@@ -220,6 +225,7 @@ impl Drop for Active {
                 .unwrap_or(u64::MAX - 1)
                 .min(u64::MAX - 1);
             self.state.idle_since.store(nanos, Ordering::Release);
+            self.state.reader.wake();
         }
     }
 }
@@ -288,15 +294,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if this.state.busy() {
-                    // A request is in progress: no read deadline, but look again later in case
-                    // the connection goes idle without reading again.
+                    // A request is in progress: no read deadline. The last one to end wakes this
+                    // reader, and the idle deadline starts then.
                     this.head_started = None;
-                    let now = Instant::now();
-                    if this.read_timer.deadline() <= now {
-                        this.read_timer.as_mut().reset(now + this.timeouts.idle);
+                    this.state.reader.register(cx.waker());
+                    if this.state.busy() {
+                        return Poll::Pending;
                     }
-                    let _ = this.read_timer.as_mut().poll(cx);
-                    return Poll::Pending;
                 }
                 let deadline = this.read_deadline();
                 if Instant::now() >= deadline {
@@ -511,6 +515,29 @@ mod tests {
         let idle = Instant::now();
         let mut buf = [0u8; 4];
         assert_eq!(guarded.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(idle.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_starts_when_the_last_response_ends() {
+        let (_client, server) = tokio::io::duplex(64);
+        let state = ConnState::new();
+        let mut guarded = Guarded::new(server, state.clone(), timeouts());
+        let active = state.begin();
+        // hyper polls for the next request while the response is still being sent, and may not
+        // poll again until something wakes it.
+        let read = tokio::spawn(async move {
+            let mut buf = [0u8; 4];
+            guarded.read(&mut buf).await.unwrap()
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(active);
+        let idle = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(100), read)
+            .await
+            .expect("the reader was woken")
+            .unwrap();
+        assert_eq!(n, 0);
         assert_eq!(idle.elapsed(), Duration::from_secs(60));
     }
 
