@@ -56,3 +56,7 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The longest `X-Request-Id` a client may send (a longer one is replaced).
 pub const MAX_REQUEST_ID: usize = 64;
+
+/// The longest media type a client may send as a filter (`artifactType` of a referrers request);
+/// RFC 6838 names are at most 127 + 1 + 127 bytes. A longer one is a `400`.
+pub const MAX_MEDIA_TYPE: usize = 255;

@@ -303,3 +303,89 @@ async fn a_type_recorded_by_an_older_wharf_is_corrected_when_read() {
         .unwrap();
     assert_eq!(res.status(), 502, "stored HTML is not served as a manifest");
 }
+
+// === referrers ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_type_that_is_no_media_type_is_a_400() {
+    let fake = Fake::start().await;
+    let img = fake.add_image("org/app", "1", 0, 0, 1);
+    let w = Wharf::start("5m", &one(fake.url())).await;
+    let c = client();
+    let url = w.url(&format!("/v2/org/app/referrers/{}", img.manifest_digest));
+    let long = format!("application/{}", "x".repeat(300 - "application/".len()));
+    for bad in [
+        long.as_str(),
+        "application/x%00y",
+        "application%2Fjson%0A",
+        "not-a-type",
+        "",
+    ] {
+        let res = c
+            .get(format!("{url}?artifactType={bad}"))
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = error_code(res).await;
+        assert_eq!((status, code.as_str()), (400, "UNSUPPORTED"), "{bad}");
+    }
+    assert_eq!(fake.count("GET", "/referrers/"), 0, "never asked upstream");
+    assert_eq!(w.cache().index().referrers_len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_artifact_types_share_one_cached_list() {
+    let fake = Fake::start().await;
+    let img = fake.add_image("org/app", "1", 0, 0, 1);
+    let sbom = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": common::fake::digest_of(b"sbom"), "size": 4, "artifactType": "application/spdx+json"});
+    let sig = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": common::fake::digest_of(b"sig"), "size": 3, "artifactType": "application/x.sig"});
+    fake.state.referrers.lock().insert(
+        ("org/app".into(), img.manifest_digest.clone()),
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sbom, sig]}),
+    );
+    let w = Wharf::start("5m", &one(fake.url())).await;
+    let c = client();
+    let url = w.url(&format!("/v2/org/app/referrers/{}", img.manifest_digest));
+    for i in 0..150 {
+        let res = c
+            .get(format!("{url}?artifactType=application%2Fx.type{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{i}");
+        assert_eq!(res.headers()["oci-filters-applied"], "artifactType");
+        let list: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert_eq!(list["manifests"], serde_json::json!([]), "{i}");
+    }
+    let res = c
+        .get(format!("{url}?artifactType=application%2Fspdx%2Bjson"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-cache"], "hit");
+    let list: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(list["manifests"], serde_json::json!([sbom]));
+    let res = c.get(&url).send().await.unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(list["manifests"], serde_json::json!([sbom, sig]));
+    assert_eq!(fake.count("GET", "/referrers/"), 1, "one upstream request");
+    assert_eq!(w.cache().index().referrers_len(), 1, "one index record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referrers_answer_that_is_no_list_is_a_502() {
+    let fake = Fake::start().await;
+    let img = fake.add_image("org/app", "1", 0, 0, 1);
+    fake.state.referrers.lock().insert(
+        ("org/app".into(), img.manifest_digest.clone()),
+        serde_json::json!({"html": "<script>alert(1)</script>"}),
+    );
+    let w = Wharf::start("5m", &one(fake.url())).await;
+    let res = client()
+        .get(w.url(&format!("/v2/org/app/referrers/{}", img.manifest_digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(w.cache().index().referrers_len(), 0);
+}

@@ -205,6 +205,25 @@ pub fn resolve_manifest_type(
     Ok(document)
 }
 
+/// Whether `text` is a media type by RFC 6838 section 4.2: `type/subtype`, each a
+/// restricted-name (a letter or digit, then up to 126 of letters, digits and ``!#$&-^_.+``), with
+/// no parameters, and at most [`crate::limits::MAX_MEDIA_TYPE`] bytes in all. No control
+/// character, space or NUL can pass. For client-sent values such as `artifactType`.
+pub fn is_media_type(text: &str) -> bool {
+    fn restricted_name(name: &str) -> bool {
+        let b = name.as_bytes();
+        !b.is_empty()
+            && b.len() <= 127
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(c))
+    }
+    text.len() <= crate::limits::MAX_MEDIA_TYPE
+        && text
+            .split_once('/')
+            .is_some_and(|(t, sub)| restricted_name(t) && restricted_name(sub))
+}
+
 /// At most [`QUOTED`] characters of an upstream's claim, for an error message.
 fn quote(text: &str) -> String {
     text.chars().take(QUOTED).collect()
@@ -434,6 +453,36 @@ mod tests {
         assert_eq!(quoted.len(), QUOTED);
         let big = vec![b' '; crate::limits::MAX_MANIFEST + 1];
         assert_eq!(resolve_manifest_type(&big, None), Err(E::TooLarge));
+    }
+
+    #[test]
+    fn media_type_table() {
+        let long = format!("application/{}", "x".repeat(127));
+        let too_long_part = format!("application/{}", "x".repeat(128));
+        let cases: &[(&str, bool)] = &[
+            ("application/spdx+json", true),
+            ("application/vnd.dev.cosign.artifact.sig.v1+json", true),
+            ("Application/X-Thing_1!#$&^", true),
+            (&long, true),
+            (&too_long_part, false),
+            ("application", false),
+            ("application/", false),
+            ("/json", false),
+            ("application/json/x", false),
+            ("application/json; charset=utf-8", false),
+            ("application/js on", false),
+            ("application/json\0", false),
+            ("application/json\n", false),
+            ("application/%00", false),
+            ("+x/json", false),
+            ("application/jsön", false),
+            ("", false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(is_media_type(input), *want, "{input:?}");
+        }
+        let huge = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+        assert!(is_media_type(&huge) && huge.len() == 255);
     }
 
     #[test]
