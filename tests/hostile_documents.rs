@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::fake::{Fake, OCI_INDEX, OCI_MANIFEST};
+use std::time::Duration;
+
+use common::fake::{Fake, Gate, OCI_INDEX, OCI_MANIFEST};
 use common::{client, Up, Wharf};
 
 fn one(url: String) -> Vec<Up<'static>> {
@@ -388,4 +390,88 @@ async fn a_referrers_answer_that_is_no_list_is_a_502() {
         .unwrap();
     assert_eq!(res.status(), 502);
     assert_eq!(w.cache().index().referrers_len(), 0);
+}
+
+// === tag lists ===
+
+/// A tag list body of about `bytes` bytes: tags `t000000`, `t000001`, ...
+fn big_tag_list(name: &str, bytes: usize) -> (bytes::Bytes, usize) {
+    let count = bytes / 10;
+    let tags: Vec<String> = (0..count).map(|i| format!("t{i:06}")).collect();
+    let body = serde_json::json!({"name": name, "tags": tags}).to_string();
+    (bytes::Bytes::from(body), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tag_lists_are_one_upstream_request() {
+    let fake = Fake::start().await;
+    let (body, count) = big_tag_list("org/app", 1024 * 1024);
+    let gate = Gate::new();
+    {
+        let mut knobs = fake.knobs();
+        knobs.tags_body.insert("org/app".into(), body);
+        knobs.hold_tags = Some(gate.clone());
+    }
+    let w = Wharf::start("5m", &one(fake.url())).await;
+    let c = client();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        // Under both names a client may use: the page is the same upstream request.
+        let path = if i % 2 == 0 {
+            "/v2/org/app/tags/list"
+        } else {
+            "/v2/upstream.test/org/app/tags/list"
+        };
+        let req = c.get(w.url(path));
+        clients.push(tokio::spawn(async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let len: usize = res.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let list: serde_json::Value =
+                serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+            (len, list)
+        }));
+    }
+    // Every request is in (or queued behind) the first one, which waits at the gate.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fake.count("GET", "/tags/list") == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gate.open();
+    for (i, client) in clients.into_iter().enumerate() {
+        let (len, list) = client.await.unwrap();
+        let name = if i % 2 == 0 {
+            "org/app"
+        } else {
+            "upstream.test/org/app"
+        };
+        assert_eq!(list["name"], name);
+        assert_eq!(list["tags"].as_array().unwrap().len(), count);
+        assert_eq!(list["tags"][count - 1], format!("t{:06}", count - 1));
+        assert_eq!(len, serde_json::to_vec(&list).unwrap().len());
+    }
+    assert_eq!(fake.count("GET", "/tags/list"), 1, "one upstream request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_list_is_kept_briefly() {
+    let fake = Fake::start().await;
+    fake.add_image("org/app", "1", 0, 0, 1);
+    let w = Wharf::start("5m", &one(fake.url())).await;
+    let c = client();
+    let get = |path: &'static str| c.get(w.url(path)).send();
+    assert_eq!(get("/v2/org/app/tags/list").await.unwrap().headers()["x-cache"], "miss");
+    let res = get("/v2/org/app/tags/list").await.unwrap();
+    assert_eq!(res.headers()["x-cache"], "hit");
+    let list: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(list, serde_json::json!({"name": "org/app", "tags": ["1"]}));
+    assert_eq!(fake.count("GET", "/tags/list"), 1);
+    // Another page is another request.
+    get("/v2/org/app/tags/list?n=1").await.unwrap();
+    assert_eq!(fake.count("GET", "/tags/list"), 2);
 }
