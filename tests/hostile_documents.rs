@@ -117,7 +117,11 @@ async fn allow_lists_hold_for_cached_blobs_and_manifests() {
             }
         }
     }
-    assert_eq!(fake.total(), asked, "denied requests never reach the upstream");
+    assert_eq!(
+        fake.total(),
+        asked,
+        "denied requests never reach the upstream"
+    );
     // And still served under the allowed names, from the cache.
     let res = c
         .get(w.url(&format!("/v2/org/app/blobs/{}", img.layers[0])))
@@ -161,7 +165,11 @@ async fn an_html_manifest_is_a_502_naming_the_upstream_and_is_not_stored() {
     }
     // Nothing was stored: asking again asks the upstream again.
     let asked = fake.count("GET", "/manifests/");
-    let res = c.get(w.url("/v2/org/app/manifests/1")).send().await.unwrap();
+    let res = c
+        .get(w.url("/v2/org/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 502);
     assert_eq!(fake.count("GET", "/manifests/"), asked + 1);
     let index = w.cache().index();
@@ -176,7 +184,12 @@ async fn an_html_manifest_is_a_502_naming_the_upstream_and_is_not_stored() {
 async fn a_generic_json_content_type_is_resolved_from_the_document() {
     let fake = Fake::start().await;
     let img = fake.add_image("org/app", "1", 0, 0, 1);
-    fake.add_manifest("org/app", Some("1"), "application/json", img.manifest.clone());
+    fake.add_manifest(
+        "org/app",
+        Some("1"),
+        "application/json",
+        img.manifest.clone(),
+    );
     fake.add_manifest(
         "org/app",
         Some("2"),
@@ -203,7 +216,11 @@ async fn a_generic_json_content_type_is_resolved_from_the_document() {
         assert_eq!(res.bytes().await.unwrap(), img.manifest);
     }
     // No mediaType: an index by its shape, as distribution decides.
-    let res = c.get(w.url("/v2/org/app/manifests/2")).send().await.unwrap();
+    let res = c
+        .get(w.url("/v2/org/app/manifests/2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], OCI_INDEX);
 }
@@ -235,10 +252,18 @@ async fn one_upstream_cannot_change_the_type_another_serves_even_after_a_restart
     let res = c.get(by_digest("a.test")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], OCI_MANIFEST);
-    let res = c.get(w.url("/v2/a.test/org/app/manifests/1")).send().await.unwrap();
+    let res = c
+        .get(w.url("/v2/a.test/org/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["content-type"], OCI_MANIFEST);
     // The hostile upstream's tags still do not resolve to the stored manifest.
-    let res = c.get(w.url("/v2/b.test/org/app/manifests/2")).send().await.unwrap();
+    let res = c
+        .get(w.url("/v2/b.test/org/app/manifests/2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 502);
 
     // After a restart on the same storage, both names serve the type the document has.
@@ -264,7 +289,11 @@ async fn a_type_recorded_by_an_older_wharf_is_corrected_when_read() {
     let html_digest = fake.add_manifest("org/app", Some("h"), "text/html", html);
     let w = Wharf::start("5m", &one(fake.url())).await;
     let c = client();
-    let res = c.get(w.url("/v2/org/app/manifests/1")).send().await.unwrap();
+    let res = c
+        .get(w.url("/v2/org/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     // What today's main recorded for a manifest an upstream sent as text/html: the bytes stored
     // and indexed as a manifest of that type.
@@ -281,7 +310,11 @@ async fn a_type_recorded_by_an_older_wharf_is_corrected_when_read() {
     {
         let cache = w.cache();
         cache
-            .put_manifest(&html_d, bytes::Bytes::from_static(html.as_bytes()), "text/html")
+            .put_manifest(
+                &html_d,
+                bytes::Bytes::from_static(html.as_bytes()),
+                "text/html",
+            )
             .await
             .unwrap();
     }
@@ -291,7 +324,11 @@ async fn a_type_recorded_by_an_older_wharf_is_corrected_when_read() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["x-cache"], "hit", "still cached after the upgrade");
+    assert_eq!(
+        res.headers()["x-cache"],
+        "hit",
+        "still cached after the upgrade"
+    );
     assert_eq!(res.headers()["content-type"], OCI_MANIFEST);
     assert_eq!(
         w.cache().index().manifest_type(&digest).unwrap().as_deref(),
@@ -465,7 +502,10 @@ async fn a_tag_list_is_kept_briefly() {
     let w = Wharf::start("5m", &one(fake.url())).await;
     let c = client();
     let get = |path: &'static str| c.get(w.url(path)).send();
-    assert_eq!(get("/v2/org/app/tags/list").await.unwrap().headers()["x-cache"], "miss");
+    assert_eq!(
+        get("/v2/org/app/tags/list").await.unwrap().headers()["x-cache"],
+        "miss"
+    );
     let res = get("/v2/org/app/tags/list").await.unwrap();
     assert_eq!(res.headers()["x-cache"], "hit");
     let list: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();

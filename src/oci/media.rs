@@ -183,12 +183,16 @@ pub fn resolve_manifest_type(
         what,
     };
     let is_index = document == OCI_INDEX || document == DOCKER_LIST;
-    if document != OCI_ARTIFACT && obj.get("schemaVersion").and_then(serde_json::Value::as_u64) != Some(2)
+    if document != OCI_ARTIFACT
+        && obj.get("schemaVersion").and_then(serde_json::Value::as_u64) != Some(2)
     {
         return Err(shape("its schemaVersion is not 2"));
     }
     if is_index {
-        if !obj.get("manifests").is_some_and(serde_json::Value::is_array) {
+        if !obj
+            .get("manifests")
+            .is_some_and(serde_json::Value::is_array)
+        {
             return Err(shape("it has no manifests list"));
         }
         if has("config") || has("layers") {
@@ -347,15 +351,24 @@ mod tests {
         let bare_index = r#"{"schemaVersion":2,"manifests":[]}"#;
         let docker = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#;
         let list = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
-        let artifact = r#"{"mediaType":"application/vnd.oci.artifact.manifest.v1+json","blobs":[]}"#;
+        let artifact =
+            r#"{"mediaType":"application/vnd.oci.artifact.manifest.v1+json","blobs":[]}"#;
         let html = "<html><script>alert(1)</script></html>";
         let cases: &[(&str, Option<&str>, Result<&str, E>)] = &[
             (oci, Some(OCI_MANIFEST), Ok(OCI_MANIFEST)),
             (oci, Some("application/json"), Ok(OCI_MANIFEST)),
             (oci, Some("text/plain; charset=utf-8"), Ok(OCI_MANIFEST)),
             (oci, None, Ok(OCI_MANIFEST)),
-            (oci, Some(&format!("{OCI_MANIFEST}; charset=utf-8")), Ok(OCI_MANIFEST)),
-            (oci, Some("Application/Vnd.Oci.Image.Manifest.v1+JSON"), Ok(OCI_MANIFEST)),
+            (
+                oci,
+                Some(&format!("{OCI_MANIFEST}; charset=utf-8")),
+                Ok(OCI_MANIFEST),
+            ),
+            (
+                oci,
+                Some("Application/Vnd.Oci.Image.Manifest.v1+JSON"),
+                Ok(OCI_MANIFEST),
+            ),
             (docker, Some(DOCKER_MANIFEST), Ok(DOCKER_MANIFEST)),
             (list, None, Ok(DOCKER_LIST)),
             (artifact, Some(OCI_ARTIFACT), Ok(OCI_ARTIFACT)),
@@ -363,7 +376,11 @@ mod tests {
             (bare, Some(OCI_MANIFEST), Ok(OCI_MANIFEST)),
             (bare, None, Ok(OCI_MANIFEST)),
             (bare_index, Some("application/json"), Ok(OCI_INDEX)),
-            (r#"{"schemaVersion":2,"t":"x"}"#, Some(OCI_MANIFEST), Ok(OCI_MANIFEST)),
+            (
+                r#"{"schemaVersion":2,"t":"x"}"#,
+                Some(OCI_MANIFEST),
+                Ok(OCI_MANIFEST),
+            ),
             (
                 bare,
                 Some(DOCKER_MANIFEST),
@@ -380,15 +397,25 @@ mod tests {
                     document: OCI_MANIFEST,
                 }),
             ),
-            (oci, Some("text/html"), Err(E::ContentType("text/html".into()))),
-            (html, Some("text/html"), Err(E::ContentType("text/html".into()))),
+            (
+                oci,
+                Some("text/html"),
+                Err(E::ContentType("text/html".into())),
+            ),
+            (
+                html,
+                Some("text/html"),
+                Err(E::ContentType("text/html".into())),
+            ),
             (html, Some("application/json"), Err(E::NotJson)),
             (html, None, Err(E::NotJson)),
             ("[1]", None, Err(E::NotJson)),
             (
                 r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.config.v1+json"}"#,
                 None,
-                Err(E::MediaType("application/vnd.oci.image.config.v1+json".into())),
+                Err(E::MediaType(
+                    "application/vnd.oci.image.config.v1+json".into(),
+                )),
             ),
             (
                 r#"{"schemaVersion":1,"fsLayers":[]}"#,
@@ -407,7 +434,9 @@ mod tests {
                 }),
             ),
             (
-                &format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[],"layers":[]}}"#),
+                &format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[],"layers":[]}}"#
+                ),
                 None,
                 Err(E::Shape {
                     kind: OCI_INDEX,

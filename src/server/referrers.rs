@@ -145,7 +145,10 @@ async fn fetch(app: &App, route: &Route, subject: Digest) -> Result<Bytes, ApiEr
         .map_err(|e| ApiError::from_upstream(&e, Area::Referrers))?;
     let list: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| invalid(upstream.name(), "a referrers list that is not JSON"))?;
-    if !list.get("manifests").is_some_and(serde_json::Value::is_array) {
+    if !list
+        .get("manifests")
+        .is_some_and(serde_json::Value::is_array)
+    {
         return Err(invalid(
             upstream.name(),
             "a referrers list without a manifests list",

@@ -174,7 +174,9 @@ async fn shared_page(
     }
     let page = app
         .tag_lists
-        .try_get_with(key, async { upstream_page(app, route, query).await.map(Arc::new) })
+        .try_get_with(key, async {
+            upstream_page(app, route, query).await.map(Arc::new)
+        })
         .await
         .map_err(|e| (*e).clone())?;
     Ok((page, CacheStatus::Miss))
