@@ -337,7 +337,8 @@ async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, Api
     let media_type = match media::resolve_manifest_type(&bytes, None) {
         Ok(t) => t,
         Err(error) => {
-            warn!(%digest, %error, recorded = %recorded.escape_debug(), "a stored manifest is not one wharf serves; asking the upstream instead");
+            // debug: a client can ask for it again and again (the 502 that follows is logged).
+            debug!(%digest, %error, recorded = %recorded.escape_debug(), "a stored manifest is not one wharf serves; asking the upstream instead");
             return Ok(None);
         }
     };
