@@ -153,6 +153,7 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
         hot_blobs: server::blobs::hot_blobs(HOT_BLOB_BYTES),
         access: access::Access::new(config, metrics.clone()).map_err(Error::Htpasswd)?,
         metrics,
+        tag_lists: server::tags::tag_lists(config.cache.tag_ttl),
     })
 }
 

@@ -17,6 +17,15 @@ pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 /// The largest tag list (`/tags/list`) read from an upstream.
 pub const MAX_TAGS_BODY: usize = 16 * 1024 * 1024;
 
+/// How long a tag list fetched from an upstream answers the same request again (at most; `tag_ttl`
+/// when that is shorter). Brief, since tags move; long enough that a burst of clients listing the
+/// same repository costs one upstream request.
+pub const TAG_LIST_TTL: Duration = Duration::from_secs(5);
+
+/// The memory all kept tag lists may take together (each weighed by its size). A list larger than
+/// this is still shared by the requests waiting for it, just not kept.
+pub const TAG_LISTS_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The largest error body read from an upstream (to find its OCI error code).
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -56,6 +65,10 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The longest `X-Request-Id` a client may send (a longer one is replaced).
 pub const MAX_REQUEST_ID: usize = 64;
+
+/// The longest media type a client may send as a filter (`artifactType` of a referrers request);
+/// RFC 6838 names are at most 127 + 1 + 127 bytes. A longer one is a `400`.
+pub const MAX_MEDIA_TYPE: usize = 255;
 
 // === blob fills ===
 

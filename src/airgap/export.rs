@@ -30,7 +30,7 @@ use super::refs::Platform;
 use super::tar::{self, Writer};
 use crate::cache::holds::Hold;
 use crate::cache::IndexError;
-use crate::oci::{Digest, ImageRef, Reference, Verifier};
+use crate::oci::{media, Digest, ImageRef, Reference, Verifier};
 use crate::server::App;
 
 /// How much of a blob is read (and hashed) at a time.
@@ -289,9 +289,16 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
         let size = scratch.manifests.get(&root).copied().unwrap_or(0);
         walked.manifests.append(&mut scratch.manifests);
         walked.blobs.append(&mut scratch.blobs);
-        let media_type = index
+        let recorded = index
             .manifest_type(&root)?
             .ok_or_else(|| not_cached(&image))?;
+        // An older wharf recorded whatever Content-Type the upstream sent; the document decides.
+        let media_type = match app.cache.read_small(&root).await {
+            Ok(Some(bytes)) => {
+                media::resolve_manifest_type(&bytes, None).map_or(recorded, str::to_owned)
+            }
+            _ => recorded,
+        };
         let reference = image.to_string();
         index_entries.push(serde_json::json!({
             "mediaType": media_type,

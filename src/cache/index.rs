@@ -10,8 +10,9 @@
 //! - `blobs`: digest (32 bytes) → size (u64, big-endian);
 //! - `manifests`: digest → media type (UTF-8);
 //! - `tags`: `<upstream>\0<repo>\0<tag>` → digest (32 bytes) ++ fetched-at (u64 Unix milliseconds, BE);
-//! - `referrers`: `<upstream>\0<repo>\0<subject digest>\0<artifactType>` → the same, for the stored
-//!   referrers response;
+//! - `referrers`: `<upstream>\0<repo>\0<subject digest>\0` → the same, for the stored unfiltered
+//!   referrers list (filters are applied when answering). Older versions kept one record per
+//!   `artifactType` filter after the last `\0`; [`Index::open`] drops those.
 //! - `access`: digest → when it was last served or stored (u64 Unix microseconds, BE), written in
 //!   batches by the cache's access log, never once per request;
 //! - `pins`: an image reference (`docker.io/library/nginx:1.27`) → who pinned it (`c` for the
@@ -151,11 +152,13 @@ impl Index {
                 .fetch_add(decode_u64(&v).unwrap_or(0), Ordering::Relaxed);
             totals.entries.fetch_add(1, Ordering::Relaxed);
         }
+        let referrers = db.open_tree("referrers")?;
+        drop_filtered_referrers(&referrers)?;
         Ok(Self {
             blobs,
             manifests: db.open_tree("manifests")?,
             tags: db.open_tree("tags")?,
-            referrers: db.open_tree("referrers")?,
+            referrers,
             access: db.open_tree("access")?,
             pins: db.open_tree("pins")?,
             totals: Arc::new(totals),
@@ -517,8 +520,8 @@ impl Index {
         Ok(out)
     }
 
-    /// The cached referrers list of a subject (per `artifactType` filter): the digest of the stored
-    /// response, and when it was fetched.
+    /// The cached (unfiltered) referrers list of a subject: the digest of the stored response,
+    /// and when it was fetched.
     ///
     /// # Errors
     /// sled errors.
@@ -527,13 +530,12 @@ impl Index {
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
-        artifact_type: Option<&str>,
     ) -> Result<Option<TagEntry>, IndexError> {
-        let k = key(upstream, repo, &referrers_key(subject, artifact_type));
+        let k = key(upstream, repo, &referrers_key(subject));
         Ok(self.referrers.get(k)?.and_then(|v| decode_entry(&v)))
     }
 
-    /// Records a subject's referrers list.
+    /// Records a subject's (unfiltered) referrers list.
     ///
     /// # Errors
     /// sled errors.
@@ -542,12 +544,16 @@ impl Index {
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
-        artifact_type: Option<&str>,
         entry: TagEntry,
     ) -> Result<(), IndexError> {
-        let k = key(upstream, repo, &referrers_key(subject, artifact_type));
+        let k = key(upstream, repo, &referrers_key(subject));
         self.referrers.insert(k, encode_entry(entry))?;
         Ok(())
+    }
+
+    /// How many referrers lists are recorded.
+    pub fn referrers_len(&self) -> usize {
+        self.referrers.len()
     }
 
     /// Writes everything to disk.
@@ -580,8 +586,35 @@ fn key(upstream: &str, repo: &RepoName, last: &str) -> Vec<u8> {
     key
 }
 
-fn referrers_key(subject: &Digest, artifact_type: Option<&str>) -> String {
-    format!("{subject}\0{}", artifact_type.unwrap_or(""))
+/// `<subject>\0`: the trailing NUL is where older versions put the `artifactType` filter.
+fn referrers_key(subject: &Digest) -> String {
+    format!("{subject}\0")
+}
+
+/// Drops the records of filtered referrers lists that older versions kept, one per
+/// `artifactType` value a client sent (any value, of any length): the unfiltered list answers
+/// every filter now. A key is `<upstream>\0<repo>\0<subject>\0<artifactType>`; a filtered one has
+/// something after its third NUL.
+fn drop_filtered_referrers(tree: &sled::Tree) -> Result<usize, IndexError> {
+    let mut batch = sled::Batch::default();
+    let mut dropped = 0;
+    for item in tree.iter().keys() {
+        let k = item?;
+        let filtered = k
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == 0)
+            .nth(2)
+            .is_some_and(|(at, _)| at + 1 < k.len());
+        if filtered {
+            batch.remove(k);
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tree.apply_batch(batch)?;
+    }
+    Ok(dropped)
 }
 
 fn encode_entry(entry: TagEntry) -> Vec<u8> {
@@ -695,23 +728,22 @@ mod tests {
             ]
         );
         let subject = Digest::of(b"subject");
-        assert_eq!(index.referrers("up", &repo, &subject, None).unwrap(), None);
+        assert_eq!(index.referrers("up", &repo, &subject).unwrap(), None);
         index
             .set_referrers(
                 "up",
                 &repo,
                 &subject,
-                Some("x/y"),
                 TagEntry {
                     digest: d,
                     fetched_at: at,
                 },
             )
             .unwrap();
-        assert_eq!(index.referrers("up", &repo, &subject, None).unwrap(), None);
+        assert_eq!(index.referrers("other", &repo, &subject).unwrap(), None);
         assert_eq!(
             index
-                .referrers("up", &repo, &subject, Some("x/y"))
+                .referrers("up", &repo, &subject)
                 .unwrap()
                 .map(|e| e.digest),
             Some(d)
@@ -802,6 +834,31 @@ mod tests {
         assert_eq!(index.remove_pin(&c).unwrap(), Some(PinSource::Command));
         assert_eq!(index.remove_pin(&c).unwrap(), None);
         assert_eq!(index.pins().unwrap(), [(b, PinSource::Config)]);
+    }
+
+    #[tokio::test]
+    async fn filtered_referrers_records_of_older_versions_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo: RepoName = "org/app".parse().unwrap();
+        let subject = Digest::of(b"subject");
+        let entry = TagEntry {
+            digest: Digest::of(b"list"),
+            fetched_at: UNIX_EPOCH,
+        };
+        {
+            let index = Index::open(dir.path()).unwrap();
+            index.set_referrers("up", &repo, &subject, entry).unwrap();
+            // As an older version wrote them: one per artifactType, NUL included.
+            for t in ["x/y", "a\0b", ""] {
+                let k = key("up", &repo, &format!("{subject}\0{t}"));
+                index.referrers.insert(k, encode_entry(entry)).unwrap();
+            }
+            assert_eq!(index.referrers_len(), 3);
+            index.flush().await.unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        assert_eq!(index.referrers_len(), 1);
+        assert_eq!(index.referrers("up", &repo, &subject).unwrap(), Some(entry));
     }
 
     #[test]

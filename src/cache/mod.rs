@@ -530,9 +530,12 @@ impl Cache {
     ) -> Result<bool, FillError> {
         let _hold = self.hold(*digest).await;
         let len = bytes.len() as u64;
-        if self.index.manifest_type(digest)?.is_some()
-            && self.store.size(digest).await.ok().flatten() == Some(len)
-        {
+        let recorded = self.index.manifest_type(digest)?;
+        if recorded.is_some() && self.store.size(digest).await.ok().flatten() == Some(len) {
+            // Stored already; the type recorded by an older wharf may be one the upstream made up.
+            if recorded.as_deref() != Some(media_type) {
+                self.index.insert_manifest(digest, len, media_type)?;
+            }
             self.access.touch(*digest);
             return Ok(true);
         }

@@ -2,8 +2,15 @@
 //!
 //! Manifests are small (the spec lets registries refuse over 4 MiB), so they are read whole, verified
 //! and stored by digest, content-addressed and immutable: a manifest by digest is never asked for
-//! again. The bytes are kept exactly as received, with the media type the upstream gave them, since
-//! the digest covers every byte.
+//! again. The bytes are kept exactly as received, since the digest covers every byte.
+//!
+//! An upstream's answer is parsed, not trusted: it is kept only when it is a manifest of a type
+//! wharf serves, by [`media::resolve_manifest_type`], which decides the type from the document and
+//! refuses a `Content-Type` that contradicts it. Anything else is a `502` naming the upstream, and
+//! nothing is stored. The type served is thus a function of the bytes: no upstream can change what
+//! another serves for the same digest. A manifest read back from the store is resolved again, so
+//! a type recorded by an older wharf (which kept whatever `Content-Type` came) is corrected on its
+//! first read, and stored bytes that are no manifest are not served.
 //!
 //! A tag maps to a digest in the index. Within `tag_ttl` it is served without asking the upstream.
 //! After that it is revalidated with a `HEAD` (Docker Hub rate-limits manifest GETs, not HEADs) and
@@ -17,7 +24,7 @@ use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, WARNING};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::response::{self, header, ApiError, Area, Body, CacheStatus, Fault};
 use super::route::Route;
@@ -54,7 +61,7 @@ pub fn hot_manifests(bytes: u64) -> HotManifests {
 #[derive(Debug)]
 pub struct Manifest {
     digest: Digest,
-    media_type: String,
+    media_type: &'static str,
     bytes: Bytes,
 }
 
@@ -89,7 +96,7 @@ pub async fn get(
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, response::header_value(&manifest.media_type));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(manifest.media_type));
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::DOCKER_CONTENT_DIGEST,
@@ -307,32 +314,47 @@ fn accept_headers(client_headers: &HeaderMap) -> HeaderMap {
 }
 
 /// A stored manifest: from memory when it is hot, else from the store (and then kept in memory).
+/// Read from the store, its type is resolved from its bytes again, and the index record corrected
+/// when it differs; stored bytes that are no manifest are treated as not stored.
 async fn cached(app: &App, digest: &Digest) -> Result<Option<Arc<Manifest>>, ApiError> {
     if let Some(hot) = app.hot_manifests.get(digest) {
         app.cache.touch(*digest);
         return Ok(Some(hot));
     }
     let index = app.cache.index();
-    let Some(media_type) = index
-        .manifest_type(digest)
-        .map_err(|e| ApiError::internal("index failure", &e))?
-    else {
+    let index_err = |e: crate::cache::IndexError| ApiError::internal("index failure", &e);
+    let Some(recorded) = index.manifest_type(digest).map_err(index_err)? else {
         return Ok(None);
     };
-    let bytes = app
+    let Some(bytes) = app
         .cache
         .read_small(digest)
         .await
-        .map_err(|e| ApiError::from_fill(&e, Area::Manifest))?;
-    Ok(bytes.map(|bytes| {
-        let manifest = Arc::new(Manifest {
-            digest: *digest,
-            media_type,
-            bytes,
-        });
-        app.hot_manifests.insert(*digest, manifest.clone());
-        manifest
-    }))
+        .map_err(|e| ApiError::from_fill(&e, Area::Manifest))?
+    else {
+        return Ok(None);
+    };
+    let media_type = match media::resolve_manifest_type(&bytes, None) {
+        Ok(t) => t,
+        Err(error) => {
+            // debug: a client can ask for it again and again (the 502 that follows is logged).
+            debug!(%digest, %error, recorded = %recorded.escape_debug(), "a stored manifest is not one wharf serves; asking the upstream instead");
+            return Ok(None);
+        }
+    };
+    if media_type != recorded {
+        debug!(%digest, recorded = %recorded.escape_debug(), resolved = media_type, "correcting a stored manifest's media type");
+        index
+            .insert_manifest(digest, bytes.len() as u64, media_type)
+            .map_err(index_err)?;
+    }
+    let manifest = Arc::new(Manifest {
+        digest: *digest,
+        media_type,
+        bytes,
+    });
+    app.hot_manifests.insert(*digest, manifest.clone());
+    Ok(Some(manifest))
 }
 
 /// `GET`s a manifest from the upstream, verifies it (against the digest, when asked by digest) and
@@ -350,10 +372,7 @@ async fn fetch(
         .get_small(&path, accept_headers(client_headers), &scope, MAX_MANIFEST)
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Manifest))?;
-    let announced_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+    let announced_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
     let announced_digest = headers
         .get(header::DOCKER_CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
@@ -372,20 +391,14 @@ async fn fetch(
     } else if announced_digest.is_some_and(|d| d != digest) {
         warn!(upstream = %upstream.name(), repo = %route.name, %reference, %digest, "upstream's Docker-Content-Digest differs from the manifest's digest; using the manifest's");
     }
-    let media_type = match announced_type.as_deref() {
-        Some(t) if !t.is_empty() && t != "application/json" && t != "text/plain" => t.to_owned(),
-        _ => media::sniff_manifest_type(&bytes).ok_or_else(|| {
-            bad_upstream(
-                ErrorCode::ManifestInvalid,
-                format!(
-                    "upstream {} sent a manifest that is not JSON",
-                    upstream.name()
-                ),
-            )
-        })?,
-    };
+    let media_type = media::resolve_manifest_type(&bytes, announced_type).map_err(|e| {
+        bad_upstream(
+            ErrorCode::ManifestInvalid,
+            format!("upstream {} sent a manifest that {e}", upstream.name()),
+        )
+    })?;
     app.cache
-        .put_manifest(&digest, bytes.clone(), &media_type)
+        .put_manifest(&digest, bytes.clone(), media_type)
         .await
         .map_err(|e| ApiError::from_fill(&e, Area::Manifest))?;
     let manifest = Arc::new(Manifest {

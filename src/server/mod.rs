@@ -70,6 +70,8 @@ pub struct App {
     pub access: Access,
     /// The Prometheus families.
     pub metrics: Arc<Metrics>,
+    /// Tag lists fetched from upstreams, shared and kept briefly.
+    pub tag_lists: tags::TagLists,
 }
 
 /// The client's address, put in each request's extensions by the accept loop.

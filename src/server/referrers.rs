@@ -3,10 +3,14 @@
 //! then asked again, served stale when the upstream cannot answer, served from the cache only when
 //! the upstream is offline.
 //!
-//! The `artifactType` filter is applied by wharf itself (and announced with `OCI-Filters-Applied`),
-//! whether or not the upstream applied it, so a cached list answers the same way as a fresh one.
-//! Registries without the API answer 404, which is passed on: clients then fall back to the tag
-//! schema (`sha256-<hex>` tags), which wharf serves like any tag.
+//! One list is cached per upstream, repository and subject: the unfiltered one. The
+//! `artifactType` filter (a media type, checked by [`super::route`]) is applied by wharf to that
+//! list when answering, and announced with `OCI-Filters-Applied`, so a client cannot grow the
+//! index or the upstream's load by sending many filter values, and a cached list answers every
+//! filter as a fresh one would. The upstream's list must be a JSON object with a `manifests` list
+//! (at most [`MAX_MANIFEST`] bytes), or it is a `502`. Registries without the API answer 404,
+//! which is passed on: clients then fall back to the tag schema (`sha256-<hex>` tags), which wharf
+//! serves like any tag.
 
 use std::time::SystemTime;
 
@@ -39,7 +43,7 @@ pub async fn get(
     let index_err = |e: crate::cache::IndexError| ApiError::internal("index failure", &e);
     let storage_err = |e: crate::cache::FillError| ApiError::from_fill(&e, Area::Referrers);
     let entry = index
-        .referrers(upstream.name(), &route.name, &subject, artifact_type)
+        .referrers(upstream.name(), &route.name, &subject)
         .map_err(index_err)?;
     let known = match entry {
         Some(entry) => app
@@ -55,15 +59,10 @@ pub async fn get(
             .duration_since(entry.fetched_at)
             .unwrap_or_default();
         if upstream.offline() || age < app.tag_ttl {
-            return Ok(respond(
-                bytes.clone(),
-                artifact_type,
-                CacheStatus::Hit,
-                method,
-            ));
+            return respond(bytes.clone(), artifact_type, CacheStatus::Hit, method);
         }
     }
-    match fetch(app, route, subject, artifact_type).await {
+    match fetch(app, route, subject).await {
         Ok(bytes) => {
             let digest = Digest::of(&bytes);
             app.cache
@@ -75,26 +74,31 @@ pub async fn get(
                 fetched_at: SystemTime::now(),
             };
             index
-                .set_referrers(upstream.name(), &route.name, &subject, artifact_type, entry)
+                .set_referrers(upstream.name(), &route.name, &subject, entry)
                 .map_err(index_err)?;
-            Ok(respond(bytes, artifact_type, CacheStatus::Miss, method))
+            respond(bytes, artifact_type, CacheStatus::Miss, method)
         }
         Err(e) => match known {
             Some((_, bytes)) if app.serve_stale && e.upstream_trouble() => {
                 warn!(upstream = %upstream.name(), repo = %route.name, %subject, error = %e.message(), "upstream cannot be asked; serving cached referrers stale");
-                Ok(respond(bytes, artifact_type, CacheStatus::Stale, method))
+                respond(bytes, artifact_type, CacheStatus::Stale, method)
             }
             _ => Err(e),
         },
     }
 }
 
+/// Answers with the unfiltered list `bytes`, filtered by `artifact_type` when one is asked for.
 fn respond(
     bytes: Bytes,
     artifact_type: Option<&str>,
     cache: CacheStatus,
     method: &Method,
-) -> Response<Body> {
+) -> Result<Response<Body>, ApiError> {
+    let bytes = match artifact_type {
+        None => bytes,
+        Some(wanted) => filter(&bytes, wanted)?,
+    };
     let len = bytes.len();
     let mut response = Response::new(if *method == Method::HEAD {
         response::empty()
@@ -111,26 +115,25 @@ fn respond(
     if cache == CacheStatus::Stale {
         h.insert(WARNING, HeaderValue::from_static(STALE_WARNING));
     }
-    response
+    Ok(response)
 }
 
-/// Gets the list from the upstream and applies the filter.
-async fn fetch(
-    app: &App,
-    route: &Route,
-    subject: Digest,
-    artifact_type: Option<&str>,
-) -> Result<Bytes, ApiError> {
-    let upstream = &app.upstreams[route.upstream];
-    let mut path = format!("/v2/{}/referrers/{subject}", route.name);
-    if let Some(t) = artifact_type {
-        path.push('?');
-        path.push_str(
-            &url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("artifactType", t)
-                .finish(),
-        );
+/// The list with only the referrers of type `wanted`.
+fn filter(bytes: &[u8], wanted: &str) -> Result<Bytes, ApiError> {
+    let mut list: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::internal("reading a stored referrers list", &e))?;
+    if let Some(manifests) = list.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        manifests.retain(|m| m.get("artifactType").and_then(|t| t.as_str()) == Some(wanted));
     }
+    let bytes = serde_json::to_vec(&list)
+        .map_err(|e| ApiError::internal("encoding a referrers list", &e))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Gets the unfiltered list from the upstream and checks that it is one.
+async fn fetch(app: &App, route: &Route, subject: Digest) -> Result<Bytes, ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let path = format!("/v2/{}/referrers/{subject}", route.name);
     let (_, body) = upstream
         .get_small(
             &path,
@@ -140,13 +143,16 @@ async fn fetch(
         )
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Referrers))?;
-    let mut list: serde_json::Value = serde_json::from_slice(&body)
+    let list: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| invalid(upstream.name(), "a referrers list that is not JSON"))?;
-    if let (Some(wanted), Some(manifests)) = (
-        artifact_type,
-        list.get_mut("manifests").and_then(|m| m.as_array_mut()),
-    ) {
-        manifests.retain(|m| m.get("artifactType").and_then(|t| t.as_str()) == Some(wanted));
+    if !list
+        .get("manifests")
+        .is_some_and(serde_json::Value::is_array)
+    {
+        return Err(invalid(
+            upstream.name(),
+            "a referrers list without a manifests list",
+        ));
     }
     let bytes = serde_json::to_vec(&list)
         .map_err(|e| ApiError::internal("encoding a referrers list", &e))?;

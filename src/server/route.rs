@@ -14,7 +14,7 @@
 use http::Method;
 
 use crate::oci::reference::ParseError;
-use crate::oci::{Digest, DigestError, Reference, RepoName};
+use crate::oci::{media, Digest, DigestError, Reference, RepoName};
 
 /// The upstream names, as routing needs them.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +52,8 @@ pub enum Endpoint {
     Manifest(Reference),
     /// `/blobs/<digest>`.
     Blob(Digest),
-    /// `/referrers/<digest>`, optionally filtered by `artifactType`.
+    /// `/referrers/<digest>`, optionally filtered by `artifactType` (a media type by RFC 6838, at
+    /// most [`crate::limits::MAX_MEDIA_TYPE`] bytes; anything else does not route).
     Referrers {
         /// The subject's digest.
         digest: Digest,
@@ -181,7 +182,13 @@ pub fn parse(
         }
         RawEndpoint::Referrers(digest) => Endpoint::Referrers {
             digest: digest.parse().map_err(RouteError::DigestInvalid)?,
-            artifact_type: query_param(query, "artifactType"),
+            artifact_type: query_param(query, "artifactType")
+                .map(|t| {
+                    media::is_media_type(&t)
+                        .then_some(t)
+                        .ok_or(RouteError::BadQuery("artifactType"))
+                })
+                .transpose()?,
         },
         RawEndpoint::TagsList => Endpoint::TagsList {
             n: query_param(query, "n")
@@ -382,6 +389,38 @@ mod tests {
                 "/v2/org/app/tags/list".into(),
                 Some("n=x"),
                 Err(RouteError::BadQuery("n")),
+            ),
+            (
+                Method::GET,
+                format!("/v2/org/app/referrers/{D}"),
+                Some("artifactType=application%2Fspdx%2Bjson"),
+                api(
+                    0,
+                    "org/app",
+                    "org/app",
+                    Endpoint::Referrers {
+                        digest,
+                        artifact_type: Some("application/spdx+json".into()),
+                    },
+                ),
+            ),
+            (
+                Method::GET,
+                format!("/v2/org/app/referrers/{D}"),
+                Some("artifactType=application%2Fx%00y"),
+                Err(RouteError::BadQuery("artifactType")),
+            ),
+            (
+                Method::GET,
+                format!("/v2/org/app/referrers/{D}"),
+                Some("artifactType=text%2Fplain%3B%20charset%3Dutf-8"),
+                Err(RouteError::BadQuery("artifactType")),
+            ),
+            (
+                Method::GET,
+                format!("/v2/org/app/referrers/{D}"),
+                Some("artifactType="),
+                Err(RouteError::BadQuery("artifactType")),
             ),
             (
                 Method::GET,

@@ -92,6 +92,10 @@ pub struct Knobs {
     pub ignore_range: bool,
     /// Send Docker Hub's `RateLimit-Limit` and `RateLimit-Remaining` (limit, remaining).
     pub rate_limit: Option<(u64, u64)>,
+    /// Repository → the raw `tags/list` body to send (any size), instead of the tags it has.
+    pub tags_body: HashMap<String, Bytes>,
+    /// Tag list responses wait for this gate.
+    pub hold_tags: Option<Gate>,
 }
 
 pub struct State {
@@ -471,6 +475,16 @@ async fn answer(st: Arc<State>, me: SocketAddr, req: Request<Incoming>) -> Respo
     }
     let rest = path.trim_start_matches("/v2/");
     if let Some(name) = rest.strip_suffix("/tags/list") {
+        let gate = st.knobs.lock().hold_tags.clone();
+        if let Some(gate) = gate {
+            gate.wait().await;
+        }
+        if let Some(body) = st.knobs.lock().tags_body.get(name).cloned() {
+            let mut r = full(StatusCode::OK, body);
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            return r;
+        }
         let m = st.manifests.lock();
         let mut tags: Vec<String> = m
             .keys()
