@@ -246,7 +246,7 @@ impl Limited {
         let sink = log.clone();
         std::thread::spawn(move || {
             let mut rest = [0u8; 4096];
-            while let Ok(n) = stderr.get_mut().read(&mut rest) {
+            while let Ok(n) = stderr.read(&mut rest) {
                 if n == 0 {
                     break;
                 }
