@@ -2,5 +2,6 @@
 
 pub mod auth;
 pub mod client;
+pub mod redirect;
 
 pub use client::{Upstream, UpstreamError};
