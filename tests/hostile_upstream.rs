@@ -254,6 +254,50 @@ async fn a_trickled_manifest_is_cut_at_the_deadline() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_response_headers_are_cut_at_the_deadline() {
+    // Headers a byte every 300 ms: reqwest's read timeout (2 s of silence) never fires.
+    let data = common::fake::random_bytes(1000, 9);
+    let d = digest_of(&data);
+    let up = Hostile::start(move |r| {
+        if r.target.contains("/blobs/") || r.target.contains("/manifests/") {
+            Reply::TrickleAll {
+                status: 200,
+                headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+                body: data.to_vec(),
+                every: Duration::from_millis(300),
+            }
+        } else {
+            not_found()
+        }
+    })
+    .await;
+    let w = wharf(&up.url(), "timeout = \"2s\"").await;
+    for (method, path) in [
+        ("GET", format!("/v2/org/app/blobs/{d}")),
+        ("HEAD", format!("/v2/org/app/blobs/{d}")),
+        ("HEAD", "/v2/org/app/manifests/1".to_owned()),
+    ] {
+        let started = Instant::now();
+        let res = client()
+            .request(method.parse().unwrap(), w.url(&path))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let status = res.status().as_u16();
+        assert!(
+            status == 504 || status == 502,
+            "{method} {path}: an upstream error, not a hang: {status}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "{method} {path}: took {took:?}"
+        );
+    }
+}
+
 /// An upstream whose token realm (its own origin) answers with 64 MiB.
 async fn huge_token_upstream(announce: bool) -> Hostile {
     Hostile::start(move |r| {

@@ -57,6 +57,8 @@ pub struct Upstream {
     checked: reqwest::Client,
     /// Where redirects may lead.
     redirects: redirect::Policy,
+    /// Whether an HTTP proxy may resolve redirect targets (so their names are checked here first).
+    proxied: bool,
     /// The overall deadline of a request until its headers, and of a small document whole.
     timeout: Duration,
     credentials: Option<Credentials>,
@@ -182,9 +184,9 @@ impl Upstream {
             Ok(builder)
         };
         let http = builder()?.build()?;
-        let checked = builder()?
-            .dns_resolver(Arc::new(CheckedResolver::from_env()))
-            .build()?;
+        let resolver = CheckedResolver::from_env();
+        let proxied = resolver.proxied();
+        let checked = builder()?.dns_resolver(Arc::new(resolver)).build()?;
         let tokens = moka::future::Cache::builder()
             .max_capacity(10_000)
             .expire_after(TokenExpiry)
@@ -200,6 +202,7 @@ impl Upstream {
                 config.redirect_hosts.clone(),
             ),
             timeout: config.timeout,
+            proxied,
             credentials: config.credentials.clone(),
             token_realms: config.token_realms.clone(),
             tokens,
@@ -527,6 +530,13 @@ impl Upstream {
                 .redirects
                 .check(&next)
                 .map_err(|refused| self.refused_redirect(&refused))?;
+            if let (Hop::Checked, true, Some(url::Host::Domain(name))) =
+                (hop, self.proxied, next.host())
+            {
+                redirect::check_name(name)
+                    .await
+                    .map_err(|refused| self.refused_redirect(&refused))?;
+            }
             debug!(upstream = %self.name, to = %next.host_str().unwrap_or(""), ?hop, "following redirect");
             url = next;
         }

@@ -18,8 +18,10 @@
 //!   the check saw).
 //!
 //! Behind an HTTP proxy (`HTTPS_PROXY`, ...) the proxy resolves the target's name, not wharf:
-//! the proxy's own name is exempt from the resolver's filter so it can be reached, and the proxy's
-//! egress rules have the last word on where names lead. IP literals are still checked here.
+//! the proxy's own name is exempt from the resolver's filter so it can be reached, and wharf
+//! checks the target's name itself first with [`check_name`] (refused if any address it resolves
+//! to here is internal; a name that does not resolve here is left to the proxy, whose egress rules
+//! then have the last word). IP literals are checked as everywhere.
 
 use std::error::Error as StdError;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -161,6 +163,30 @@ impl CheckedResolver {
         Self {
             exempt: Arc::new(exempt),
         }
+    }
+
+    /// Whether requests may go through an HTTP proxy (one is configured in the environment), so
+    /// that target names are resolved by the proxy rather than by this resolver.
+    pub fn proxied(&self) -> bool {
+        !self.exempt.is_empty()
+    }
+}
+
+/// Resolves `host` here and refuses it when any address it resolves to is internal: the check for
+/// a request that an HTTP proxy will resolve itself. A name that does not resolve here passes (a
+/// proxied site often cannot resolve outside names locally); the proxy then decides.
+///
+/// # Errors
+/// [`Refused::Internal`] naming the host and the class of the address.
+pub async fn check_name(host: &str) -> Result<(), Refused> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 0)).await else {
+        return Ok(());
+    };
+    let (_, refused) = filter(addrs.collect());
+    match refused {
+        Some(class) => Err(Refused::Internal { host, class }),
+        None => Ok(()),
     }
 }
 
@@ -650,6 +676,21 @@ mod tests {
             .unwrap()
             .collect();
         assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn names_for_a_proxy_are_checked_here_first() {
+        assert!(matches!(
+            check_name("localhost").await,
+            Err(Refused::Internal { host, class: "loopback" }) if host == "localhost"
+        ));
+        assert!(matches!(
+            check_name("LocalHost.").await,
+            Err(Refused::Internal { .. })
+        ));
+        assert_eq!(check_name("93.184.216.34").await, Ok(()));
+        assert!(!CheckedResolver::default().proxied());
+        assert!(CheckedResolver::with_exempt(vec!["proxy.corp".into()]).proxied());
     }
 
     #[test]
