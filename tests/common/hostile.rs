@@ -40,13 +40,8 @@ pub enum Reply {
         body: Vec<u8>,
         every: Duration,
     },
-    /// The whole response, status line and headers included, one byte per `every`.
-    TrickleAll {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-        every: Duration,
-    },
+    /// `reply`, after a silence of `after`.
+    Late { after: Duration, reply: Box<Reply> },
     /// `len` bytes of `x` in 64 KiB writes, with a `Content-Length` when `announce`, else
     /// delimited by closing the connection.
     Huge {
@@ -254,24 +249,9 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply, head_only: bool, seen
             }
             true
         }
-        Reply::TrickleAll {
-            status,
-            headers,
-            body,
-            every,
-        } => {
-            let mut out = head_text(status, &headers, Some(body.len() as u64)).into_bytes();
-            if !head_only {
-                out.extend_from_slice(&body);
-            }
-            for byte in out {
-                tokio::time::sleep(every).await;
-                if stream.write_all(&[byte]).await.is_err() {
-                    return false;
-                }
-                seen.body_written.fetch_add(1, Ordering::SeqCst);
-            }
-            true
+        Reply::Late { after, reply } => {
+            tokio::time::sleep(after).await;
+            Box::pin(write_reply(stream, *reply, head_only, seen)).await
         }
         Reply::Huge {
             status,
