@@ -1,5 +1,5 @@
-//! A hostile upstream: redirects to internal services and down from https, redirect chains,
-//! manifests trickled a byte a second, token answers of 64 MiB, and token realms on another port
+//! A hostile upstream: redirects to internal services and down from https, redirect chains (long
+//! or slow), manifests trickled a byte a second, token answers of 64 MiB, and token realms on another port
 //! of the upstream's host. Each test checks that the bound holds: nothing internal is contacted,
 //! nothing is waited for longer than the upstream's `timeout`, nothing large is buffered, and no
 //! credential leaves for a place it may not go.
@@ -230,16 +230,58 @@ async fn a_trickled_manifest_is_cut_at_the_deadline() {
                 status: 200,
                 headers: vec![("Content-Type".into(), OCI_MANIFEST.into())],
                 body: manifest(),
-                every: Duration::from_millis(500),
+                every: Duration::from_secs(1),
             }
         } else {
             not_found()
         }
     })
     .await;
-    let w = wharf(&up.url(), "timeout = \"2s\"").await;
+    let good = Fake::start().await;
+    good.add_image("org/app", "1", 1, 100, 3);
+    let w = Wharf::start(
+        "5m",
+        &[
+            Up {
+                name: "upstream.test",
+                url: up.url(),
+                default: true,
+                extra: "timeout = \"2s\"",
+            },
+            Up {
+                name: "good.test",
+                url: good.url(),
+                default: false,
+                extra: "",
+            },
+        ],
+    )
+    .await;
     let started = Instant::now();
-    let (status, body) = get(&w, "/v2/org/app/manifests/1").await;
+    let trickled = {
+        let url = w.url("/v2/org/app/manifests/1");
+        tokio::spawn(async move {
+            let res = client()
+                .get(url)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.text().await.unwrap())
+        })
+    };
+    // Meanwhile a client of a healthy upstream is served as usual.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let healthy = Instant::now();
+    let (status, body) = get(&w, "/v2/good.test/org/app/manifests/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        healthy.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        healthy.elapsed()
+    );
+    let (status, body) = trickled.await.unwrap();
     let took = started.elapsed();
     assert!(
         status == 504 || status == 502,
