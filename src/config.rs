@@ -198,8 +198,9 @@ pub struct UpstreamConfig {
     pub token_realms: Vec<String>,
     /// How long connecting may take (`connect_timeout`, default `10s`).
     pub connect_timeout: Duration,
-    /// How long the upstream may stay silent mid-response before the request (or fill) fails
-    /// (`timeout`, default `60s`).
+    /// The overall deadline of a small document (manifest, token, tag list, referrers: body
+    /// included) and of any response's headers, and how long a blob body may stay silent before
+    /// the fill fails (`timeout`, default `60s`).
     pub timeout: Duration,
     /// How many blob fills may run against this upstream at once (`max_fills`, default 16).
     pub max_fills: usize,

@@ -32,6 +32,10 @@ pub const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How many redirects one upstream request may follow.
 pub const MAX_REDIRECTS: usize = 5;
 
+/// The largest token response read from a token realm. Real ones are a few KiB (a JWT and its
+/// lifetime); a larger one is refused without being buffered.
+pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
+
 // === air-gap bundles ===
 
 /// The largest `wharf-bundle.json` in a bundle.

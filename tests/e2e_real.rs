@@ -277,7 +277,9 @@ async fn bearer_token_flow_against_a_real_registry() {
     const USER: &str = "mirror-bot";
     const PASS: &str = "t0k3n-pa55";
     capture_logs();
-    let tokens = TokenServer::start(USER, PASS).await;
+    // Over https: a token server on another port of the registry's host is another service, which
+    // wharf sends credentials to only when listed in token_realms, and never over plain http.
+    let tokens = TokenServer::start_https(USER, PASS).await;
     let registry = Registry::start(Some(TokenAuth {
         realm: tokens.realm(),
         cert_pem: &tokens.cert_pem,
@@ -305,7 +307,7 @@ async fn bearer_token_flow_against_a_real_registry() {
     let w = wharf_for(
         &registry,
         &format!(
-            "username = \"{USER}\"\npassword_file = \"{}\"",
+            "username = \"{USER}\"\npassword_file = \"{}\"\ntoken_realms = [\"127.0.0.1\"]",
             pw.display()
         ),
     )
@@ -379,7 +381,7 @@ async fn bearer_token_flow_against_a_real_registry() {
     }
 
     // Without credentials the token server refuses wharf, and the client is told so.
-    let anon = wharf_for(&registry, "").await;
+    let anon = wharf_for(&registry, "token_realms = [\"127.0.0.1\"]").await;
     let res = common::client()
         .get(anon.url("/v2/e2e/multi/manifests/1"))
         .send()
@@ -406,7 +408,8 @@ async fn anonymous_bearer_tokens_as_for_public_images() {
     let (work, home) = workdir();
     let images = images::push_all(&registry, &home, work.path(), Some("pusher:push-pass")).await;
     let pushes = tokens.count();
-    let w = wharf_for(&registry, "").await;
+    // The token server is on another port of the registry's 127.0.0.1: it must be listed.
+    let w = wharf_for(&registry, "token_realms = [\"127.0.0.1\"]").await;
     let wharf = host(&w);
     for image in &images {
         let pulled = pull(

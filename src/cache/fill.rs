@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
-use super::rate::{Cut, PacedBody};
+use crate::upstream::rate::{Cut, PacedBody};
 use super::{passthrough, Cache, Reservation};
 use crate::limits::MAX_RESUMES;
 use crate::oci::digest::Mismatch;

@@ -28,7 +28,6 @@ pub mod health;
 pub mod holds;
 pub mod index;
 pub mod passthrough;
-pub mod rate;
 pub mod reconcile;
 
 use std::io;

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::blob_store::{BlobFile, ByteStream};
 use super::fill::{resume, resume_pause, skip_prefix, FillError};
-use super::rate::{Cut, PacedBody};
+use crate::upstream::rate::{Cut, PacedBody};
 use super::Cache;
 use crate::limits::MAX_RESUMES;
 use crate::oci::{Digest, RepoName, Verifier};

@@ -5,9 +5,9 @@
 //! <https://github.com/distribution/distribution/blob/main/docs/spec/auth/token.md>): a `401` with
 //! `Bearer realm=...,service=...,scope=...` sends the client to the realm for a token, with Basic
 //! credentials when it has them. The realm is chosen by the upstream's answer, so before anything is
-//! sent there [`check_realm`] makes sure it is the upstream's own host, on the upstream's registrable
-//! domain, or listed by the operator in `token_realms`, and that credentials travel over plain HTTP
-//! only to a plain-HTTP upstream's own host. This module does no I/O (the client in `client.rs`
+//! sent there [`check_realm`] makes sure it is the upstream's own origin (scheme, host and port), on
+//! the upstream's registrable domain, or listed by the operator in `token_realms`, and that
+//! credentials travel over plain HTTP only to a plain-HTTP upstream's own host and port. This module does no I/O (the client in `client.rs`
 //! does), so every rule here is unit-tested directly, and no error it builds carries a password or a
 //! token.
 
@@ -89,11 +89,30 @@ pub enum AuthError {
         /// The realm's host.
         realm_host: String,
     },
-    /// Credentials would travel over plain HTTP somewhere other than a plain-HTTP upstream's host.
+    /// The realm is on the upstream's host but another port or scheme: another service, which the
+    /// upstream's answer does not get to choose (the host has no registrable domain to vouch for
+    /// it, and it is not listed).
+    #[error(
+        "token realm {realm_origin} is another service on the host of upstream {upstream} \
+         ({upstream_origin}), so wharf will not contact it; if it is the registry's real token \
+         service, add \"{realm_host}\" to token_realms for upstream {upstream}"
+    )]
+    OtherService {
+        /// The upstream's configured name.
+        upstream: String,
+        /// The upstream's scheme, host and port.
+        upstream_origin: String,
+        /// The realm's scheme, host and port.
+        realm_origin: String,
+        /// The realm's host.
+        realm_host: String,
+    },
+    /// Credentials would travel over plain HTTP somewhere other than a plain-HTTP upstream's own
+    /// host and port.
     #[error(
         "token realm host {realm_host} is plain http; wharf sends upstream {upstream}'s credentials \
-         over plain http only to the upstream's own host ({upstream_host}) when the upstream itself \
-         is plain http. The registry must advertise an https token realm"
+         over plain http only to the upstream's own host and port ({upstream_host}) when the \
+         upstream itself is plain http. The registry must advertise an https token realm"
     )]
     InsecureRealm {
         /// The upstream's configured name.
@@ -364,22 +383,27 @@ pub fn token_url(challenge: &BearerChallenge, default_scope: &str) -> Result<Url
 /// Decides whether a token realm may be contacted for `upstream`, and whether credentials may be
 /// sent to it. `upstream_name` is the configured name, used in the errors.
 ///
-/// The realm must be `http` or `https`, and its host must be one of: the upstream's own host (any
-/// port); a host on the same registrable domain as the upstream's, by the public suffix list
-/// (`auth.docker.io` for `registry-1.docker.io`, but not `bar.co.uk` for `foo.co.uk`); or a host
-/// listed in `token_realms` (exact, case-insensitive). IP addresses and single-label hosts such as
-/// `localhost` have no registrable domain, so they must be the upstream's host or be listed.
+/// Realms are compared with the upstream by scheme, host and port. The realm must be `http` or
+/// `https`, and be one of: the upstream's own origin (same scheme, host and port); a host on the
+/// same registrable domain as the upstream's, by the public suffix list (`auth.docker.io` for
+/// `registry-1.docker.io`, but not `bar.co.uk` for `foo.co.uk`), any port; or a host listed in
+/// `token_realms` (exact, case-insensitive, any port). IP addresses and single-label hosts such as
+/// `localhost` have no registrable domain, so they must be the upstream's own origin or be listed:
+/// another port of the upstream's `127.0.0.1` is another service, which a hostile upstream must
+/// not be able to point wharf at.
 ///
 /// When `sends_credentials` is true the realm must also be `https`, unless the upstream itself is
-/// plain `http` and the realm is on its host: a lab registry whose token server sits next to it,
-/// where the credentials would cross the same plain-HTTP path anyway. (An `https` upstream never
-/// has its credentials downgraded to plain HTTP, even on its own host.)
+/// plain `http` and the realm is its own origin (same host and port): a lab registry serving its
+/// own tokens, where the credentials cross the same plain-HTTP path anyway. (An `https` upstream
+/// never has its credentials downgraded to plain HTTP, even on its own host; a plain-HTTP
+/// upstream's credentials never go over plain HTTP to another port, even a listed one.)
 ///
 /// # Errors
 /// [`AuthError::BadRealm`] when the realm's scheme is not `http`/`https` or it has no host;
-/// [`AuthError::ForeignRealm`] when its host is not allowed; [`AuthError::InsecureRealm`] when
-/// credentials would go over plain HTTP where they may not. Each names the realm host, the upstream
-/// and the fix.
+/// [`AuthError::ForeignRealm`] when its host is not allowed; [`AuthError::OtherService`] when it is
+/// another port or scheme of an upstream host that cannot vouch for it; [`AuthError::InsecureRealm`]
+/// when credentials would go over plain HTTP where they may not. Each names the realm, the
+/// upstream and the fix.
 pub fn check_realm(
     upstream_name: &str,
     upstream: &Url,
@@ -394,7 +418,10 @@ pub fn check_realm(
     })?;
     let upstream_host = HostKey::of(upstream);
     let same_host = upstream_host.as_ref() == Some(&realm_host);
-    let allowed = same_host
+    let same_origin = same_host
+        && realm.scheme() == upstream.scheme()
+        && realm.port_or_known_default() == upstream.port_or_known_default();
+    let allowed = same_origin
         || token_realms.iter().any(|listed| realm_host.is(listed))
         || upstream_host
             .as_ref()
@@ -402,10 +429,22 @@ pub fn check_realm(
     let names = || {
         (
             upstream_name.to_owned(),
-            upstream.host_str().unwrap_or_default().to_owned(),
+            match (upstream.host_str().unwrap_or_default(), upstream.port()) {
+                (host, Some(port)) => format!("{host}:{port}"),
+                (host, None) => host.to_owned(),
+            },
             realm.host_str().unwrap_or_default().to_owned(),
         )
     };
+    if !allowed && same_host {
+        let (upstream_name, _, realm_host) = names();
+        return Err(AuthError::OtherService {
+            upstream: upstream_name,
+            upstream_origin: upstream.origin().ascii_serialization(),
+            realm_origin: realm.origin().ascii_serialization(),
+            realm_host,
+        });
+    }
     if !allowed {
         let (upstream, upstream_host, realm_host) = names();
         return Err(AuthError::ForeignRealm {
@@ -414,7 +453,7 @@ pub fn check_realm(
             realm_host,
         });
     }
-    let plain_http_lab = same_host && upstream.scheme() == "http";
+    let plain_http_lab = same_origin && upstream.scheme() == "http";
     if sends_credentials && realm.scheme() != "https" && !plain_http_lab {
         let (upstream, upstream_host, realm_host) = names();
         return Err(AuthError::InsecureRealm {
@@ -856,12 +895,13 @@ mod tests {
         Ok,
         Bad,
         Foreign,
+        Other,
         Insecure,
     }
 
     #[test]
     fn realm_policy() {
-        use Verdict::{Bad, Foreign, Insecure, Ok};
+        use Verdict::{Bad, Foreign, Insecure, Ok, Other};
         let listed = ["auth.example.com".to_owned(), "10.0.0.5".to_owned()];
         // (upstream, realm, sends credentials, want)
         let cases: &[(&str, &str, bool, Verdict)] = &[
@@ -972,26 +1012,76 @@ mod tests {
                 Insecure,
             ),
             ("http://10.0.0.4:5000", "https://10.0.0.5/token", true, Ok),
-            // The upstream's own host, any port: the plain-http lab registry.
+            // The upstream's own origin: the plain-http lab registry serving its own tokens.
+            (
+                "http://127.0.0.1:5000",
+                "http://127.0.0.1:5000/token",
+                true,
+                Ok,
+            ),
+            ("http://127.0.0.1", "http://127.0.0.1:80/token", true, Ok),
+            ("http://[::1]:5000", "http://[::1]:5000/token", true, Ok),
+            (
+                "https://reg.lab.example",
+                "https://reg.lab.example:443/t",
+                true,
+                Ok,
+            ),
+            // Another port or scheme of an address or single-label host is another service.
             (
                 "http://127.0.0.1:5000",
                 "http://127.0.0.1:9999/token",
                 true,
-                Ok,
+                Other,
             ),
-            ("http://127.0.0.1:5000", "http://127.0.0.1/token", true, Ok),
+            (
+                "http://127.0.0.1:5000",
+                "http://127.0.0.1:9999/token",
+                false,
+                Other,
+            ),
+            (
+                "http://127.0.0.1:5000",
+                "http://127.0.0.1/token",
+                true,
+                Other,
+            ),
+            (
+                "http://127.0.0.1:5000",
+                "https://127.0.0.1:5000/token",
+                false,
+                Other,
+            ),
             (
                 "http://localhost:5000",
                 "http://localhost:5001/token",
                 true,
+                Other,
+            ),
+            ("http://[::1]:5000", "http://[::1]:5001/token", true, Other),
+            // Listed, it may be contacted, but plain-http credentials still go only to the
+            // upstream's own host and port.
+            ("http://10.0.0.5:5000", "http://10.0.0.5:5001/t", false, Ok),
+            (
+                "http://10.0.0.5:5000",
+                "http://10.0.0.5:5001/t",
+                true,
+                Insecure,
+            ),
+            ("http://10.0.0.5:5000", "https://10.0.0.5:5001/t", true, Ok),
+            // On a registrable domain, another port may be contacted, but gets no credentials
+            // over plain http.
+            (
+                "http://reg.lab.example:5000",
+                "http://reg.lab.example:5001/t",
+                false,
                 Ok,
             ),
-            ("http://[::1]:5000", "http://[::1]:5001/token", true, Ok),
             (
                 "http://reg.lab.example:5000",
                 "http://reg.lab.example:5001/t",
                 true,
-                Ok,
+                Insecure,
             ),
             // ... but an https upstream's credentials never go to plain http.
             (
@@ -1078,6 +1168,7 @@ mod tests {
                 Result::Ok(()) => Ok,
                 Err(AuthError::BadRealm { .. }) => Bad,
                 Err(AuthError::ForeignRealm { .. }) => Foreign,
+                Err(AuthError::OtherService { .. }) => Other,
                 Err(AuthError::InsecureRealm { .. }) => Insecure,
                 Err(other) => panic!("{upstream} {realm}: unexpected {other:?}"),
             };
@@ -1114,7 +1205,7 @@ mod tests {
                     realm_host: "auth.docker.io".into(),
                 },
                 "token realm host auth.docker.io is plain http; wharf sends upstream hub's \
-                 credentials over plain http only to the upstream's own host \
+                 credentials over plain http only to the upstream's own host and port \
                  (registry-1.docker.io) when the upstream itself is plain http. The registry \
                  must advertise an https token realm",
             ),
@@ -1135,6 +1226,35 @@ mod tests {
             assert_eq!(err.to_string(), message, "{realm}");
             assert_eq!(err, want, "{realm}");
         }
+        // A lab upstream: its host and port are named.
+        let lab = Url::parse("http://127.0.0.1:5000").unwrap();
+        let err = check_realm(
+            "lab",
+            &lab,
+            &Url::parse("http://127.0.0.1:5001/token").unwrap(),
+            &[],
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "token realm http://127.0.0.1:5001 is another service on the host of upstream lab \
+             (http://127.0.0.1:5000), so wharf will not contact it; if it is the registry's real \
+             token service, add \"127.0.0.1\" to token_realms for upstream lab"
+        );
+        let err = check_realm(
+            "lab",
+            &lab,
+            &Url::parse("http://127.0.0.1:5001/token").unwrap(),
+            &["127.0.0.1".to_owned()],
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only to the upstream's own host and port (127.0.0.1:5000)"),
+            "{err}"
+        );
     }
 
     #[test]

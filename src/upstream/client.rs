@@ -3,13 +3,25 @@
 //! Every request goes through [`Upstream::send`], which
 //! 1. attaches a cached token for the request's scope (or Basic credentials once the upstream has
 //!    asked for them),
-//! 2. follows redirects itself, sending `Authorization` only to the upstream's own origin, so a blob
-//!    served from a CDN never sees the upstream's credentials or token,
+//! 2. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
+//!    [`redirect::Policy`] allows (never down from https, never to an internal address other than
+//!    the upstream's own or a listed one, checked on the resolved addresses), sending
+//!    `Authorization` only to the upstream's own origin, so a blob served from a CDN never sees
+//!    the upstream's credentials or token,
 //! 3. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
 //!    [`auth::check_realm`] before anything is sent there) or Basic credentials, then retries.
 //!
 //! Tokens are cached per scope in moka until shortly before they expire; concurrent requests for the
 //! same scope share one token request.
+//!
+//! Nothing an upstream sends is waited for or read without a bound. reqwest's `read_timeout` (the
+//! upstream's `timeout`) cuts a response that goes silent; on top of that every request has an
+//! overall deadline of `timeout` until its response headers arrive (redirects and the token
+//! exchange included), and the small documents read whole ([`Upstream::get_small`], token
+//! responses, error bodies) have the same deadline including their body, so an upstream that
+//! trickles a byte a second cannot hold a request for ever. Blob bodies are streamed, and bounded
+//! by the fill's minimum rate instead. Bodies read whole are also bounded in size
+//! ([`MAX_TOKEN_BODY`], the caller's limit, [`MAX_ERROR_BODY`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,9 +37,10 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::{self, AuthError, Challenge, Token};
-use crate::cache::rate::Pace;
+use super::redirect::{self, CheckedResolver, Hop};
+use super::rate::Pace;
 use crate::config::UpstreamConfig;
-use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS};
+use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS, MAX_TOKEN_BODY};
 use crate::metrics::{Metrics, UpstreamStatus};
 use crate::oci::{ErrorCode, ErrorEnvelope};
 use crate::secret::Credentials;
@@ -39,7 +52,16 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 pub struct Upstream {
     name: String,
     base: Url,
+    /// The client for the upstream's own origin, its token realms and the `redirect_hosts`.
     http: reqwest::Client,
+    /// The client for every other redirect target: its resolver refuses internal addresses.
+    checked: reqwest::Client,
+    /// Where redirects may lead.
+    redirects: redirect::Policy,
+    /// Whether an HTTP proxy may resolve redirect targets (so their names are checked here first).
+    proxied: bool,
+    /// The overall deadline of a request until its headers, and of a small document whole.
+    timeout: Duration,
     credentials: Option<Credentials>,
     token_realms: Vec<String>,
     tokens: moka::future::Cache<String, Arc<Token>>,
@@ -147,21 +169,27 @@ impl Upstream {
     /// # Errors
     /// When the TLS client cannot be built.
     pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.timeout)
-            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(pem) = &config.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
+        let builder = || -> Result<reqwest::ClientBuilder, reqwest::Error> {
+            let mut builder = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.timeout)
+                .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+                .pool_idle_timeout(Duration::from_secs(90));
+            if let Some(pem) = &config.ca_pem {
+                for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                    builder = builder.add_root_certificate(cert);
+                }
             }
-        }
-        if config.insecure {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let http = builder.build()?;
+            if config.insecure {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            Ok(builder)
+        };
+        let http = builder()?.build()?;
+        let resolver = CheckedResolver::from_env();
+        let proxied = resolver.proxied();
+        let checked = builder()?.dns_resolver(Arc::new(resolver)).build()?;
         let tokens = moka::future::Cache::builder()
             .max_capacity(10_000)
             .expire_after(TokenExpiry)
@@ -170,6 +198,14 @@ impl Upstream {
             name: config.name.clone(),
             base: config.url.clone(),
             http,
+            checked,
+            redirects: redirect::Policy::new(
+                config.url.clone(),
+                config.insecure,
+                config.redirect_hosts.clone(),
+            ),
+            timeout: config.timeout,
+            proxied,
             credentials: config.credentials.clone(),
             token_realms: config.token_realms.clone(),
             tokens,
@@ -237,11 +273,41 @@ impl Upstream {
 
     /// Sends a request for `path` (`/v2/...`, with an optional query) under the pull `scope`
     /// (`repository:<name>:pull`), authenticating as the upstream asks. Returns the upstream's
-    /// response whatever its status; [`UpstreamError::from_status`] classifies error statuses.
+    /// response whatever its status; [`Upstream::status_error`] classifies error statuses. The
+    /// response's headers must arrive (through every redirect and the token exchange) within the
+    /// upstream's `timeout`; its body is the caller's to bound.
     ///
     /// # Errors
-    /// Transport failures, timeouts, refused or failed authentication, bad redirects.
+    /// Transport failures, timeouts, refused or failed authentication, refused redirects.
     pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        self.deadline(self.send_unbounded(method, path_and_query, headers, scope))
+            .await
+    }
+
+    /// Runs `work` under the upstream's overall deadline (`timeout`).
+    async fn deadline<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(upstream = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream request passed its deadline");
+                Err(UpstreamError::Timeout {
+                    upstream: self.name.clone(),
+                })
+            }
+        }
+    }
+
+    /// [`Upstream::send`] without the deadline.
+    async fn send_unbounded(
         &self,
         method: Method,
         path_and_query: &str,
@@ -366,7 +432,18 @@ impl Upstream {
         Ok(None)
     }
 
+    /// Asks the challenge's realm for a token for `scope`, within the upstream's `timeout` and
+    /// reading at most [`MAX_TOKEN_BODY`] of its answer.
     async fn fetch_token(
+        &self,
+        challenge: &auth::BearerChallenge,
+        scope: &str,
+    ) -> Result<Arc<Token>, UpstreamError> {
+        self.deadline(self.fetch_token_unbounded(challenge, scope))
+            .await
+    }
+
+    async fn fetch_token_unbounded(
         &self,
         challenge: &auth::BearerChallenge,
         scope: &str,
@@ -399,13 +476,25 @@ impl Upstream {
                 },
             });
         }
-        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        let body = self
+            .read_whole(response, MAX_TOKEN_BODY)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => {
+                    warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), limit = MAX_TOKEN_BODY, "token response too large; refused");
+                    self.auth_error(AuthError::BadTokenResponse {
+                        reason: "it is larger than 1 MiB",
+                    })
+                }
+                ReadError::Transport(e) => self.transport(e),
+            })?;
         let token = auth::parse_token_response(&body).map_err(|e| self.auth_error(e))?;
         debug!(upstream = %self.name, %scope, expires_in = token.expires_in.as_secs(), "new upstream token");
         Ok(Arc::new(token))
     }
 
-    /// Sends one request, following redirects; `Authorization` goes only to the upstream's origin.
+    /// Sends one request, following at most [`MAX_REDIRECTS`] redirects where the
+    /// [`redirect::Policy`] allows; `Authorization` goes only to the upstream's origin.
     async fn send_following(
         &self,
         method: &Method,
@@ -413,9 +502,14 @@ impl Upstream {
         headers: &HeaderMap,
         auth: Option<HeaderValue>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        // The first request goes to the upstream itself.
+        let mut hop = Hop::Trusted;
         for _ in 0..=MAX_REDIRECTS {
-            let mut request = self
-                .http
+            let client = match hop {
+                Hop::Trusted => &self.http,
+                Hop::Checked => &self.checked,
+            };
+            let mut request = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(auth) = &auth {
@@ -423,10 +517,12 @@ impl Upstream {
                     request = request.header(AUTHORIZATION, auth.clone());
                 }
             }
-            let response = self
-                .counted(request, method)
-                .await
-                .map_err(|e| self.transport(e))?;
+            let response = self.counted(request, method).await.map_err(|e| {
+                match redirect::refused_in(&e) {
+                    Some(refused) => self.refused_redirect(&refused),
+                    None => self.transport(e),
+                }
+            })?;
             if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED
             {
                 return Ok(response);
@@ -439,22 +535,37 @@ impl Upstream {
             let next = url
                 .join(location)
                 .map_err(|_| self.protocol("redirect to an invalid Location".into()))?;
-            if !matches!(next.scheme(), "http" | "https") {
-                return Err(self.protocol("redirect to a non-HTTP location".into()));
+            hop = self
+                .redirects
+                .check(&next)
+                .map_err(|refused| self.refused_redirect(&refused))?;
+            if let (Hop::Checked, true, Some(url::Host::Domain(name))) =
+                (hop, self.proxied, next.host())
+            {
+                redirect::check_name(name)
+                    .await
+                    .map_err(|refused| self.refused_redirect(&refused))?;
             }
-            debug!(upstream = %self.name, to = %next.host_str().unwrap_or(""), "following redirect");
+            debug!(upstream = %self.name, to = %next.host_str().unwrap_or(""), ?hop, "following redirect");
             url = next;
         }
+        warn!(upstream = %self.name, limit = MAX_REDIRECTS, "too many redirects; refused");
         Err(self.protocol(format!("more than {MAX_REDIRECTS} redirects")))
     }
 
+    /// Logs a refused redirect and turns it into the error the client sees.
+    fn refused_redirect(&self, refused: &redirect::Refused) -> UpstreamError {
+        warn!(upstream = %self.name, reason = %refused, "redirect refused");
+        self.protocol(refused.to_string())
+    }
+
     /// `GET`s a small document (a manifest, a tag list, a referrers list) whole: the response's
-    /// headers and body, at most `limit` bytes of it.
+    /// headers and body, at most `limit` bytes of it, all within the upstream's `timeout`.
     ///
     /// # Errors
     /// As [`Upstream::send`]; an error status as [`Upstream::status_error`] classifies it; a body
     /// that breaks off, or is longer than `limit`, as [`UpstreamError::Protocol`] or a transport
-    /// error.
+    /// error; a document not whole by the deadline as [`UpstreamError::Timeout`].
     pub async fn get_small(
         &self,
         path_and_query: &str,
@@ -462,28 +573,59 @@ impl Upstream {
         scope: &str,
         limit: usize,
     ) -> Result<(HeaderMap, Bytes), UpstreamError> {
-        let mut response = self
-            .send(Method::GET, path_and_query, headers, scope)
-            .await?;
-        if !response.status().is_success() {
-            return Err(self.status_error(response).await);
+        self.deadline(async {
+            let mut response = self
+                .send_unbounded(Method::GET, path_and_query, headers, scope)
+                .await?;
+            if !response.status().is_success() {
+                return Err(self.status_error(response).await);
+            }
+            let headers = std::mem::take(response.headers_mut());
+            let body = self
+                .read_whole(response, limit)
+                .await
+                .map_err(|e| match e {
+                    ReadError::TooLarge => {
+                        self.protocol(format!("sent a response larger than {limit} bytes"))
+                    }
+                    ReadError::Transport(e) => self.transport(e),
+                })?;
+            Ok((headers, body))
+        })
+        .await
+    }
+
+    /// Reads a body whole, refusing it (without reading further) as soon as it is known to be
+    /// longer than `limit`: up front by its `Content-Length`, or once the bytes read pass it.
+    async fn read_whole(
+        &self,
+        mut response: reqwest::Response,
+        limit: usize,
+    ) -> Result<Bytes, ReadError> {
+        let announced = response.content_length();
+        if announced.is_some_and(|length| length > limit as u64) {
+            return Err(ReadError::TooLarge);
         }
-        let headers = std::mem::take(response.headers_mut());
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+        // Never trust the announced length for more than the limit.
+        let capacity = announced.map_or(0, |length| length as usize);
+        let mut body = BytesMut::with_capacity(capacity);
+        while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
             if body.len() + chunk.len() > limit {
-                return Err(self.protocol(format!("sent a response larger than {limit} bytes")));
+                return Err(ReadError::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((headers, body.freeze()))
+        Ok(body.freeze())
     }
 
-    /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code.
+    /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code,
+    /// for at most the upstream's `timeout`.
     pub async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
-        let body = read_bounded(response, MAX_ERROR_BODY).await;
+        let body = tokio::time::timeout(self.timeout, read_bounded(response, MAX_ERROR_BODY))
+            .await
+            .unwrap_or_default();
         UpstreamError::Status {
             upstream: self.name.clone(),
             status,
@@ -557,6 +699,14 @@ impl Upstream {
             },
         }
     }
+}
+
+/// Why a body could not be read whole.
+enum ReadError {
+    /// It is longer than the limit.
+    TooLarge,
+    /// The transport failed (or timed out) under it.
+    Transport(reqwest::Error),
 }
 
 async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {

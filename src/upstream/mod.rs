@@ -2,5 +2,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod rate;
+pub mod redirect;
 
 pub use client::{Upstream, UpstreamError};

@@ -335,6 +335,8 @@ pub struct TokenRequest {
 pub struct TokenServer {
     pub addr: SocketAddr,
     pub cert_pem: String,
+    /// Whether it serves https (with a certificate from a throw-away CA, for 127.0.0.1).
+    https: bool,
     /// Requests answered, in order.
     pub seen: Arc<Mutex<Vec<TokenRequest>>>,
     task: tokio::task::JoinHandle<()>,
@@ -473,6 +475,32 @@ impl TokenServer {
     /// As [`TokenServer::start`]; with `anonymous`, a request without credentials gets a
     /// pull-only token, as Docker Hub does for public images. Wrong credentials still get 401.
     pub async fn start_with(user: &str, pass: &str, anonymous: bool) -> TokenServer {
+        Self::spawn(user, pass, anonymous, false).await
+    }
+
+    /// As [`TokenServer::start`], over https: wharf sends credentials over plain http only to a
+    /// plain-http upstream's own host and port, never to a token server on another port.
+    pub async fn start_https(user: &str, pass: &str) -> TokenServer {
+        Self::spawn(user, pass, false, true).await
+    }
+
+    async fn spawn(user: &str, pass: &str, anonymous: bool, https: bool) -> TokenServer {
+        let tls = https.then(|| {
+            let leaf = super::pki::Ca::new("e2e token CA").leaf();
+            use rustls_pki_types::pem::PemObject as _;
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+            let cert = rustls_pki_types::CertificateDer::from(leaf.der);
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
         let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
         let cert = rcgen::CertificateParams::new(vec!["e2e-token".to_owned()])
             .unwrap()
@@ -499,7 +527,7 @@ impl TokenServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (signer, log) = (signer.clone(), log.clone());
+                let (signer, log, tls) = (signer.clone(), log.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let answered = signer.answer(&req);
@@ -523,22 +551,32 @@ impl TokenServer {
                         log.lock().push(answered);
                         async move { Ok::<_, Infallible>(response) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
         TokenServer {
             addr,
             cert_pem: cert.pem(),
+            https,
             seen,
             task,
         }
     }
 
     pub fn realm(&self) -> String {
-        format!("http://{}/token", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/token", self.addr)
     }
 
     /// Token requests answered so far.
