@@ -41,11 +41,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, ByteStream, Staged};
-use crate::upstream::rate::{Cut, PacedBody};
 use super::{passthrough, Cache, Reservation};
 use crate::limits::MAX_RESUMES;
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
+use crate::upstream::rate::{Cut, PacedBody};
 use crate::upstream::{auth, Upstream, UpstreamError};
 
 /// The fills in flight, by digest and upstream: a client is only ever attached to a fill from its

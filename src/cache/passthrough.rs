@@ -29,10 +29,10 @@ use tracing::{debug, warn};
 
 use super::blob_store::{BlobFile, ByteStream};
 use super::fill::{resume, resume_pause, skip_prefix, FillError};
-use crate::upstream::rate::{Cut, PacedBody};
 use super::Cache;
 use crate::limits::MAX_RESUMES;
 use crate::oci::{Digest, RepoName, Verifier};
+use crate::upstream::rate::{Cut, PacedBody};
 use crate::upstream::{auth, Upstream};
 
 /// How much of the staging file a handed-off reader reads at once.

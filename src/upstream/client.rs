@@ -37,8 +37,8 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::{self, AuthError, Challenge, Token};
-use super::redirect::{self, CheckedResolver, Hop};
 use super::rate::Pace;
+use super::redirect::{self, CheckedResolver, Hop};
 use crate::config::UpstreamConfig;
 use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS, MAX_TOKEN_BODY};
 use crate::metrics::{Metrics, UpstreamStatus};
