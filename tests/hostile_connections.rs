@@ -4,19 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fake::{self, Fake};
+use common::served::{self, Served};
 use common::Wharf;
-use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 
 /// A wharf whose `[server]` section has `extra` and which mirrors `upstream` by default.
 async fn wharf(extra: &str, upstream: &str) -> Wharf {
@@ -203,65 +199,21 @@ async fn a_client_that_stops_reading_releases_its_blob() {
 
 // === the real binary with a small file table ===
 
-/// `wharf serve` under `ulimit -n LIMIT`, with its log collected.
-struct Limited {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Limited {
-    fn start(config: &std::path::Path, limit: u32) -> Limited {
-        let mut child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("ulimit -n {limit} && exec \"$0\" serve --config \"$1\""),
-            ])
-            .arg(BIN)
-            .arg(config)
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut log = String::new();
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "wharf exited:\n{log}"
-            );
-            log.push_str(&line);
-            if let Some(i) = line.find("wharf is listening addr=") {
-                break line[i + 24..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-            }
-        };
-        let log = Arc::new(Mutex::new(log));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut rest = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut rest) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().push_str(&String::from_utf8_lossy(&rest[..n]));
-            }
-        });
-        Limited { child, addr, log }
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `wharf serve --config CONFIG` under `ulimit -n LIMIT`, once it listens.
+fn limited(config: &std::path::Path, limit: u32) -> (Served, SocketAddr) {
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            &format!("ulimit -n {limit} && exec \"$0\" serve --config \"$1\""),
+        ])
+        .arg(served::BIN)
+        .arg(config)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null());
+    let served = Served::spawn(command);
+    let addr = served.addr.parse().unwrap();
+    (served, addr)
 }
 
 fn limited_config(dir: &std::path::Path, upstream: &str, server: &str) -> std::path::PathBuf {
@@ -298,11 +250,11 @@ async fn an_idle_flood_cannot_fill_the_file_table() {
         &fake.url(),
         "max_connections_per_ip = 0\nheader_read_timeout = \"2s\"",
     );
-    let w = Limited::start(&config, 1024);
-    let flood = idle_flood("127.0.0.1", w.addr, 1100).await;
+    let (w, addr) = limited(&config, 1024);
+    let flood = idle_flood("127.0.0.1", addr, 1100).await;
     // A client that behaves is served once the flood's first wave times out.
     let started = Instant::now();
-    assert_eq!(base_status("127.0.0.2", w.addr).await, "HTTP/1.1 200 OK");
+    assert_eq!(base_status("127.0.0.2", addr).await, "HTTP/1.1 200 OK");
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(flood);
     // The file table never filled: no accept failures.
@@ -320,10 +272,10 @@ async fn an_idle_flood_from_one_address_does_not_delay_others() {
     let fake = Fake::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = limited_config(dir.path(), &fake.url(), "max_connections_per_ip = 200");
-    let w = Limited::start(&config, 1024);
-    let flood = idle_flood("127.0.0.1", w.addr, 1100).await;
+    let (_w, addr) = limited(&config, 1024);
+    let flood = idle_flood("127.0.0.1", addr, 1100).await;
     let started = Instant::now();
-    assert_eq!(base_status("127.0.0.2", w.addr).await, "HTTP/1.1 200 OK");
+    assert_eq!(base_status("127.0.0.2", addr).await, "HTTP/1.1 200 OK");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "served only after {:?}",

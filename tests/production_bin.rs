@@ -4,107 +4,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fake::{self, Fake, Gate};
 use common::pki::Ca;
-use parking_lot::Mutex;
+use common::served::Served;
 use tokio::net::UnixDatagram;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wharf");
-
-/// The binary, its address, and its log (collected by a thread until it exits).
-struct Wharf {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Wharf {
-    /// Starts `wharf serve --config CONFIG` with `env`, and waits for its listening line.
-    fn start(config: &Path, env: &[(&str, &Path)]) -> Wharf {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--config"])
-            .arg(config)
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut log = String::new();
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "wharf exited:\n{log}"
-            );
-            log.push_str(&line);
-            if let Some(i) = line.find("wharf is listening addr=") {
-                break line[i + 24..].split_whitespace().next().unwrap().to_owned();
-            }
-            // [log] format = "json"
-            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                if event["message"] == "wharf is listening" {
-                    break event["addr"].as_str().unwrap().to_owned();
-                }
-            }
-        };
-        let log = Arc::new(Mutex::new(log));
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            sink.lock().push_str(&rest);
-        });
-        Wharf {
-            child,
-            addr,
-            log,
-            reader: Some(reader),
-        }
+/// `wharf serve --config CONFIG` with `env`, once it listens.
+fn start(config: &Path, env: &[(&str, &Path)]) -> Served {
+    let mut command = Served::command(config);
+    for (k, v) in env {
+        command.env(k, v);
     }
-
-    fn signal(&self, name: &str) {
-        // The shell's builtin kill: no procps needed.
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill -{name} {}", self.child.id())])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit (up to a generous deadline); the exit code and the whole log.
-    async fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "wharf did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        let log = self.log.lock().clone();
-        (status.code(), log)
-    }
-}
-
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Served::spawn(command)
 }
 
 /// A datagram socket standing in for systemd's `$NOTIFY_SOCKET`.
@@ -185,7 +101,7 @@ async fn sighup_reloads_the_certificate_and_systemd_hears_every_state() {
         ),
     );
     let notify = Notify::bind(dir.path());
-    let wharf = Wharf::start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
+    let wharf = start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
     let ready = notify.next().await;
     assert_eq!(ready, format!("READY=1\nSTATUS=serving on {}", wharf.addr));
     assert_eq!(presented(&ca, &wharf.addr).await, first.der);
@@ -220,7 +136,7 @@ async fn sigterm_during_a_download_stops_accepting_lets_it_finish_and_exits_0() 
     let dir = tempfile::tempdir().unwrap();
     let config = base_config(dir.path(), &up.url(), "shutdown_grace = \"60s\"\n");
     let notify = Notify::bind(dir.path());
-    let wharf = Wharf::start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
+    let wharf = start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
     assert!(notify.next().await.starts_with("READY=1"));
 
     let mut res = common::client()
@@ -272,7 +188,7 @@ async fn json_logs_carry_the_request_id_version_and_client() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("[log]\nformat = \"json\"\n");
     std::fs::write(&config, text).unwrap();
-    let wharf = Wharf::start(&config, &[]);
+    let wharf = start(&config, &[]);
     let res = common::client()
         .get(format!("http://{}/v2/", wharf.addr))
         .header("x-request-id", "json-test-1")
@@ -317,7 +233,11 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     );
     // verify insists that the binary exists: point it at the one just built.
     let path = dir.path().join("wharf.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/wharf", BIN)).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/wharf", common::served::BIN),
+    )
+    .unwrap();
     let unit_arg = path.to_str().unwrap();
     let out = systemd_analyze(&["verify", unit_arg]);
     let said = format!(

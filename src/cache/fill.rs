@@ -520,11 +520,8 @@ async fn run<'a>(
     let scope = auth::pull_scope(repo.as_str());
     let pace = upstream.pace();
     let _slot = upstream.fill_slot().await?;
-    let response = pace
-        .headers(
-            upstream.name(),
-            upstream.send(Method::GET, &path, HeaderMap::new(), &scope),
-        )
+    let response = upstream
+        .send(Method::GET, &path, HeaderMap::new(), &scope)
         .await?;
     if !response.status().is_success() {
         return Err(upstream.status_error(response).await.into());
@@ -644,13 +641,7 @@ pub(super) async fn resume(
         RANGE,
         HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits are a valid header"),
     );
-    let response = upstream
-        .pace()
-        .headers(
-            upstream.name(),
-            upstream.send(Method::GET, path, headers, scope),
-        )
-        .await?;
+    let response = upstream.send(Method::GET, path, headers, scope).await?;
     match response.status() {
         StatusCode::OK => Ok((response, offset)),
         StatusCode::PARTIAL_CONTENT => {

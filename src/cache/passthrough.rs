@@ -97,8 +97,9 @@ impl Cache {
         let permit = upstream.fill_slot().await?;
         let path = format!("/v2/{repo}/blobs/{digest}");
         let scope = auth::pull_scope(repo.as_str());
-        let request = upstream.send(Method::GET, &path, HeaderMap::new(), &scope);
-        let response = upstream.pace().headers(upstream.name(), request).await?;
+        let response = upstream
+            .send(Method::GET, &path, HeaderMap::new(), &scope)
+            .await?;
         if !response.status().is_success() {
             return Err(upstream.status_error(response).await.into());
         }

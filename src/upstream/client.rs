@@ -80,7 +80,7 @@ pub struct Upstream {
     rate_limit: Mutex<Option<RateLimit>>,
     /// Where every request sent is counted.
     metrics: Arc<Metrics>,
-    /// How fast blob bodies must arrive (`min_rate`), and how soon their headers (`timeout`).
+    /// How fast blob bodies must arrive (`min_rate` over `min_rate_window`).
     pace: Pace,
 }
 
@@ -266,7 +266,7 @@ impl Upstream {
         *self.rate_limit.lock()
     }
 
-    /// How fast this upstream must deliver blob bodies, and how soon their headers.
+    /// How fast this upstream must deliver blob bodies.
     pub fn pace(&self) -> Pace {
         self.pace
     }

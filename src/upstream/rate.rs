@@ -1,6 +1,6 @@
 //! How fast an upstream must deliver a blob: a minimum rate, averaged over a window, below which
-//! the body is cut (and resumed with `Range`, like a broken connection), and a bound on the wait
-//! for a blob response's headers.
+//! the body is cut (and resumed with `Range`, like a broken connection). The wait for a blob
+//! response's headers is bounded by [`crate::upstream::Upstream::send`]'s deadline.
 //!
 //! An upstream that sends one byte a second never trips a read timeout, so without a minimum rate
 //! it holds a fill (and every client following it) for as long as it likes. The [`RateMeter`]
@@ -22,15 +22,14 @@ use futures_util::StreamExt;
 
 use crate::config::UpstreamConfig;
 
-/// How fast one upstream must deliver blobs (from its `[[upstream]]` settings).
+/// How fast one upstream must deliver blob bodies (from its `[[upstream]]` settings). Their
+/// headers are bounded by [`crate::upstream::Upstream::send`]'s deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     /// Bytes per second, averaged over `window`, below which a body is cut; 0 for no minimum.
     pub min_rate: u64,
     /// The span the rate is averaged over.
     pub window: Duration,
-    /// How long the upstream may take to answer a blob request with its headers (`timeout`).
-    pub first_byte: Duration,
 }
 
 /// Bytes received against a virtual clock, and when they fall below the minimum rate.
@@ -89,7 +88,6 @@ impl Pace {
         Self {
             min_rate: config.min_rate,
             window: config.min_rate_window,
-            first_byte: config.timeout,
         }
     }
 
@@ -100,25 +98,6 @@ impl Pace {
             meter: RateMeter::new(self.min_rate, self.window),
             waited: Duration::ZERO,
         }
-    }
-
-    /// Waits for `request` (an upstream request up to its response headers) for at most
-    /// [`Pace::first_byte`].
-    ///
-    /// # Errors
-    /// The request's own error, or [`crate::upstream::UpstreamError::Timeout`] naming `upstream`.
-    pub async fn headers<T>(
-        &self,
-        upstream: &str,
-        request: impl std::future::Future<Output = Result<T, crate::upstream::UpstreamError>>,
-    ) -> Result<T, crate::upstream::UpstreamError> {
-        tokio::time::timeout(self.first_byte, request)
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::upstream::UpstreamError::Timeout {
-                    upstream: upstream.to_owned(),
-                })
-            })
     }
 }
 

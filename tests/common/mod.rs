@@ -7,6 +7,7 @@ pub mod hostile;
 pub mod images;
 pub mod pki;
 pub mod real;
+pub mod served;
 pub mod slow_auth;
 
 use std::path::Path;
