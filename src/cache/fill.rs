@@ -581,6 +581,9 @@ async fn run<'a>(
         }
         if resumes == MAX_RESUMES {
             let (upstream, written) = (upstream.name().to_owned(), sink.received);
+            // Wait for the threads, so the staging file is gone before the fill is: whoever
+            // waits for the fill to end finds nothing of it on disk.
+            drop(sink.finish().await);
             return Err(if too_slow {
                 FillError::TooSlow { upstream, written }
             } else {
