@@ -394,10 +394,12 @@ impl Running {
 /// # Errors
 /// As [`start`] and [`Running::shutdown`].
 pub async fn run(config: Config) -> Result<(), Error> {
+    // Before READY: a SIGHUP that follows READY at once must find its handler, not the default
+    // action (which ends the process).
+    let mut signals = Signals::new();
     let running = start(config).await?;
     let status = format!("STATUS=serving on {}", running.local_addr());
     systemd::notify(&format!("READY=1\n{status}"));
-    let mut signals = Signals::new();
     while let Signal::Reload = signals.next().await {
         info!("SIGHUP: reloading the TLS certificate and the htpasswd file");
         systemd::notify("RELOADING=1");
