@@ -270,6 +270,8 @@ def main():
 
 def run():
     binary = os.path.abspath(sys.argv[1])
+    # An optional second wharf binary (an older build) gets a column of its own, for before/after.
+    baseline = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else None
     work = tempfile.mkdtemp(prefix="wharf-compare-")
     home = os.path.join(work, "home")
     os.makedirs(home)
@@ -294,6 +296,8 @@ def run():
         Server("registry-proxy", work, registry_cmd(upstream.url)),
         Server("nginx", work, nginx_cmd(upstream.url)),
     ]
+    if baseline:
+        servers.append(Server("wharf-before", work, wharf_cmd(baseline, upstream.url)))
     big_path = f"/v2/bench/big/blobs/{images['big']['layers'][0]}"
     small_blob = f"/v2/bench/small/blobs/{images['small']['config']}"
     manifest = "/v2/bench/small/manifests/1"
@@ -370,6 +374,8 @@ def run():
     print(f"cold = seconds to pull the 512 MiB layer with an empty cache (direct from upstream: "
           f"{results['direct']['cold']:.3f} s)")
     header = f"{'metric':<26}{'wharf':>11}{'reg-proxy':>11}{'nginx':>11}{'w/proxy':>9}{'w/nginx':>9}"
+    if baseline:
+        header += f"{'before':>11}{'w/before':>9}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -378,7 +384,11 @@ def run():
         n = results["nginx"].get(row)
         fmt = lambda v: f"{v:>11.3f}" if isinstance(v, float) and v < 100 else (f"{v:>11.0f}" if v is not None else f"{'-':>11}")
         ratio = lambda a, b: f"{a / b:>9.2f}" if a is not None and b else f"{'-':>9}"
-        print(f"{row:<26}{fmt(w)}{fmt(p)}{fmt(n)}{ratio(w, p)}{ratio(w, n)}")
+        line = f"{row:<26}{fmt(w)}{fmt(p)}{fmt(n)}{ratio(w, p)}{ratio(w, n)}"
+        if baseline:
+            b = results["wharf-before"].get(row)
+            line += f"{fmt(b)}{ratio(w, b)}"
+        print(line)
     print(f"{'cold / direct':<26}{results['wharf']['cold'] / results['direct']['cold']:>11.2f}"
           f"{results['registry-proxy']['cold'] / results['direct']['cold']:>11.2f}"
           f"{results['nginx']['cold'] / results['direct']['cold']:>11.2f}")
