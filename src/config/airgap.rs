@@ -161,21 +161,7 @@ impl RawSync {
                 "must be at least 1s; use e.g. interval = \"6h\"".into(),
             ));
         }
-        let platforms = match &s.platforms {
-            None => None,
-            Some(list) if list.is_empty() => {
-                return Err(err(
-                    &key("platforms"),
-                    "is empty; list platforms, e.g. platforms = [\"linux/amd64\", \"linux/arm64\"], or leave it out for all".into(),
-                ))
-            }
-            Some(list) => Some(
-                list.iter()
-                    .map(|p| p.parse::<Platform>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| err(&key("platforms"), e.to_string()))?,
-            ),
-        };
+        let platforms = platforms(s.platforms.as_deref(), &key("platforms"))?;
         Ok(SyncConfig {
             images,
             file: s.file,
@@ -183,6 +169,23 @@ impl RawSync {
             platforms,
             pin: s.pin,
         })
+    }
+}
+
+/// `platforms`: absent (all platforms) or a non-empty list that parses.
+fn platforms(list: Option<&[String]>, key: &str) -> Result<Option<Vec<Platform>>, KeyError> {
+    match list {
+        None => Ok(None),
+        Some([]) => Err(err(
+            key,
+            "is empty; list platforms, e.g. platforms = [\"linux/amd64\", \"linux/arm64\"], or leave it out for all".into(),
+        )),
+        Some(list) => list
+            .iter()
+            .map(|p| p.parse::<Platform>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|e| err(key, e.to_string())),
     }
 }
 
