@@ -5,33 +5,16 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{level_directives, LogConfig, LogFormat};
 
 /// The filter used when neither `RUST_LOG` nor `[log] level` is set: wharf's own events at info,
 /// libraries quieter.
 pub const DEFAULT_FILTER: &str =
     "info,sled=warn,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn";
 
-/// Directives appended to a bare `[log] level` ("debug"), so the libraries stay at warn.
-const LIBRARIES: &str = "sled=warn,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn";
-
 /// Keeps the background log writer running; dropping it flushes what is buffered.
 pub struct LogGuard {
     _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
-}
-
-/// The filter directives for a `[log] level` value: a bare level ("debug") applies to wharf and
-/// keeps the libraries at warn; anything else ("info,wharf::upstream=trace") is used as written.
-pub fn level_directives(level: &str) -> String {
-    let level = level.trim();
-    if level
-        .parse::<tracing_subscriber::filter::LevelFilter>()
-        .is_ok()
-    {
-        format!("{level},{LIBRARIES}")
-    } else {
-        level.to_owned()
-    }
 }
 
 /// Installs the global tracing subscriber: events on stderr as `config.format` says (coloured
@@ -80,20 +63,5 @@ pub fn init(config: &LogConfig) -> LogGuard {
     }
     LogGuard {
         _writer: installed.then_some(guard),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bare_levels_keep_libraries_quiet() {
-        assert_eq!(level_directives("debug"), format!("debug,{LIBRARIES}"));
-        assert_eq!(level_directives(" WARN "), format!("WARN,{LIBRARIES}"));
-        assert_eq!(
-            level_directives("info,wharf::upstream=trace"),
-            "info,wharf::upstream=trace"
-        );
     }
 }

@@ -20,41 +20,12 @@ use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsFiles;
+pub use crate::config::{certified_key, TlsError};
 use crate::reload::Reloadable;
 
 pub use crate::limits::TLS_HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT;
-
-/// A certificate and key that cannot be used. The messages name no key material.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TlsError {
-    /// The certificate file has no `CERTIFICATE` section.
-    #[error("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
-    NoCertificate,
-    /// The certificate file is not valid PEM.
-    #[error("is not valid PEM ({0})")]
-    CertificatePem(String),
-    /// The leaf certificate does not parse.
-    #[error("holds a certificate that does not parse ({0})")]
-    BadCertificate(String),
-    /// The key file has no private key section.
-    #[error(
-        "holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)"
-    )]
-    NoKey,
-    /// The key file is not valid PEM (no detail: it might quote key material).
-    #[error("is not valid PEM")]
-    KeyPem,
-    /// rustls cannot sign with the key (an unsupported algorithm or curve).
-    #[error("holds a private key that cannot be used ({0})")]
-    KeyUnusable(String),
-    /// The key is not the one the leaf certificate was issued for.
-    #[error("holds a private key that does not match the certificate in tls_cert")]
-    Mismatch,
-}
 
 /// A certificate pair that could not be loaded from its files: which key's file, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,61 +45,9 @@ pub struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
-// === impl TlsError ===
-
-impl TlsError {
-    /// Which configuration key's file the problem is in.
-    pub fn key(&self) -> &'static str {
-        match self {
-            Self::NoCertificate | Self::CertificatePem(_) | Self::BadCertificate(_) => "tls_cert",
-            Self::NoKey | Self::KeyPem | Self::KeyUnusable(_) | Self::Mismatch => "tls_key",
-        }
-    }
-
-    /// What the operator should do.
-    pub fn fix(&self) -> &'static str {
-        match self.key() {
-            "tls_cert" => "give the PEM certificate chain, leaf certificate first (e.g. certbot's fullchain.pem)",
-            _ => "give the PEM private key the certificate was issued for (e.g. certbot's privkey.pem)",
-        }
-    }
-}
-
 /// The crypto provider for the listener (ring, as the upstream client uses).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Builds a certificate pair from PEM text: the chain (leaf first) and the leaf's private key,
-/// checked to match.
-///
-/// # Errors
-/// A [`TlsError`] saying which file is wrong and how.
-pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::CertificatePem(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate);
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey,
-        _ => TlsError::KeyPem,
-    })?;
-    let signer = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::KeyUnusable(e.to_string()))?;
-    let pair = CertifiedKey::new(chain, signer);
-    match pair.keys_match() {
-        Ok(()) => Ok(pair),
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err(TlsError::Mismatch)
-        }
-        // The key type cannot tell its public key: nothing to compare, as rustls itself accepts.
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
-        Err(e) => Err(TlsError::BadCertificate(e.to_string())),
-    }
 }
 
 /// Reads and checks the pair in `files`.
