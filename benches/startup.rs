@@ -9,7 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wharf::cache::{Cache, FsBlobStore, Index, Options};
+use wharf::cache::{Cache, Index, Options};
+use wharf::store::FsBlobStore;
 use wharf::oci::Digest;
 
 fn env_usize(name: &str, default: usize) -> usize {
