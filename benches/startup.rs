@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wharf::cache::{Cache, Index, Options};
-use wharf::store::FsBlobStore;
 use wharf::oci::Digest;
+use wharf::store::FsBlobStore;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -33,7 +33,8 @@ fn stores(backend: Backend, root: &Path) -> Stores {
 }
 
 fn upstream(url: &str) -> Arc<Upstream> {
-    let text = format!("[[upstream]]\nname = \"upstream.test\"\nurl = \"{url}\"\ninsecure = true\n");
+    let text =
+        format!("[[upstream]]\nname = \"upstream.test\"\nurl = \"{url}\"\ninsecure = true\n");
     let config = wharf::Config::from_toml(&text, Path::new("t.toml")).unwrap();
     Arc::new(
         Upstream::new(
@@ -104,8 +105,10 @@ async fn fill_follow_commit_hit(backend: Backend) {
     while led.len() < SIZE / 2 {
         led.extend_from_slice(&lead.next().await.unwrap().unwrap());
     }
-    let BlobSource::Fill { fill: same, leader: false } =
-        cache.blob(&upstream, &repo, digest).await.unwrap()
+    let BlobSource::Fill {
+        fill: same,
+        leader: false,
+    } = cache.blob(&upstream, &repo, digest).await.unwrap()
     else {
         panic!("{backend:?}: expected to join the fill");
     };
@@ -114,18 +117,33 @@ async fn fill_follow_commit_hit(backend: Backend) {
     gate.open();
     led.extend_from_slice(&collect(lead).await.unwrap());
     assert!(led == data, "{backend:?}: the leader's bytes");
-    assert!(late.await.unwrap().unwrap() == data, "{backend:?}: the late follower's bytes");
+    assert!(
+        late.await.unwrap().unwrap() == data,
+        "{backend:?}: the late follower's bytes"
+    );
     assert_eq!(ranged.await.unwrap().unwrap(), &data[1000..5000]);
     fill.ended().await;
-    assert_eq!(up.count("GET", "/blobs/"), 1, "{backend:?}: one upstream GET");
+    assert_eq!(
+        up.count("GET", "/blobs/"),
+        1,
+        "{backend:?}: one upstream GET"
+    );
 
     let BlobSource::Hit(blob) = cache.blob(&upstream, &repo, digest).await.unwrap() else {
         panic!("{backend:?}: expected a hit");
     };
     assert_eq!(blob.size(), SIZE as u64);
-    assert!(collect(blob.clone().stream_range(0, SIZE as u64)).await.unwrap() == data);
+    assert!(
+        collect(blob.clone().stream_range(0, SIZE as u64))
+            .await
+            .unwrap()
+            == data
+    );
     assert_eq!(blob.read_range(10, 20).await.unwrap(), data.slice(10..20));
-    assert_eq!(cache.store().size(&digest).await.unwrap(), Some(SIZE as u64));
+    assert_eq!(
+        cache.store().size(&digest).await.unwrap(),
+        Some(SIZE as u64)
+    );
     assert_eq!(cache.usage().entries, 1);
     // Nothing staged or spooled is left on disk.
     assert!(files(&dir.path().join("tmp")).is_empty(), "{backend:?}");
@@ -150,7 +168,11 @@ async fn a_mismatch_keeps_nothing(backend: Backend) {
     };
     assert!(collect(fill.clone().follow(0, None)).await.is_err());
     fill.ended().await;
-    assert_eq!(cache.store().size(&digest).await.unwrap(), None, "{backend:?}");
+    assert_eq!(
+        cache.store().size(&digest).await.unwrap(),
+        None,
+        "{backend:?}"
+    );
     assert_eq!(cache.usage().entries, 0);
     assert!(files(&dir.path().join("tmp")).is_empty(), "{backend:?}");
 }

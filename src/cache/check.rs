@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use super::index::{Index, IndexError};
 use super::reconcile::hash_file;
-use crate::store::{BlobStore, FsBlobStore, LocalStore};
 use crate::oci::{media, Digest};
+use crate::store::{BlobStore, FsBlobStore, LocalStore};
 
 /// What `wharf check` does.
 #[derive(Debug, Clone, Copy, Default)]

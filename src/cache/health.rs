@@ -13,8 +13,8 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -146,7 +146,12 @@ mod tests {
     #[test]
     fn a_failure_pauses_then_caching_resumes() {
         let dir = tempfile::tempdir().unwrap();
-        let h = StorageHealth::new(dir.path().to_owned(), disk(dir.path()), 0, Duration::from_millis(50));
+        let h = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            0,
+            Duration::from_millis(50),
+        );
         assert!(!h.paused());
         h.failed("test", &io::Error::from(io::ErrorKind::StorageFull));
         h.failed("test", &io::Error::from(io::ErrorKind::StorageFull));
@@ -165,16 +170,31 @@ mod tests {
     #[test]
     fn the_free_space_floor_is_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let free = StorageHealth::new(dir.path().to_owned(), disk(dir.path()), 1, Duration::from_secs(1))
-            .free_space()
-            .unwrap();
+        let free = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            1,
+            Duration::from_secs(1),
+        )
+        .free_space()
+        .unwrap();
         assert!(free > 0);
-        let h = StorageHealth::new(dir.path().to_owned(), disk(dir.path()), 1, Duration::from_secs(1));
+        let h = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            1,
+            Duration::from_secs(1),
+        );
         assert!(h.check_room(0).is_ok());
         let e = h.check_room(u64::MAX / 2).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         assert!(e.to_string().contains("storage.min_free"), "{e}");
-        let off = StorageHealth::new(dir.path().to_owned(), disk(dir.path()), 0, Duration::from_secs(1));
+        let off = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            0,
+            Duration::from_secs(1),
+        );
         assert!(
             off.check_room(u64::MAX).is_ok(),
             "min_free = 0 turns the check off"

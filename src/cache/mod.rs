@@ -41,12 +41,12 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+/// What the cache serves a hit from (the server knows the cache, not the stores under it).
+pub use crate::store::{Blob, ByteStream, SMALL_BLOB};
 pub use background::Background;
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
 pub use index::{Index, IndexError, PinSource, TagEntry, Usage};
-/// What the cache serves a hit from (the server knows the cache, not the stores under it).
-pub use crate::store::{Blob, ByteStream, SMALL_BLOB};
 
 use crate::oci::{Digest, ImageRef, RepoName};
 use crate::store::{private_dir_all, BlobStore, BlobWriter, FsBlobStore, StagedBlob, DIR_MODE};

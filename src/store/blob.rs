@@ -66,14 +66,15 @@ pub trait BlobStore: Send + Sync + 'static {
     }
 }
 
-/// Reads a committed blob by byte range; what a [`Blob`] reads through.
+/// Reads a committed blob by byte range; what a [`Blob`] reads through. It takes itself by `Arc`
+/// so that a reader on the blocking pool can own its handle without another allocation.
 #[async_trait]
 pub trait BlobRead: Send + Sync + 'static {
     /// Reads `[start, end)` in one call.
     ///
     /// # Errors
     /// I/O errors, and `UnexpectedEof` when the blob is shorter than `end`.
-    async fn read_range(&self, start: u64, end: u64) -> io::Result<Bytes>;
+    async fn read_range(self: Arc<Self>, start: u64, end: u64) -> io::Result<Bytes>;
 }
 
 /// A new blob being written. Dropping it before [`BlobWriter::finish`] discards what it wrote.
@@ -225,7 +226,7 @@ impl Blob {
             }
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        self.reader.read_range(start, end).await
+        self.reader.clone().read_range(start, end).await
     }
 
     /// Streams `[start, end)` in [`READ_CHUNK`] pieces.
@@ -286,7 +287,10 @@ pub(crate) async fn exercise(store: &dyn BlobStore) {
 
     let blob = store.open(&digest).await.unwrap().unwrap();
     assert_eq!(blob.size(), data.len() as u64);
-    assert!(blob.contents().is_none(), "a large blob is not read at open");
+    assert!(
+        blob.contents().is_none(),
+        "a large blob is not read at open"
+    );
     assert_eq!(blob.read_range(5, 20).await.unwrap(), data.slice(5..20));
     let chunks: Vec<Bytes> = blob
         .clone()
@@ -302,8 +306,14 @@ pub(crate) async fn exercise(store: &dyn BlobStore) {
     let small = Bytes::from_static(b"a small blob");
     let small_digest = Digest::of(&small);
     let mut writer = store.writer().await.unwrap();
-    writer.write(&[small.clone()]).await.unwrap();
-    writer.finish().await.unwrap().commit(&small_digest).await.unwrap();
+    writer.write(std::slice::from_ref(&small)).await.unwrap();
+    writer
+        .finish()
+        .await
+        .unwrap()
+        .commit(&small_digest)
+        .await
+        .unwrap();
     let blob = store.open(&small_digest).await.unwrap().unwrap();
     assert_eq!(blob.contents(), Some(&small));
     assert_eq!(blob.read_range(2, 7).await.unwrap(), small.slice(2..7));
@@ -318,7 +328,7 @@ pub(crate) async fn exercise(store: &dyn BlobStore) {
     let other = Bytes::from_static(b"never committed");
     let other_digest = Digest::of(&other);
     let mut writer = store.writer().await.unwrap();
-    writer.write(&[other.clone()]).await.unwrap();
+    writer.write(std::slice::from_ref(&other)).await.unwrap();
     drop(writer);
     let mut writer = store.writer().await.unwrap();
     writer.write(&[other]).await.unwrap();

@@ -57,7 +57,7 @@ pub struct DiskStaged {
 
 /// Reads a committed blob's file.
 struct DiskRead {
-    file: Arc<File>,
+    file: File,
 }
 
 /// The mode of every file wharf creates under its storage.
@@ -104,13 +104,12 @@ fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
 
 #[async_trait]
 impl BlobRead for DiskRead {
-    async fn read_range(&self, start: u64, end: u64) -> io::Result<Bytes> {
-        let file = self.file.clone();
+    async fn read_range(self: Arc<Self>, start: u64, end: u64) -> io::Result<Bytes> {
         let len = usize::try_from(end.saturating_sub(start))
             .map_err(|_| io::Error::other("read too large"))?;
         blocking(move || {
             let mut buf = BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, start)?;
+            self.file.read_exact_at(&mut buf, start)?;
             Ok(buf.freeze())
         })
         .await
@@ -327,11 +326,8 @@ impl BlobStore for FsBlobStore {
                 } else {
                     None
                 };
-                Ok(Blob::new(
-                    size,
-                    contents,
-                    Arc::new(DiskRead { file: Arc::new(f) }),
-                ))
+                // One allocation for the handle, as many readers as clones of the blob.
+                Ok(Blob::new(size, contents, Arc::new(DiskRead { file: f })))
             }))
         })
         .await
@@ -448,7 +444,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).unwrap();
         super::super::blob::exercise(&store).await;
-        assert_eq!(store.staging_leftovers().unwrap(), (0, 0), "nothing left in tmp/");
+        assert_eq!(
+            store.staging_leftovers().unwrap(),
+            (0, 0),
+            "nothing left in tmp/"
+        );
     }
 
     #[tokio::test]
@@ -459,7 +459,7 @@ mod tests {
         let digest = Digest::of(&data);
         let mut writer = store.disk_writer().await.unwrap();
         let partial = writer.path().to_owned();
-        writer.write(&[data.clone()]).await.unwrap();
+        writer.write(std::slice::from_ref(&data)).await.unwrap();
         let file = writer.local_file().unwrap();
         let staged = Box::new(writer).finish().await.unwrap();
         // Finished: durable and closed, still staged.
@@ -481,7 +481,7 @@ mod tests {
         let digest = Digest::of(&data);
         let mut writer = store.disk_writer().await.unwrap();
         let path = writer.path().to_owned();
-        writer.write(&[data.clone()]).await.unwrap();
+        writer.write(std::slice::from_ref(&data)).await.unwrap();
         let staged = Box::new(writer).finish().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert_eq!(staged.read_all().await.unwrap(), data);

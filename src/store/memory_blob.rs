@@ -97,7 +97,7 @@ impl BlobStore for MemoryBlobStore {
 
 #[async_trait]
 impl BlobRead for MemoryRead {
-    async fn read_range(&self, start: u64, end: u64) -> io::Result<Bytes> {
+    async fn read_range(self: Arc<Self>, start: u64, end: u64) -> io::Result<Bytes> {
         let (s, e) = (usize::try_from(start), usize::try_from(end));
         match (s, e) {
             (Ok(s), Ok(e)) if s <= e && e <= self.bytes.len() => Ok(self.bytes.slice(s..e)),
