@@ -2,14 +2,14 @@
 //! of readers following it.
 //!
 //! The first request for a missing blob starts a [`Fill`]: a task, detached from that request, that
-//! streams the upstream body into a [`crate::store::BlobWriter`] while hashing it, and publishes its progress on a
-//! `watch` channel. Every request for the digest through the same upstream while the fill runs, the
-//! first one included, follows it (a client of another upstream gets a fill of its own, so a slow
-//! upstream holds up only its own clients; see [`Inflight`]): from the fill's [`Spool`] (the last
-//! few MiB received, kept in memory, while the reader keeps up with the download; a local file, up
-//! to the bytes written so far, when it joined late or fell behind); then it waits on the channel
-//! for more. Memory is bounded
-//! per fill, not per reader, however many clients attach. A client that disconnects only drops its
+//! streams the upstream body into a [`crate::store::BlobWriter`] while hashing it, and publishes
+//! its progress on a `watch` channel. Every request for the digest through the same upstream while
+//! the fill runs, the first one included, follows it (a client of another upstream gets a fill of
+//! its own, so a slow upstream holds up only its own clients; see [`Inflight`]): from the fill's
+//! [`Spool`] (the last few MiB received, kept in memory, while the reader keeps up with the
+//! download; a local file, up to the bytes written so far, when it joined late or fell behind);
+//! then it waits on the channel for more. Memory is bounded per fill, not per reader, however many
+//! clients attach. A client that disconnects only drops its
 //! own reader: the fill goes on, and the cache still gets the blob.
 //!
 //! Readers never see a clean end on bad data: the last byte of every response (a `Range` included)
@@ -701,7 +701,7 @@ struct Hashed {
     snapshots: VecDeque<(u64, Verifier)>,
 }
 
-/// Why the writer thread stopped before the end.
+/// Why the writer stopped before the end.
 enum Stopped {
     /// A write failed (or free space reached `storage.min_free`) after `written` bytes, and this is
     /// the hash of those bytes.
@@ -710,17 +710,19 @@ enum Stopped {
         written: u64,
         verifier: Box<Verifier>,
     },
-    /// A thread went away without a result.
+    /// The writer task or hashing thread went away without a result.
     Abandoned,
 }
 
-/// Chunks queued between the download and each thread. Upstream chunks are up to the HTTP client's
-/// read buffer (about 400 KiB), so a full queue is at most a few tens of MiB, and usually empty.
+/// Chunks queued between the download and the writer task, and the hashing thread. Upstream
+/// chunks are up to the HTTP client's read buffer (about 400 KiB), so a full queue is at most a few
+/// tens of MiB, and usually empty.
 const QUEUE: usize = 32;
 
-/// Chunk boundaries the hasher remembers: the writer stops at most `QUEUE + 1` chunks behind it
-/// (the chunk it failed on and a full queue), so this reaches back far enough, with room to spare.
-const SNAPSHOTS: usize = QUEUE + 4;
+/// Chunk boundaries the hasher remembers: the writer stops at most `2 * QUEUE + 1` chunks behind
+/// it (a batch of up to `QUEUE` chunks it failed in, a full queue, and the chunk being handed
+/// over), so this reaches back far enough, with room to spare.
+const SNAPSHOTS: usize = 2 * QUEUE + 4;
 
 /// How often the writer checks that free space stays above `storage.min_free`.
 const ROOM_CHECK: u64 = 8 * 1024 * 1024;
@@ -737,7 +739,7 @@ enum Copied {
         /// Bytes received in the last window.
         in_window: u64,
     },
-    /// A thread stopped (a storage failure): `finish` says why.
+    /// The writer stopped (a storage failure): `finish` says why.
     WriterStopped,
 }
 
@@ -796,9 +798,9 @@ impl Sink {
         }
     }
 
-    /// Hands a response body to the threads, skipping its first `skip` bytes (a resume the upstream
+    /// Hands a response body to the writer and hasher, skipping its first `skip` bytes (a resume the upstream
     /// answered with the whole blob). Only the time spent waiting for the upstream counts against
-    /// its minimum rate, not the time the queues to the threads are full.
+    /// its minimum rate, not the time their queues are full.
     async fn copy(&mut self, fill: &Fill, mut body: PacedBody, mut skip: u64) -> Copied {
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -839,7 +841,7 @@ impl Sink {
         Copied::Ended
     }
 
-    /// Waits for the threads to hash and write everything handed to them.
+    /// Waits for the writer and hasher to write and hash everything handed to them.
     async fn finish(self) -> Result<Written, Stopped> {
         drop(self.to_writer);
         drop(self.to_hasher);
@@ -885,12 +887,17 @@ async fn write_queued(
     // `written` plus the bytes in `batch`.
     let mut end = 0u64;
     let mut next_check = ROOM_CHECK;
-    let mut batch: Vec<Bytes> = Vec::with_capacity(QUEUE + 1);
+    let mut batch: Vec<Bytes> = Vec::with_capacity(QUEUE);
     while let Some(first) = writes.recv().await {
         let mut next = Some(first);
         // Write what is queued (and what arrives meanwhile), then tell the readers once.
         while next.is_some() {
             while let Some(bytes) = next.take() {
+                if batch.len() == QUEUE {
+                    // At most a queue's worth per call: the hasher's snapshots must reach back
+                    // to the start of a batch that fails.
+                    written = flush(&mut *writer, spool.as_ref(), &mut batch, written).await?;
+                }
                 if end >= next_check {
                     written = flush(&mut *writer, spool.as_ref(), &mut batch, written).await?;
                     next_check = written + ROOM_CHECK;

@@ -1,5 +1,5 @@
-//! The cache: committed blobs in a [`BlobStore`] (given to it: [`Cache::open_with_stores`]), their metadata in the sled [`Index`], and the fills
-//! in flight ([`fill`]).
+//! The cache: committed blobs in a [`BlobStore`] (given to it: [`Cache::open_with_stores`]), their
+//! metadata in the sled [`Index`], and the fills in flight ([`fill`]).
 //!
 //! Lookups answer with what to serve: a committed blob, a fill to follow, or nothing (a miss the
 //! caller resolves upstream). The index is consulted first because it is in memory; a blob the index

@@ -7,10 +7,10 @@
 //! verify. Two cases share the code:
 //! - a new miss while caching is paused: the client's own upstream `GET`, hashed from byte 0
 //!   ([`Cache::bypass`], served with `X-Cache: bypass`);
-//! - a fill whose storage failed at byte `W` ([`super::fill::Handoff`]): each reader following it reads
-//!   what it still needs below `W` from the fill's spool file
-//!   ([`super::spool::SpoolFile`]: the store's staging file, whose descriptor stays readable after
-//!   the file is removed, or the fill's own), then asks the upstream for the rest with a `Range` request from `W`, and
+//! - a fill whose storage failed at byte `W` ([`super::fill::Handoff`]): each reader following it
+//!   reads what it still needs below `W` from the fill's spool file ([`super::spool::SpoolFile`]:
+//!   the store's staging file, whose descriptor stays readable after the file is removed, or the
+//!   fill's own), then asks the upstream for the rest with a `Range` request from `W`, and
 //!   continues the hash from the fill's state at `W`. Its response headers went out before the
 //!   failure, so it keeps the `X-Cache` it started with.
 //!

@@ -80,8 +80,9 @@ pub trait BlobRead: Send + Sync + 'static {
 /// A new blob being written. Dropping it before [`BlobWriter::finish`] discards what it wrote.
 #[async_trait]
 pub trait BlobWriter: Send {
-    /// Appends `chunks`, in order. On an error, [`BlobWriter::written`] counts the chunks that were
-    /// written whole (the writer stops on a chunk boundary), and the writer is not to be used again.
+    /// Appends `chunks`, in order. On an error, [`BlobWriter::written`] counts the chunks that
+    /// were written whole (the writer stops on a chunk boundary), and the writer is not to be used
+    /// again.
     ///
     /// # Errors
     /// Any I/O error, such as a full disk.
@@ -118,8 +119,8 @@ pub trait StagedBlob: Send + Sync {
     /// I/O errors.
     async fn read_all(&self) -> io::Result<Bytes>;
 
-    /// Makes it visible under `digest`, which the caller has verified. The blob is durable when this
-    /// returns, and committing over a stored blob of the same digest replaces it.
+    /// Makes it visible under `digest`, which the caller has verified. The blob is durable when
+    /// this returns, and committing over a stored blob of the same digest replaces it.
     ///
     /// # Errors
     /// Any I/O error (the staged bytes are discarded).
