@@ -226,3 +226,114 @@ async fn manifests_on_the_disk_store() {
 async fn manifests_on_the_memory_store() {
     manifests_round_trip(Backend::Memory).await;
 }
+
+/// A store whose writers fail once they hold `limit` bytes (a disk that fills up), over any store.
+struct FailingStore {
+    inner: Arc<dyn BlobStore>,
+    limit: u64,
+}
+
+struct FailingWriter {
+    inner: Box<dyn wharf::store::BlobWriter>,
+    limit: u64,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FailingStore {
+    async fn size(&self, d: &Digest) -> std::io::Result<Option<u64>> {
+        self.inner.size(d).await
+    }
+    async fn open(&self, d: &Digest) -> std::io::Result<Option<wharf::store::Blob>> {
+        self.inner.open(d).await
+    }
+    async fn writer(&self) -> std::io::Result<Box<dyn wharf::store::BlobWriter>> {
+        Ok(Box::new(FailingWriter {
+            inner: self.inner.writer().await?,
+            limit: self.limit,
+        }))
+    }
+    async fn remove(&self, d: &Digest) -> std::io::Result<()> {
+        self.inner.remove(d).await
+    }
+}
+
+#[async_trait::async_trait]
+impl wharf::store::BlobWriter for FailingWriter {
+    async fn write(&mut self, chunks: &[Bytes]) -> std::io::Result<()> {
+        for chunk in chunks {
+            if self.inner.written() + chunk.len() as u64 > self.limit {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            self.inner.write(std::slice::from_ref(chunk)).await?;
+        }
+        Ok(())
+    }
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+    async fn finish(self: Box<Self>) -> std::io::Result<Box<dyn wharf::store::StagedBlob>> {
+        self.inner.finish().await
+    }
+    fn local_file(&self) -> Option<Arc<std::fs::File>> {
+        self.inner.local_file()
+    }
+}
+
+/// The storage fills up mid-fill: every reader goes on from the upstream (reading what it still
+/// needs below the failure from the spool), verified, and nothing is kept.
+async fn a_full_store_hands_off(backend: Backend) {
+    const SIZE: usize = 12 * 1024 * 1024;
+    let up = Fake::start().await;
+    let data = random_bytes(SIZE, 9);
+    let d = up.add_blob(data.clone());
+    let gate = Gate::new();
+    {
+        let mut k = up.knobs();
+        k.slow = Some((256 * 1024, Duration::from_millis(1)));
+        k.hold.insert(d.clone(), (SIZE / 2, gate.clone()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Arc::new(FailingStore {
+        inner: stores(backend, dir.path()).blobs,
+        limit: SIZE as u64 / 3,
+    });
+    let cache = Arc::new(
+        Cache::open_with_stores(dir.path(), &Options::default(), Stores { blobs }).unwrap(),
+    );
+    let upstream = upstream(&up.url());
+    let repo: RepoName = "org/app".parse().unwrap();
+    let digest: Digest = d.parse().unwrap();
+    let BlobSource::Fill { fill, .. } = cache.blob(&upstream, &repo, digest).await.unwrap() else {
+        panic!("{backend:?}: expected a fill");
+    };
+    fill.started().await.unwrap();
+    let mut lead = fill.clone().follow(0, None);
+    let mut led = Vec::new();
+    while led.len() < SIZE / 2 - 512 * 1024 {
+        led.extend_from_slice(&lead.next().await.unwrap().unwrap());
+    }
+    // Joins past what memory holds, after the store failed at a third: reads back from the spool.
+    let late = tokio::spawn(collect(fill.clone().follow(0, None)));
+    gate.open();
+    led.extend_from_slice(&collect(lead).await.unwrap());
+    assert!(led == data, "{backend:?}: the leader's bytes");
+    assert!(
+        late.await.unwrap().unwrap() == data,
+        "{backend:?}: the late reader's bytes"
+    );
+    assert!(fill.handed_off(), "{backend:?}");
+    fill.ended().await;
+    assert_eq!(cache.store().size(&digest).await.unwrap(), None);
+    assert_eq!(cache.usage().entries, 0);
+    assert!(files(&dir.path().join("tmp")).is_empty(), "{backend:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_on_the_disk_store() {
+    a_full_store_hands_off(Backend::Disk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoffs_on_the_memory_store() {
+    a_full_store_hands_off(Backend::Memory).await;
+}
