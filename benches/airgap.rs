@@ -42,10 +42,16 @@ fn fill(buf: &mut [u8], seed: u64) {
 async fn put_blob(cache: &wharf::cache::Cache, bytes: Bytes) -> Digest {
     let digest = Digest::of(&bytes);
     let size = bytes.len() as u64;
-    let staged = cache.store().stage().await.unwrap();
-    staged.write_at(bytes, 0).await.unwrap();
+    let mut writer = cache.store().writer().await.unwrap();
+    writer.write(&[bytes]).await.unwrap();
     cache
-        .commit_staged(staged, &digest, size, None, None)
+        .commit_staged(
+            wharf::cache::ToCommit::Written(writer),
+            &digest,
+            size,
+            None,
+            None,
+        )
         .await
         .unwrap();
     digest

@@ -9,8 +9,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wharf::cache::{Cache, FsBlobStore, Index, Options};
+use wharf::cache::{Cache, Index, Options};
 use wharf::oci::Digest;
+use wharf::store::FsBlobStore;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

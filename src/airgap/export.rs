@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -576,28 +575,25 @@ pub async fn write<W: AsyncWrite + Unpin>(
     Ok(out.into_inner())
 }
 
-/// Reads `[start, end)` of a stored blob and hashes it, on the blocking pool.
+/// Reads `[start, end)` of a stored blob and hashes it (on the blocking pool).
 async fn read_hashing(
-    blob: crate::cache::BlobFile,
+    blob: crate::cache::Blob,
     start: u64,
     end: u64,
     mut verifier: Verifier,
 ) -> io::Result<(Verifier, Bytes)> {
-    if let Some(contents) = blob.contents() {
-        let bytes =
-            contents.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0));
+    let bytes = blob.read_range(start, end).await?;
+    if blob.contents().is_some() {
+        // Small and in memory already: not worth a trip to the blocking pool.
         verifier.update(&bytes);
         return Ok((verifier, bytes));
     }
-    let file = blob.file().clone();
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-        file.read_exact_at(&mut buf, start)?;
-        verifier.update(&buf);
-        Ok((verifier, Bytes::from(buf)))
+        verifier.update(&bytes);
+        (verifier, bytes)
     })
     .await
-    .map_err(io::Error::other)?
+    .map_err(io::Error::other)
 }
 
 /// A bundle being written to a file: `FILE.partial` until [`OutFile::commit`] renames it, removed
@@ -624,7 +620,7 @@ impl OutFile {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(crate::cache::blob_store::FILE_MODE)
+            .mode(crate::store::FILE_MODE)
             .open(&partial)
             .await?;
         Ok((

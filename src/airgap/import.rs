@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -41,9 +40,10 @@ use super::export::parse_image;
 use super::manifest::{self, EntryPlatform};
 use super::tar::{Kind, Reader, TarError};
 use crate::cache::holds::Hold;
-use crate::cache::{IndexError, Parked, TagEntry};
+use crate::cache::{IndexError, TagEntry, ToCommit};
 use crate::oci::{media, Digest, ImageRef, Reference, Verifier};
 use crate::server::App;
+use crate::store::{BlobWriter, StagedBlob};
 
 use crate::limits::MAX_OCI_LAYOUT;
 pub use crate::limits::{MAX_BUNDLE_ENTRIES as MAX_ENTRIES, MAX_INDEX_JSON};
@@ -126,7 +126,7 @@ pub enum ImportError {
 /// A blob of the bundle, as staged.
 struct Staging {
     /// `None` when the store already had it.
-    parked: Option<Parked>,
+    parked: Option<Box<dyn StagedBlob>>,
     size: u64,
 }
 
@@ -398,7 +398,7 @@ async fn stage<R: AsyncRead + Unpin>(
     size: u64,
 ) -> Result<Staging, ImportError> {
     let present = app.cache.index().blob_size(&digest)?.is_some();
-    let staged = if present {
+    let mut writer: Option<Box<dyn BlobWriter>> = if present {
         None
     } else {
         app.cache
@@ -408,40 +408,44 @@ async fn stage<R: AsyncRead + Unpin>(
         Some(
             app.cache
                 .store()
-                .stage()
+                .writer()
                 .await
                 .map_err(ImportError::Storage)?,
         )
     };
-    // Hashing and writing a chunk (on the blocking pool) overlaps with reading the next one.
+    // Hashing (on the blocking pool) and writing a chunk overlap with reading the next one.
+    type Job = (Verifier, Option<Box<dyn BlobWriter>>, io::Result<()>);
     let mut verifier = Some(Verifier::new());
-    let mut pending: Option<tokio::task::JoinHandle<(Verifier, io::Result<()>)>> = None;
-    let mut offset = 0u64;
+    let mut pending: Option<tokio::task::JoinHandle<Job>> = None;
     loop {
         let chunk = reader.chunk(CHUNK).await.map_err(from_tar)?;
         if let Some(job) = pending.take() {
-            let (v, written) = job
+            let (v, w, written) = job
                 .await
                 .map_err(|e| ImportError::Storage(io::Error::other(e)))?;
             written.map_err(ImportError::Storage)?;
             verifier = Some(v);
+            writer = w;
         }
         if chunk.is_empty() {
             break;
         }
         let mut v = verifier.take().unwrap_or_default();
-        let file = staged
-            .as_ref()
-            .map(crate::cache::blob_store::Staged::reader);
-        let at = offset;
-        offset += chunk.len() as u64;
-        pending = Some(tokio::task::spawn_blocking(move || {
-            v.update(&chunk);
-            let written = match file {
-                Some(f) => f.write_all_at(&chunk, at),
+        let mut w = writer.take();
+        pending = Some(tokio::spawn(async move {
+            let c = chunk.clone();
+            let hashed = tokio::task::spawn_blocking(move || {
+                v.update(&c);
+                v
+            });
+            let written = match w.as_mut() {
+                Some(w) => w.write(&[chunk]).await,
                 None => Ok(()),
             };
-            (v, written)
+            match hashed.await {
+                Ok(v) => (v, w, written),
+                Err(e) => (Verifier::new(), w, Err(io::Error::other(e))),
+            }
         }));
     }
     let verifier = verifier.unwrap_or_default();
@@ -450,10 +454,12 @@ async fn stage<R: AsyncRead + Unpin>(
             "{path}: {mismatch}, not to its name: the bundle is corrupt"
         )));
     }
-    Ok(Staging {
-        parked: staged.map(crate::cache::blob_store::Staged::park),
-        size,
-    })
+    // Finished: durable and closed, so thousands of staged blobs hold no file descriptors.
+    let parked = match writer {
+        Some(w) => Some(w.finish().await.map_err(ImportError::Storage)?),
+        None => None,
+    };
+    Ok(Staging { parked, size })
 }
 
 /// Every listed file is there, with its sha256 and size, and nothing else is.
@@ -757,9 +763,7 @@ async fn read_manifest(
     digest: Digest,
 ) -> Result<Bytes, ImportError> {
     if let Some(parked) = staging.and_then(|s| s.parked.as_ref()) {
-        let path = parked.path().to_owned();
-        let bytes = tokio::fs::read(&path).await.map_err(ImportError::Storage)?;
-        return Ok(Bytes::from(bytes));
+        return parked.read_all().await.map_err(ImportError::Storage);
     }
     app.cache
         .read_small(&digest)
@@ -798,9 +802,14 @@ async fn commit(
         // held since the check), so nothing needs it.
         return Ok(false);
     };
-    let staged = parked.reopen().await.map_err(ImportError::Storage)?;
     app.cache
-        .commit_staged(staged, &digest, staging.size, media_type, None)
+        .commit_staged(
+            ToCommit::Staged(parked),
+            &digest,
+            staging.size,
+            media_type,
+            None,
+        )
         .await
         .map_err(|e| match e {
             crate::cache::FillError::Index(e) => ImportError::Index(e),

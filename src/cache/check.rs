@@ -14,10 +14,10 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::blob_store::{BlobStore, FsBlobStore};
 use super::index::{Index, IndexError};
 use super::reconcile::hash_file;
 use crate::oci::{media, Digest};
+use crate::store::{BlobStore, FsBlobStore, LocalStore};
 
 /// What `wharf check` does.
 #[derive(Debug, Clone, Copy, Default)]
@@ -181,6 +181,9 @@ pub async fn run(
         }
     })?;
     let store = FsBlobStore::open_existing(root)?;
+    // `wharf check` looks at the storage on this machine's disk: listing and staging are its
+    // housekeeping.
+    let local: &dyn LocalStore = &store;
     let mut report = CheckReport {
         repaired: options.repair,
         verified: options.verify,
@@ -188,13 +191,13 @@ pub async fn run(
     };
 
     let (count, bytes) = if options.repair {
-        store.clear_staging()?
+        local.clear_staging()?
     } else {
-        store.staging_leftovers()?
+        local.staging_leftovers()?
     };
     report.staging = Tally { count, bytes };
 
-    let listing = store.list()?;
+    let listing = local.list()?;
     let mut files: HashSet<Digest> = listing.blobs.iter().copied().collect();
     let entries: Vec<(Digest, u64)> = index.blobs().collect::<Result<_, _>>()?;
     let total = if options.verify {
@@ -278,7 +281,7 @@ pub async fn run(
     for (name, size) in &listing.strays {
         report.strays.add(*size);
         if options.repair {
-            store.remove_stray(name)?;
+            local.remove_stray(name)?;
         }
     }
     let stale = index.stale_records()?;

@@ -2,19 +2,20 @@
 //! of readers following it.
 //!
 //! The first request for a missing blob starts a [`Fill`]: a task, detached from that request, that
-//! streams the upstream body into a staging file while hashing it, and publishes its progress on a
-//! `watch` channel. Every request for the digest through the same upstream while the fill runs, the
-//! first one included, follows it (a client of another upstream gets a fill of its own, so a slow
-//! upstream holds up only its own clients; see [`Inflight`]): from the last few MiB received, which the fill keeps in memory, while the reader keeps up
-//! with the download, and from the staging file (through a shared handle, up to the bytes written so
-//! far) when it joined late or fell behind; then it waits on the channel for more. Memory is bounded
-//! per fill, not per reader, however many clients attach. A client that disconnects only drops its
+//! streams the upstream body into a [`crate::store::BlobWriter`] while hashing it, and publishes
+//! its progress on a `watch` channel. Every request for the digest through the same upstream while
+//! the fill runs, the first one included, follows it (a client of another upstream gets a fill of
+//! its own, so a slow upstream holds up only its own clients; see [`Inflight`]): from the fill's
+//! [`Spool`] (the last few MiB received, kept in memory, while the reader keeps up with the
+//! download; a local file, up to the bytes written so far, when it joined late or fell behind);
+//! then it waits on the channel for more. Memory is bounded per fill, not per reader, however many
+//! clients attach. A client that disconnects only drops its
 //! own reader: the fill goes on, and the cache still gets the blob.
 //!
 //! Readers never see a clean end on bad data: the last byte of every response (a `Range` included)
 //! is held back until the digest and size have been verified, so when a fill fails every attached
-//! response is cut short and the client knows the body is incomplete. The failed staging file is
-//! removed with the task's [`Staged`].
+//! response is cut short and the client knows the body is incomplete. What the failed fill wrote
+//! is discarded with the task's writer.
 //!
 //! When the storage cannot take the blob (a write fails, free space would fall below
 //! `storage.min_free`, or the blob is larger than `storage.max_size`), the fill hands off instead of
@@ -25,12 +26,8 @@
 //! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::sync::{Arc, OnceLock};
-
+use std::sync::Arc;
 use std::time::Duration;
-
-use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -40,11 +37,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::blob_store::{BlobFile, ByteStream, Staged};
-use super::{passthrough, Cache, Reservation};
+use super::spool::{Spool, SpoolFile};
+use super::{passthrough, Cache, Reservation, ToCommit};
 use crate::limits::MAX_RESUMES;
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
+use crate::store::{BlobWriter, ByteStream};
 use crate::upstream::rate::{Cut, PacedBody};
 use crate::upstream::{auth, Upstream, UpstreamError};
 
@@ -73,28 +71,20 @@ pub enum Joined {
 pub struct Fill {
     digest: Digest,
     state: watch::Receiver<FillState>,
-    file: OnceLock<Arc<File>>,
     /// Where the blob comes from, for readers that go on by themselves after a handoff.
     upstream: Arc<Upstream>,
     repo: RepoName,
-    /// The most recently received chunks, so readers that keep up are served from memory (no read
-    /// back from the staging file); readers that fall behind read the file.
-    recent: Mutex<Recent>,
+    /// What readers read from while the blob arrives: the most recent chunks in memory, the rest
+    /// read back from a local file.
+    spool: Spool,
     /// Set once the fill's task is over: the blob committed and indexed, or not kept.
     ended: watch::Sender<bool>,
-}
-
-/// The tail of a fill's body, as received: chunks by offset, at most [`RECENT_BYTES`] in all.
-#[derive(Default)]
-struct Recent {
-    chunks: VecDeque<(u64, Bytes)>,
-    bytes: usize,
 }
 
 /// How far a fill got before the storage could not take the rest, for its readers to continue
 /// from the upstream.
 pub struct Handoff {
-    /// Bytes in the staging file (all of them hashed into `verifier`).
+    /// Bytes written to the store and the spool (all of them hashed into `verifier`).
     pub written: u64,
     /// The hash of the first `written` bytes.
     pub verifier: Verifier,
@@ -107,8 +97,9 @@ pub struct Handoff {
 pub enum FillState {
     /// Waiting for the upstream's response headers.
     Connecting,
-    /// The body is arriving: `received` bytes have arrived, of which `written` are in the staging
-    /// file (the rest are queued for the writer, and the latest are in [`Fill::recent`]).
+    /// The body is arriving: `received` bytes have arrived, of which `written` are written (and in
+    /// the spool's file; the rest are queued for the writer, and the latest are in the spool's
+    /// memory).
     Streaming {
         /// The size the upstream announced, if it did.
         size: Option<u64>,
@@ -130,9 +121,9 @@ pub enum FillState {
 
 /// How a fill ended, short of an error.
 enum Outcome<'a> {
-    /// Verified: the staging file, the blob's size, and the room reserved for it (held until the
-    /// blob is indexed, so its bytes are counted somewhere all along).
-    Verified(Staged, u64, Reservation<'a>),
+    /// Verified: the writer (not yet finished), the blob's size, and the room reserved for it
+    /// (held until the blob is indexed, so its bytes are counted somewhere all along).
+    Verified(Box<dyn BlobWriter>, u64, Reservation<'a>),
     /// Handed off to the readers.
     Handoff(Handoff),
 }
@@ -278,22 +269,27 @@ impl Fill {
         let fill = Arc::new(Self {
             digest,
             state: rx,
-            file: OnceLock::new(),
             upstream: upstream.clone(),
             repo: repo.clone(),
-            recent: Mutex::new(Recent::default()),
+            spool: Spool::new(),
             ended: watch::Sender::new(false),
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
             let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
             match result {
-                Ok(Outcome::Verified(staged, size, reservation)) => {
+                Ok(Outcome::Verified(writer, size, reservation)) => {
                     // Verified: readers may finish now. Making it durable (fsync of the whole
                     // blob) happens after, so a cold pull does not wait for the disk.
                     tx.send_replace(FillState::Done { size });
                     let committed = cache
-                        .commit_staged(staged, &digest, size, None, Some(reservation))
+                        .commit_staged(
+                            ToCommit::Written(writer),
+                            &digest,
+                            size,
+                            None,
+                            Some(reservation),
+                        )
                         .await;
                     match committed {
                         Ok(()) => {
@@ -361,7 +357,7 @@ impl Fill {
     }
 
     /// Streams `[start, end)` of the blob (to the end when `end` is `None`) as it arrives: from
-    /// memory while the reader keeps up with the download, from the staging file when it falls
+    /// memory while the reader keeps up with the download, from the spool's file when it falls
     /// behind. The last byte is sent only once the blob is verified; the stream ends with an error if
     /// the fill fails, and after a handoff it goes on from the upstream.
     pub fn follow(self: Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
@@ -403,19 +399,19 @@ impl Fill {
                                 fill.repo.clone(),
                                 fill.digest,
                                 h.size,
-                                fill.file.get().cloned(),
+                                fill.spool.file().cloned(),
                                 h.written,
                                 h.verifier.clone(),
                                 pos,
                                 end,
                             );
-                            // The fill (and its hold on the staging file) is let go here.
+                            // The fill (and its spool's memory) is let go here.
                             drop(fill);
                             return rest.next().await.map(|item| (item, Follow::Handoff(rest)));
                         }
                     };
                     if pos < limit {
-                        if let Some(bytes) = fill.recent_slice(pos, limit) {
+                        if let Some(bytes) = fill.spool.recent_slice(pos, limit) {
                             let next = pos + bytes.len() as u64;
                             return Some((Ok(bytes), Follow::Fill(fill, rx, next)));
                         }
@@ -423,14 +419,13 @@ impl Fill {
                         // `written` (at least as much as memory has dropped, or soon).
                         let next = limit.min(written).min(pos + FOLLOW_CHUNK);
                         if pos < next {
-                            let Some(file) = fill.file.get().cloned() else {
+                            let Some(file) = fill.spool.file() else {
                                 return Some((
                                     Err(std::io::Error::other("fill has no file")),
                                     Follow::End,
                                 ));
                             };
-                            let blob = BlobFile::new(file, next);
-                            return match blob.read_range(pos, next).await {
+                            return match file.read_range(pos, next).await {
                                 Ok(bytes) => Some((Ok(bytes), Follow::Fill(fill, rx, next))),
                                 Err(e) => Some((Err(e), Follow::End)),
                             };
@@ -448,44 +443,11 @@ impl Fill {
             },
         ))
     }
-
-    /// Bytes from `pos` (up to `limit`) out of the recent chunks, if memory still holds `pos`.
-    fn recent_slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
-        let recent = self.recent.lock();
-        let first = recent.chunks.front()?.0;
-        if pos < first {
-            return None;
-        }
-        // Chunks are contiguous: find the one holding `pos`.
-        let i = recent
-            .chunks
-            .partition_point(|(at, b)| at + b.len() as u64 <= pos);
-        let (at, chunk) = recent.chunks.get(i)?;
-        let from = usize::try_from(pos - at).ok()?;
-        let to = usize::try_from(limit.min(at + chunk.len() as u64) - at).ok()?;
-        Some(chunk.slice(from..to))
-    }
-
-    /// Keeps a newly received chunk (at `offset`) in memory, dropping the oldest beyond the bound.
-    fn remember(&self, offset: u64, chunk: Bytes) {
-        let mut recent = self.recent.lock();
-        recent.bytes += chunk.len();
-        recent.chunks.push_back((offset, chunk));
-        while recent.bytes > RECENT_BYTES && recent.chunks.len() > 1 {
-            if let Some((_, old)) = recent.chunks.pop_front() {
-                recent.bytes -= old.len();
-            }
-        }
-    }
 }
-
-/// How much of a fill's latest body each fill keeps in memory for the readers that keep up. Per
-/// fill, not per reader: memory stays flat however many clients attach.
-const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where a reader of a fill is.
 enum Follow {
-    /// Reading the staging file: the fill, its state, the next offset.
+    /// Reading the fill: the fill, its state, the next offset.
     Fill(Arc<Fill>, watch::Receiver<FillState>, u64),
     /// Going on from the upstream after a handoff.
     Handoff(ByteStream),
@@ -493,7 +455,7 @@ enum Follow {
     End,
 }
 
-/// How much a follower reads from the staging file at once. Followers of one fill each hold one read
+/// How much a follower reads from the spool's file at once. Followers of one fill each hold one read
 /// in flight, so this is what memory grows by per attached client: at 64 KiB, 200 followers of a
 /// 64 MiB fill peaked at about 55 MiB in all, at 128 KiB at 88 MiB. Larger reads make a single cold
 /// pull of a big layer about 10-15% faster; memory that stays flat as followers attach matters more.
@@ -504,9 +466,9 @@ pub(super) fn resume_pause(attempt: u32) -> Duration {
     Duration::from_millis(200 << attempt.min(8))
 }
 
-/// The fill itself: request, stream to the staging file while hashing (resuming a broken body, or
+/// The fill itself: request, stream to the store's writer while hashing (resuming a broken body, or
 /// one that arrives below the upstream's minimum rate, from the last byte written), verify. Returns
-/// the verified staging file and its size, or a handoff when the storage cannot take the blob.
+/// the verified writer and its size, or a handoff when the storage cannot take the blob.
 /// Every request waits for its response headers at most the upstream's `timeout`.
 async fn run<'a>(
     cache: &'a Cache,
@@ -544,22 +506,39 @@ async fn run<'a>(
         cache.health.failed("free space", &error);
         return handoff(0, Verifier::new());
     }
-    let staged = match cache.store.stage().await {
-        Ok(staged) => staged,
+    let writer = match cache.store.writer().await {
+        Ok(writer) => writer,
         Err(error) => {
             cache.health.failed("creating a staging file", &error);
             return handoff(0, Verifier::new());
         }
     };
+    // Late readers read back from the store's own staging file when it has one; else from a
+    // spool file the fill writes itself (see `super::spool`).
+    let own_spool = match writer.local_file() {
+        Some(file) => {
+            fill.spool.set_file(SpoolFile::shared(file));
+            None
+        }
+        None => match SpoolFile::anonymous(&cache.spool_dir()).await {
+            Ok(file) => {
+                fill.spool.set_file(file.clone());
+                Some(file)
+            }
+            Err(error) => {
+                cache.health.failed("creating a spool file", &error);
+                return handoff(0, Verifier::new());
+            }
+        },
+    };
     let reservation = cache.reserve(size.unwrap_or(0));
-    let _ = fill.file.set(staged.reader());
     tx.send_replace(FillState::Streaming {
         size,
         received: 0,
         written: 0,
     });
 
-    let mut sink = Sink::start(staged, tx.clone(), size, cache.health.clone());
+    let mut sink = Sink::start(writer, own_spool, tx.clone(), size, cache.health.clone());
     let mut next = Some((response, 0));
     let mut resumes = 0;
     // Whether the last attempt that got a body was cut for being too slow (else it broke off).
@@ -581,7 +560,7 @@ async fn run<'a>(
         }
         if resumes == MAX_RESUMES {
             let (upstream, written) = (upstream.name().to_owned(), sink.received);
-            // Wait for the threads, so the staging file is gone before the fill is: whoever
+            // Wait for the writer, so the staging file is gone before the fill is: whoever
             // waits for the fill to end finds nothing of it on disk.
             drop(sink.finish().await);
             return Err(if too_slow {
@@ -602,7 +581,7 @@ async fn run<'a>(
     }
     let overflow = sink.overflow;
     let Written {
-        staged,
+        writer,
         verifier,
         written,
     } = match sink.finish().await {
@@ -626,7 +605,7 @@ async fn run<'a>(
         return Err(mismatch(Mismatch::Size { expected, actual }));
     }
     verifier.finish(&digest, size).map_err(mismatch)?;
-    Ok(Outcome::Verified(staged, written, reservation))
+    Ok(Outcome::Verified(writer, written, reservation))
 }
 
 /// Asks for the rest of a blob from `offset` (used by pass-through readers too), waiting for the
@@ -683,28 +662,33 @@ pub(super) fn skip_prefix(chunk: Bytes, skip: &mut u64) -> Bytes {
     chunk.slice(n..)
 }
 
-/// Where a fill's bytes go. The async side only receives: each chunk is kept in memory for the
-/// readers that keep up ([`Fill::remember`]) and handed over bounded channels to two threads, one
-/// that hashes and one that writes at the end of the staging file (announcing the new length to the
-/// readers that read the file). Hashing and writing thus overlap each other and the download,
-/// instead of taking turns with it; the channels' bound is the back-pressure on a slow disk.
+/// Where a fill's bytes go. The async side only receives: each chunk is kept in the spool's memory
+/// for the readers that keep up ([`Spool::remember`]) and handed over bounded channels to a thread
+/// that hashes and a task that writes ([`write_queued`]: everything queued goes to the store's
+/// writer in one call, then the new length is announced to the readers that read back). Hashing
+/// and writing thus overlap each other and the download, instead of taking turns with it; the
+/// channels' bound is the back-pressure on a slow disk.
 struct Sink {
     to_writer: mpsc::Sender<Bytes>,
     to_hasher: mpsc::Sender<Bytes>,
     /// Where readers learn how much has arrived.
     tx: Arc<watch::Sender<FillState>>,
-    written: oneshot::Receiver<Result<(Staged, u64), (std::io::Error, u64)>>,
+    written: oneshot::Receiver<WriteResult>,
     hashed: oneshot::Receiver<Hashed>,
-    /// Bytes handed to the threads: all of them are written unless the writer fails.
+    /// Bytes handed to the writer and hasher: all of them are written unless the writer fails.
     received: u64,
     size: Option<u64>,
     /// How many bytes arrived, when more arrived than the upstream announced.
     overflow: Option<u64>,
 }
 
-/// What the threads leave behind.
+/// What the writer task leaves behind: the writer and the bytes it wrote, or why it stopped and
+/// after how many bytes (a chunk boundary).
+type WriteResult = Result<(Box<dyn BlobWriter>, u64), (std::io::Error, u64)>;
+
+/// What the writer and hasher leave behind.
 struct Written {
-    staged: Staged,
+    writer: Box<dyn BlobWriter>,
     verifier: Verifier,
     written: u64,
 }
@@ -717,7 +701,7 @@ struct Hashed {
     snapshots: VecDeque<(u64, Verifier)>,
 }
 
-/// Why the writer thread stopped before the end.
+/// Why the writer stopped before the end.
 enum Stopped {
     /// A write failed (or free space reached `storage.min_free`) after `written` bytes, and this is
     /// the hash of those bytes.
@@ -726,17 +710,19 @@ enum Stopped {
         written: u64,
         verifier: Box<Verifier>,
     },
-    /// A thread went away without a result.
+    /// The writer task or hashing thread went away without a result.
     Abandoned,
 }
 
-/// Chunks queued between the download and each thread. Upstream chunks are up to the HTTP client's
-/// read buffer (about 400 KiB), so a full queue is at most a few tens of MiB, and usually empty.
+/// Chunks queued between the download and the writer task, and the hashing thread. Upstream
+/// chunks are up to the HTTP client's read buffer (about 400 KiB), so a full queue is at most a few
+/// tens of MiB, and usually empty.
 const QUEUE: usize = 32;
 
-/// Chunk boundaries the hasher remembers: the writer stops at most `QUEUE + 1` chunks behind it
-/// (the chunk it failed on and a full queue), so this reaches back far enough, with room to spare.
-const SNAPSHOTS: usize = QUEUE + 4;
+/// Chunk boundaries the hasher remembers: the writer stops at most `2 * QUEUE + 1` chunks behind
+/// it (a batch of up to `QUEUE` chunks it failed in, a full queue, and the chunk being handed
+/// over), so this reaches back far enough, with room to spare.
+const SNAPSHOTS: usize = 2 * QUEUE + 4;
 
 /// How often the writer checks that free space stays above `storage.min_free`.
 const ROOM_CHECK: u64 = 8 * 1024 * 1024;
@@ -753,59 +739,30 @@ enum Copied {
         /// Bytes received in the last window.
         in_window: u64,
     },
-    /// A thread stopped (a storage failure): `finish` says why.
+    /// The writer stopped (a storage failure): `finish` says why.
     WriterStopped,
 }
 
 impl Sink {
     fn start(
-        staged: Staged,
+        writer: Box<dyn BlobWriter>,
+        own_spool: Option<SpoolFile>,
         tx: Arc<watch::Sender<FillState>>,
         size: Option<u64>,
         health: Arc<super::health::StorageHealth>,
     ) -> Self {
-        let (to_writer, mut writes) = mpsc::channel::<Bytes>(QUEUE);
+        let (to_writer, writes) = mpsc::channel::<Bytes>(QUEUE);
         let (to_hasher, mut hashes) = mpsc::channel::<Bytes>(QUEUE);
         let (written_tx, written) = oneshot::channel();
         let (hashed_tx, hashed) = oneshot::channel();
         let writer_tx = tx.clone();
-        // Threads of their own rather than the blocking pool: they live as long as the download,
-        // and the pool's few threads serve the file reads of every hit. If one cannot be started,
-        // its channel ends are dropped with the closure and the fill fails as abandoned.
-        let writer = std::thread::Builder::new()
-            .name("wharf-fill-write".into())
-            .spawn(move || {
-                let write = || -> Result<(Staged, u64), (std::io::Error, u64)> {
-                    let file = staged.reader();
-                    let mut written = 0u64;
-                    let mut next_check = ROOM_CHECK;
-                    while let Some(first) = writes.blocking_recv() {
-                        let mut chunk = Some(first);
-                        // Write what is queued, then tell the readers once.
-                        while let Some(bytes) = chunk {
-                            let room = if written >= next_check {
-                                next_check = written + ROOM_CHECK;
-                                health.check_room(ROOM_CHECK)
-                            } else {
-                                Ok(())
-                            };
-                            // On a failure the file may hold part of this chunk; `written` stays
-                            // before it, on a chunk boundary, where readers continue from.
-                            room.and_then(|()| file.write_all_at(&bytes, written))
-                                .map_err(|error| (error, written))?;
-                            written += bytes.len() as u64;
-                            chunk = writes.try_recv().ok();
-                        }
-                        writer_tx.send_modify(|s| {
-                            if let FillState::Streaming { written: w, .. } = s {
-                                *w = written;
-                            }
-                        });
-                    }
-                    Ok((staged, written))
-                };
-                let _ = written_tx.send(write());
-            });
+        tokio::spawn(async move {
+            let result = write_queued(writer, own_spool, writes, &writer_tx, &health).await;
+            let _ = written_tx.send(result);
+        });
+        // A thread of its own rather than the blocking pool: it lives as long as the download, and
+        // the pool's threads serve the file reads of every hit. If it cannot be started, its
+        // channel ends are dropped with the closure and the fill fails as abandoned.
         let hasher = std::thread::Builder::new()
             .name("wharf-fill-hash".into())
             .spawn(move || {
@@ -826,8 +783,8 @@ impl Sink {
                     snapshots,
                 });
             });
-        if let Err(error) = writer.and(hasher) {
-            warn!(%error, "cannot start the threads of a blob fill");
+        if let Err(error) = hasher {
+            warn!(%error, "cannot start the hashing thread of a blob fill");
         }
         Self {
             to_writer,
@@ -841,9 +798,9 @@ impl Sink {
         }
     }
 
-    /// Hands a response body to the threads, skipping its first `skip` bytes (a resume the upstream
+    /// Hands a response body to the writer and hasher, skipping its first `skip` bytes (a resume the upstream
     /// answered with the whole blob). Only the time spent waiting for the upstream counts against
-    /// its minimum rate, not the time the queues to the threads are full.
+    /// its minimum rate, not the time their queues are full.
     async fn copy(&mut self, fill: &Fill, mut body: PacedBody, mut skip: u64) -> Copied {
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -872,7 +829,7 @@ impl Sink {
             if self.to_hasher.send(chunk.clone()).await.is_err() {
                 return Copied::WriterStopped; // The hasher went away: `finish` says so.
             }
-            fill.remember(self.received, chunk);
+            fill.spool.remember(self.received, chunk);
             self.received += len;
             let received = self.received;
             self.tx.send_modify(|s| {
@@ -884,7 +841,7 @@ impl Sink {
         Copied::Ended
     }
 
-    /// Waits for the threads to hash and write everything handed to them.
+    /// Waits for the writer and hasher to write and hash everything handed to them.
     async fn finish(self) -> Result<Written, Stopped> {
         drop(self.to_writer);
         drop(self.to_hasher);
@@ -892,8 +849,8 @@ impl Sink {
             return Err(Stopped::Abandoned);
         };
         match written {
-            Ok((staged, written)) => Ok(Written {
-                staged,
+            Ok((writer, written)) => Ok(Written {
+                writer,
                 verifier: hashed.verifier,
                 written,
             }),
@@ -913,6 +870,83 @@ impl Sink {
     }
 }
 
+/// The fill's writer task: hands everything queued to the store's writer in one call (the disk
+/// store makes that one trip to the blocking pool), and to the fill's own spool file when it has
+/// one, then tells the readers the new length once. Checks every [`ROOM_CHECK`] bytes that free
+/// space stays above `storage.min_free`. On a failure it stops on a chunk boundary (the bytes below
+/// it are in the spool's file, and the hasher has a snapshot there) and drops the writer, which
+/// discards what it wrote.
+async fn write_queued(
+    mut writer: Box<dyn BlobWriter>,
+    spool: Option<SpoolFile>,
+    mut writes: mpsc::Receiver<Bytes>,
+    tx: &watch::Sender<FillState>,
+    health: &super::health::StorageHealth,
+) -> WriteResult {
+    let mut written = 0u64;
+    // `written` plus the bytes in `batch`.
+    let mut end = 0u64;
+    let mut next_check = ROOM_CHECK;
+    let mut batch: Vec<Bytes> = Vec::with_capacity(QUEUE);
+    while let Some(first) = writes.recv().await {
+        let mut next = Some(first);
+        // Write what is queued (and what arrives meanwhile), then tell the readers once.
+        while next.is_some() {
+            while let Some(bytes) = next.take() {
+                if batch.len() == QUEUE {
+                    // At most a queue's worth per call: the hasher's snapshots must reach back
+                    // to the start of a batch that fails.
+                    written = flush(&mut *writer, spool.as_ref(), &mut batch, written).await?;
+                }
+                if end >= next_check {
+                    written = flush(&mut *writer, spool.as_ref(), &mut batch, written).await?;
+                    next_check = written + ROOM_CHECK;
+                    health
+                        .check_room(ROOM_CHECK)
+                        .map_err(|error| (error, written))?;
+                }
+                end += bytes.len() as u64;
+                batch.push(bytes);
+                next = writes.try_recv().ok();
+            }
+            written = flush(&mut *writer, spool.as_ref(), &mut batch, written).await?;
+            next = writes.try_recv().ok();
+        }
+        tx.send_modify(|s| {
+            if let FillState::Streaming { written: w, .. } = s {
+                *w = written;
+            }
+        });
+    }
+    Ok((writer, written))
+}
+
+/// Writes `batch` (which starts at `written`) to the fill's own spool file, if any, then to the
+/// store's writer, and empties it. Returns the new length, or the error and the length on the
+/// chunk boundary where writing stopped (everything below it is in the spool's file).
+async fn flush(
+    writer: &mut dyn BlobWriter,
+    spool: Option<&SpoolFile>,
+    batch: &mut Vec<Bytes>,
+    written: u64,
+) -> Result<u64, (std::io::Error, u64)> {
+    if batch.is_empty() {
+        return Ok(written);
+    }
+    if let Some(spool) = spool {
+        let (n, result) = spool.write(batch, written).await;
+        if let Err(error) = result {
+            return Err((error, written + n));
+        }
+    }
+    let result = writer.write(batch).await;
+    batch.clear();
+    match result {
+        Ok(()) => Ok(writer.written()),
+        Err(error) => Err((error, writer.written())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -925,7 +959,6 @@ mod tests {
         Fill {
             digest: Digest::of(b""),
             state: watch::channel(FillState::Connecting).1,
-            file: OnceLock::new(),
             upstream: Arc::new(
                 Upstream::new(
                     &crate::config::Config::from_toml(
@@ -941,7 +974,7 @@ mod tests {
                 .unwrap(),
             ),
             repo: "org/app".parse().unwrap(),
-            recent: Mutex::new(Recent::default()),
+            spool: Spool::new(),
             ended: watch::Sender::new(false),
         }
     }
@@ -974,42 +1007,5 @@ mod tests {
         // Stored meanwhile: nothing to join or start.
         let stored = inflight.join_or_start("u.test", d, || Ok::<_, ()>(true), || unreachable!());
         assert!(matches!(stored, Ok(Joined::Committed)));
-    }
-
-    #[test]
-    fn recent_chunks_serve_readers_that_keep_up() {
-        let f = fill();
-        assert_eq!(f.recent_slice(0, 10), None);
-        f.remember(0, Bytes::from_static(b"abcd"));
-        f.remember(4, Bytes::from_static(b"efgh"));
-        let cases: &[(u64, u64, Option<&[u8]>)] = &[
-            (0, 8, Some(b"abcd")),
-            (2, 8, Some(b"cd")),
-            (2, 3, Some(b"c")),
-            (4, 8, Some(b"efgh")),
-            (5, 7, Some(b"fg")),
-            (8, 9, None),
-        ];
-        for &(pos, limit, want) in cases {
-            assert_eq!(
-                f.recent_slice(pos, limit).as_deref(),
-                want,
-                "{pos}..{limit}"
-            );
-        }
-    }
-
-    #[test]
-    fn recent_chunks_are_bounded() {
-        let f = fill();
-        let chunk = Bytes::from(vec![1u8; RECENT_BYTES / 2]);
-        for i in 0..4u64 {
-            f.remember(i * chunk.len() as u64, chunk.clone());
-        }
-        assert!(f.recent.lock().bytes <= RECENT_BYTES);
-        // The oldest chunks are gone: readers there must use the file.
-        assert_eq!(f.recent_slice(0, 1), None);
-        let last = 3 * chunk.len() as u64;
-        assert_eq!(f.recent_slice(last, last + 1).map(|b| b.len()), Some(1));
     }
 }

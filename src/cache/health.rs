@@ -8,21 +8,26 @@
 //!
 //! `min_free` exists because the index (sled) shares the filesystem: sled treats a failed write as
 //! fatal for the life of the process, so wharf must never be the one that fills the disk. Downloads
-//! stop short of the floor instead of running into `ENOSPC`.
+//! stop short of the floor instead of running into `ENOSPC`. Free space is the blob store's to
+//! tell ([`crate::store::LocalStore::free_space`]); a store that cannot tell is never short of it.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::size::format_size;
+use crate::store::BlobStore;
 
 /// The storage's write health.
 pub struct StorageHealth {
+    /// The storage's name in the log.
     root: PathBuf,
+    store: Arc<dyn BlobStore>,
     min_free: u64,
     pause: Duration,
     paused_until: Mutex<Option<Instant>>,
@@ -36,10 +41,12 @@ pub struct StorageHealth {
 // === impl StorageHealth ===
 
 impl StorageHealth {
-    /// The health of the storage at `root`: keep `min_free` bytes free, pause `pause` after a failure.
-    pub fn new(root: PathBuf, min_free: u64, pause: Duration) -> Self {
+    /// The health of `store`, named `root` in the log: keep `min_free` bytes free, pause `pause`
+    /// after a failure.
+    pub fn new(root: PathBuf, store: Arc<dyn BlobStore>, min_free: u64, pause: Duration) -> Self {
         Self {
             root,
+            store,
             min_free,
             pause,
             paused_until: Mutex::new(None),
@@ -91,10 +98,10 @@ impl StorageHealth {
         }
     }
 
-    /// Free bytes on the storage's filesystem for wharf (`None` when the OS cannot say).
+    /// Free bytes on the storage's filesystem for wharf (`None` when the store has no local
+    /// filesystem or the OS cannot say).
     pub fn free_space(&self) -> Option<u64> {
-        let st = rustix::fs::statvfs(&self.root).ok()?;
-        Some(st.f_bavail.saturating_mul(st.f_frsize))
+        self.store.local()?.free_space().map(|(free, _)| free)
     }
 
     /// Checks that `bytes` more can be written without going below `min_free`.
@@ -124,10 +131,27 @@ impl StorageHealth {
 mod tests {
     use super::*;
 
+    fn disk(root: &std::path::Path) -> Arc<dyn BlobStore> {
+        Arc::new(crate::store::FsBlobStore::create(root).unwrap())
+    }
+
+    #[test]
+    fn a_store_without_a_filesystem_has_no_floor() {
+        let store = Arc::new(crate::store::MemoryBlobStore::new());
+        let h = StorageHealth::new("memory".into(), store, 1, Duration::from_secs(1));
+        assert_eq!(h.free_space(), None);
+        assert!(h.check_room(u64::MAX / 2).is_ok(), "unknown is no check");
+    }
+
     #[test]
     fn a_failure_pauses_then_caching_resumes() {
         let dir = tempfile::tempdir().unwrap();
-        let h = StorageHealth::new(dir.path().to_owned(), 0, Duration::from_millis(50));
+        let h = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            0,
+            Duration::from_millis(50),
+        );
         assert!(!h.paused());
         h.failed("test", &io::Error::from(io::ErrorKind::StorageFull));
         h.failed("test", &io::Error::from(io::ErrorKind::StorageFull));
@@ -146,16 +170,31 @@ mod tests {
     #[test]
     fn the_free_space_floor_is_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let free = StorageHealth::new(dir.path().to_owned(), 1, Duration::from_secs(1))
-            .free_space()
-            .unwrap();
+        let free = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            1,
+            Duration::from_secs(1),
+        )
+        .free_space()
+        .unwrap();
         assert!(free > 0);
-        let h = StorageHealth::new(dir.path().to_owned(), 1, Duration::from_secs(1));
+        let h = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            1,
+            Duration::from_secs(1),
+        );
         assert!(h.check_room(0).is_ok());
         let e = h.check_room(u64::MAX / 2).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         assert!(e.to_string().contains("storage.min_free"), "{e}");
-        let off = StorageHealth::new(dir.path().to_owned(), 0, Duration::from_secs(1));
+        let off = StorageHealth::new(
+            dir.path().to_owned(),
+            disk(dir.path()),
+            0,
+            Duration::from_secs(1),
+        );
         assert!(
             off.check_room(u64::MAX).is_ok(),
             "min_free = 0 turns the check off"

@@ -1,5 +1,5 @@
-//! The cache: committed blobs in a [`BlobStore`], their metadata in the sled [`Index`], and the fills
-//! in flight ([`fill`]).
+//! The cache: committed blobs in a [`BlobStore`] (given to it: [`Cache::open_with_stores`]), their
+//! metadata in the sled [`Index`], and the fills in flight ([`fill`]).
 //!
 //! Lookups answer with what to serve: a committed blob, a fill to follow, or nothing (a miss the
 //! caller resolves upstream). The index is consulted first because it is in memory; a blob the index
@@ -19,7 +19,6 @@
 
 pub mod access;
 pub mod background;
-pub mod blob_store;
 pub mod check;
 pub mod evict;
 pub mod fill;
@@ -29,6 +28,7 @@ pub mod holds;
 pub mod index;
 pub mod passthrough;
 pub mod reconcile;
+pub mod spool;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -41,13 +41,15 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+/// What the cache serves a hit from (the server knows the cache, not the stores under it).
+pub use crate::store::{Blob, ByteStream, SMALL_BLOB};
 pub use background::Background;
-pub use blob_store::{BlobFile, BlobStore, FsBlobStore, Parked};
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
 pub use index::{Index, IndexError, PinSource, TagEntry, Usage};
 
 use crate::oci::{Digest, ImageRef, RepoName};
+use crate::store::{private_dir_all, BlobStore, BlobWriter, FsBlobStore, StagedBlob, DIR_MODE};
 use crate::upstream::Upstream;
 
 use access::AccessLog;
@@ -94,8 +96,8 @@ pub struct Options {
 
 /// Where a blob comes from.
 pub enum BlobSource {
-    /// Committed and verified.
-    Hit(BlobFile),
+    /// Committed and verified; the blob holds the cache's hold on its digest while it lives.
+    Hit(Blob),
     /// Being filled; `leader` is true for the request that started the fill.
     Fill {
         /// The fill to follow.
@@ -106,6 +108,20 @@ pub enum BlobSource {
     /// Not cached, and caching is paused (the storage failed a write recently): stream it from the
     /// upstream without storing it ([`Cache::bypass`]).
     Bypass,
+}
+
+/// The stores a cache keeps its content in (see [`Cache::open_with_stores`]).
+pub struct Stores {
+    /// Where blobs (layers, configs, manifests) live.
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+/// A new blob on its way into the store, for [`Cache::commit_staged`].
+pub enum ToCommit {
+    /// Still open (a fill's writer): finished (made durable) only if the blob is not stored yet.
+    Written(Box<dyn BlobWriter>),
+    /// Finished already (`wharf import` stages every blob of a bundle before committing any).
+    Staged(Box<dyn StagedBlob>),
 }
 
 /// A failure to open the cache.
@@ -192,30 +208,55 @@ impl Cache {
         Self::open_with(root, &Options::default())
     }
 
-    /// Opens the cache under `root`: blobs in `root/blobs`, staging in `root/tmp`, index in
-    /// `root/index`. The index is opened (and locked) first, so a second wharf on the same storage
-    /// fails before touching anything. Then start-up repairs what a crash can leave: staging files
-    /// are removed, index records whose file is missing are dropped, and files without a record are
-    /// queued for re-verification in the background ([`Cache::spawn_background`]). Configuration pins
-    /// are synced into the index.
+    /// Opens the cache under `root` with its blobs on the local disk: blobs in `root/blobs`,
+    /// staging in `root/tmp`, index in `root/index`; see [`Cache::open_with_stores`].
     ///
     /// # Errors
-    /// When the directories cannot be created or read, or the index cannot be opened (another wharf
-    /// holds it: [`OpenError::Locked`]).
+    /// As [`Cache::open_with_stores`].
     pub fn open_with(root: &Path, options: &Options) -> Result<Self, OpenError> {
         let storage_err = |source| OpenError::Storage {
             path: root.display().to_string(),
             source,
         };
-        blob_store::private_dir_all(root).map_err(storage_err)?;
+        let blobs = FsBlobStore::create(root).map_err(storage_err)?;
+        Self::open_with_stores(
+            root,
+            options,
+            Stores {
+                blobs: Arc::new(blobs),
+            },
+        )
+    }
+
+    /// Opens the cache under `root` (the index in `root/index`, fills' spool files in `root/tmp`)
+    /// with its blobs in `stores`. The index is opened (and locked) first, so a second wharf on the
+    /// same storage fails before changing anything. Then start-up repairs what a crash can leave:
+    /// staging files are removed, index records whose blob is missing are dropped, and blobs
+    /// without a record are queued for re-verification in the background
+    /// ([`Cache::spawn_background`]); a store without [`crate::store::LocalStore`] skips that.
+    /// Configuration pins are synced into the index.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or read, or the index cannot be opened (another wharf
+    /// holds it: [`OpenError::Locked`]).
+    pub fn open_with_stores(
+        root: &Path,
+        options: &Options,
+        stores: Stores,
+    ) -> Result<Self, OpenError> {
+        let storage_err = |source| OpenError::Storage {
+            path: root.display().to_string(),
+            source,
+        };
+        private_dir_all(root).map_err(storage_err)?;
         let index_dir = root.join("index");
         // sled creates its files with the umask's permissions and takes no mode: its directory is
         // made (or, when an older wharf made it, set) 0700 first, so they are unreachable to others.
-        blob_store::private_dir_all(&index_dir)
+        private_dir_all(&index_dir)
             .and_then(|()| {
                 std::fs::set_permissions(
                     &index_dir,
-                    std::os::unix::fs::PermissionsExt::from_mode(blob_store::DIR_MODE),
+                    std::os::unix::fs::PermissionsExt::from_mode(DIR_MODE),
                 )
             })
             .map_err(storage_err)?;
@@ -232,9 +273,11 @@ impl Cache {
             }
         };
         let index = Index::open(&index_dir).map_err(index_err)?;
-        let store = FsBlobStore::create(root).map_err(storage_err)?;
+        // Fills spool here for stores without a local staging file.
+        private_dir_all(&root.join("tmp")).map_err(storage_err)?;
+        let store = stores.blobs;
         let access = AccessLog::new();
-        let started = reconcile::at_open(&index, &store).map_err(|e| match e {
+        let started = reconcile::at_open(&index, &*store).map_err(|e| match e {
             reconcile::Error::Store(e) => storage_err(e),
             reconcile::Error::Index(e) => index_err(e),
         })?;
@@ -244,7 +287,7 @@ impl Cache {
             .map(|max| Budget::new(max, options.high_watermark, options.low_watermark));
         Ok(Self {
             root: root.to_owned(),
-            store: Arc::new(store),
+            store: store.clone(),
             index,
             inflight: Inflight::default(),
             holds: Holds::new(),
@@ -252,6 +295,7 @@ impl Cache {
             access_writes: AtomicU64::new(0),
             health: Arc::new(StorageHealth::new(
                 root.to_owned(),
+                store,
                 options.min_free,
                 options.write_error_pause,
             )),
@@ -276,6 +320,11 @@ impl Cache {
     /// The blob store.
     pub fn store(&self) -> &Arc<dyn BlobStore> {
         &self.store
+    }
+
+    /// Where fills put their spool files when the blob store has no local staging file.
+    pub(crate) fn spool_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// The fills in flight.
@@ -383,7 +432,7 @@ impl Cache {
     ///
     /// # Errors
     /// Storage or index failures (not a miss).
-    pub async fn committed(&self, digest: &Digest) -> Result<Option<BlobFile>, FillError> {
+    pub async fn committed(&self, digest: &Digest) -> Result<Option<Blob>, FillError> {
         let blob = self.open_stored(digest).await?;
         if blob.is_some() {
             self.access.touch(*digest);
@@ -392,13 +441,13 @@ impl Cache {
     }
 
     /// As [`Cache::committed`], without counting as a use (for pin and gc bookkeeping).
-    async fn open_stored(&self, digest: &Digest) -> Result<Option<BlobFile>, FillError> {
+    async fn open_stored(&self, digest: &Digest) -> Result<Option<Blob>, FillError> {
         let hold = self.hold(*digest).await;
         let Some(size) = self.index.blob_size(digest)? else {
             return Ok(None);
         };
         match self.store.open(digest).await? {
-            Some(blob) if blob.size() == size => Ok(Some(blob.with_hold(hold))),
+            Some(blob) if blob.size() == size => Ok(Some(blob.keep_alive(Arc::new(hold)))),
             Some(blob) => {
                 warn!(%digest, indexed = size, on_disk = blob.size(), "stored blob has the wrong size; dropping it");
                 self.store.remove(digest).await?;
@@ -413,7 +462,7 @@ impl Cache {
         }
     }
 
-    /// Makes a verified staging file the stored blob and indexes it (as a manifest of
+    /// Makes a verified new blob the stored blob and indexes it (as a manifest of
     /// `media_type`, when given): fsync, rename, fsync of the directory, then the index record, so
     /// a crash never leaves an index record for a file that is not complete. The fill's
     /// `reservation` is released just before the record adds the blob's bytes to the usage.
@@ -428,7 +477,7 @@ impl Cache {
     /// Storage or index failures; a storage failure also pauses caching.
     pub async fn commit_staged(
         &self,
-        staged: blob_store::Staged,
+        staged: ToCommit,
         digest: &Digest,
         size: u64,
         media_type: Option<&str>,
@@ -444,7 +493,14 @@ impl Cache {
             self.access.touch(*digest);
             return Ok(());
         }
-        if let Err(error) = self.store.commit(staged, digest).await {
+        let committed = match staged {
+            ToCommit::Written(writer) => match writer.finish().await {
+                Ok(staged) => staged.commit(digest).await,
+                Err(error) => Err(error),
+            },
+            ToCommit::Staged(staged) => staged.commit(digest).await,
+        };
+        if let Err(error) = committed {
             self.health.failed("committing a blob", &error);
             return Err(error.into());
         }
@@ -545,19 +601,25 @@ impl Cache {
             self.health.failed("free space", &error);
             return Ok(false);
         }
-        let staged = match self.store.stage().await {
-            Ok(staged) => staged,
+        let mut writer = match self.store.writer().await {
+            Ok(writer) => writer,
             Err(error) => {
                 self.health.failed("creating a staging file", &error);
                 return Ok(false);
             }
         };
-        if let Err(error) = staged.write_at(bytes, 0).await {
+        if let Err(error) = writer.write(&[bytes]).await {
             self.health.failed("writing a manifest", &error);
             return Ok(false);
         }
         match self
-            .commit_staged(staged, digest, len, Some(media_type), None)
+            .commit_staged(
+                ToCommit::Written(writer),
+                digest,
+                len,
+                Some(media_type),
+                None,
+            )
             .await
         {
             Ok(()) => Ok(true),

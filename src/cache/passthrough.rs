@@ -7,9 +7,10 @@
 //! verify. Two cases share the code:
 //! - a new miss while caching is paused: the client's own upstream `GET`, hashed from byte 0
 //!   ([`Cache::bypass`], served with `X-Cache: bypass`);
-//! - a fill whose storage failed at byte `W` ([`super::fill::Handoff`]): each reader following it reads
-//!   what it still needs below `W` from the staging file (its descriptor stays readable after the
-//!   file is unlinked), then asks the upstream for the rest with a `Range` request from `W`, and
+//! - a fill whose storage failed at byte `W` ([`super::fill::Handoff`]): each reader following it
+//!   reads what it still needs below `W` from the fill's spool file ([`super::spool::SpoolFile`]:
+//!   the store's staging file, whose descriptor stays readable after the file is removed, or the
+//!   fill's own), then asks the upstream for the rest with a `Range` request from `W`, and
 //!   continues the hash from the fill's state at `W`. Its response headers went out before the
 //!   failure, so it keeps the `X-Cache` it started with.
 //!
@@ -18,7 +19,6 @@
 //! [`crate::limits::MAX_RESUMES`] times; then the response is cut short. Time spent waiting for a
 //! slow client is not counted against the upstream.
 
-use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -27,15 +27,16 @@ use http::{HeaderMap, Method};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
-use super::blob_store::{BlobFile, ByteStream};
 use super::fill::{resume, resume_pause, skip_prefix, FillError};
+use super::spool::SpoolFile;
 use super::Cache;
 use crate::limits::MAX_RESUMES;
 use crate::oci::{Digest, RepoName, Verifier};
+use crate::store::ByteStream;
 use crate::upstream::rate::{Cut, PacedBody};
 use crate::upstream::{auth, Upstream};
 
-/// How much of the staging file a handed-off reader reads at once.
+/// How much of the spool file a handed-off reader reads at once.
 const FILE_CHUNK: u64 = 64 * 1024;
 
 /// A new miss streamed from the upstream without caching; see [`Cache::bypass`].
@@ -50,8 +51,8 @@ struct Job {
     digest: Digest,
     /// The blob's size, when the upstream announced it.
     size: Option<u64>,
-    /// The staging file of a handed-off fill, readable below `hashed`.
-    file: Option<Arc<File>>,
+    /// The spool file of a handed-off fill, readable below `hashed`.
+    file: Option<SpoolFile>,
     /// Bytes already hashed into `verifier` (and, for a handoff, in `file`).
     hashed: u64,
     verifier: Verifier,
@@ -143,7 +144,7 @@ pub(super) fn continue_fill(
     repo: RepoName,
     digest: Digest,
     size: Option<u64>,
-    file: Option<Arc<File>>,
+    file: Option<SpoolFile>,
     written: u64,
     verifier: Verifier,
     start: u64,
@@ -198,16 +199,13 @@ impl Job {
         end: Option<u64>,
     ) -> Result<io::Result<()>, Gone> {
         let end = end.or(self.size).unwrap_or(u64::MAX);
-        // What the reader still needs below the handoff point comes from the staging file.
+        // What the reader still needs below the handoff point comes from the spool file.
         if let Some(file) = self.file.take() {
             let mut pos = start;
             let stop = self.hashed.min(end);
             while pos < stop {
                 let next = stop.min(pos + FILE_CHUNK);
-                match BlobFile::new(file.clone(), next)
-                    .read_range(pos, next)
-                    .await
-                {
+                match file.read_range(pos, next).await {
                     Ok(bytes) => out.send(bytes).await?,
                     Err(e) => return Ok(Err(e)),
                 }

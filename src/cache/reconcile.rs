@@ -10,19 +10,21 @@
 //!
 //! `wharf check` ([`super::check`]) runs the same comparison on demand, plus sizes and, with
 //! `--verify`, hashes.
+//!
+//! Listing and staging sweeps need a store on the local filesystem
+//! ([`crate::store::LocalStore`]); with a store that has none, start-up skips them.
 
 use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::blob_store::{BlobFile, BlobStore};
 use super::evict::Removal;
 use super::index::{Index, IndexError};
 use super::{Cache, FillError};
 use crate::oci::{media, Digest, Verifier};
+use crate::store::{Blob, BlobStore};
 
 /// The largest manifest read (as `u64`, for file sizes).
 const MAX_MANIFEST: u64 = crate::limits::MAX_MANIFEST as u64;
@@ -83,6 +85,9 @@ impl From<IndexError> for Error {
 /// When the store cannot be listed or the index fails.
 pub fn at_open(index: &Index, store: &dyn BlobStore) -> Result<AtOpen, Error> {
     let started = Instant::now();
+    let Some(store) = store.local() else {
+        return Ok(AtOpen::default());
+    };
     let (tmp_files, tmp_bytes) = store.clear_staging()?;
     let listing = store.list()?;
     let mut files: HashSet<Digest> = listing.blobs.into_iter().collect();
@@ -129,35 +134,37 @@ pub fn at_open(index: &Index, store: &dyn BlobStore) -> Result<AtOpen, Error> {
     Ok(AtOpen { orphans })
 }
 
-/// Hashes a stored file and compares it with `digest`. Returns whether it matches, and its bytes
+/// How much [`hash_file`] reads at once.
+const HASH_CHUNK: u64 = 1 << 20;
+
+/// Hashes a stored blob and compares it with `digest`. Returns whether it matches, and its bytes
 /// when it does and is small enough to be a manifest.
 ///
 /// # Errors
 /// I/O errors reading it.
-pub async fn hash_file(blob: &BlobFile, digest: Digest) -> io::Result<(bool, Option<Vec<u8>>)> {
-    let file = blob.file().clone();
+pub async fn hash_file(blob: &Blob, digest: Digest) -> io::Result<(bool, Option<Vec<u8>>)> {
     let size = blob.size();
-    tokio::task::spawn_blocking(move || {
-        let mut verifier = Verifier::new();
-        let keep = size <= MAX_MANIFEST;
-        let mut kept = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        while pos < size {
-            let n = usize::try_from((size - pos).min(buf.len() as u64)).unwrap_or(buf.len());
-            file.read_exact_at(&mut buf[..n], pos)?;
-            verifier.update(&buf[..n]);
-            if keep {
-                kept.extend_from_slice(&buf[..n]);
-            }
-            pos += n as u64;
+    let keep = size <= MAX_MANIFEST;
+    let mut kept = Vec::new();
+    let mut verifier = Verifier::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let next = size.min(pos + HASH_CHUNK);
+        let bytes = blob.read_range(pos, next).await?;
+        if keep {
+            kept.extend_from_slice(&bytes);
         }
-        // A file that grew while being read is not what was listed: compare it all the same.
-        let ok = verifier.finish(&digest, Some(size)).is_ok();
-        Ok((ok, (ok && keep).then_some(kept)))
-    })
-    .await
-    .map_err(io::Error::other)?
+        // Hashing a MiB is work for the blocking pool, not for a thread that serves requests.
+        verifier = tokio::task::spawn_blocking(move || {
+            verifier.update(&bytes);
+            verifier
+        })
+        .await
+        .map_err(io::Error::other)?;
+        pos = next;
+    }
+    let ok = verifier.finish(&digest, Some(size)).is_ok();
+    Ok((ok, (ok && keep).then_some(kept)))
 }
 
 // === impl Cache ===

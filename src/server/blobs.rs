@@ -11,9 +11,9 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use super::response::{self, header, ApiError, Area, Body, CacheStatus};
 use super::route::Route;
 use super::App;
-use crate::cache::blob_store::SMALL_BLOB;
 use crate::cache::passthrough::Bypass;
-use crate::cache::{BlobFile, BlobSource, Fill};
+use crate::cache::{Blob, SMALL_BLOB};
+use crate::cache::{BlobSource, Fill};
 use crate::oci::{media, Digest, ErrorCode};
 use crate::upstream::auth;
 
@@ -225,7 +225,7 @@ fn serve_bytes(
 }
 
 async fn serve_file(
-    blob: BlobFile,
+    blob: Blob,
     digest: Digest,
     range: Option<&HeaderValue>,
     cache: CacheStatus,

@@ -15,7 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
 use super::route::RouteError;
-use crate::cache::blob_store::ByteStream;
+use crate::cache::ByteStream;
 use crate::cache::FillError;
 use crate::oci::{ErrorCode, ErrorEnvelope};
 use crate::upstream::UpstreamError;
