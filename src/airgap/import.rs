@@ -418,7 +418,17 @@ async fn stage<R: AsyncRead + Unpin>(
     let mut verifier = Some(Verifier::new());
     let mut pending: Option<tokio::task::JoinHandle<Job>> = None;
     loop {
-        let chunk = reader.chunk(CHUNK).await.map_err(from_tar)?;
+        let chunk = match reader.chunk(CHUNK).await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // The job owns the writer: let it end, so its staging file is gone when this
+                // returns.
+                if let Some(job) = pending.take() {
+                    drop(job.await);
+                }
+                return Err(from_tar(e));
+            }
+        };
         if let Some(job) = pending.take() {
             let (v, w, written) = job
                 .await
