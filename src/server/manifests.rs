@@ -31,7 +31,6 @@ use super::route::Route;
 use super::App;
 use crate::cache::TagEntry;
 use crate::oci::{media, Digest, ErrorCode, Reference, RepoName, Tag};
-use crate::upstream::{auth, UpstreamError};
 
 pub use crate::limits::MAX_MANIFEST;
 
@@ -280,37 +279,21 @@ async fn head_digest(
     client_headers: &HeaderMap,
 ) -> Result<Option<Digest>, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let path = format!("/v2/{}/manifests/{reference}", route.name);
-    let up_err = |e: UpstreamError| ApiError::from_upstream(&e, Area::Manifest);
-    let res = upstream
-        .send(
-            Method::HEAD,
-            &path,
-            accept_headers(client_headers),
-            &auth::pull_scope(route.name.as_str()),
-        )
+    let head = upstream
+        .head_manifest(&route.name, reference, &upstream_accept(client_headers))
         .await
-        .map_err(up_err)?;
-    if !res.status().is_success() {
-        return Err(up_err(upstream.status_error(res).await));
-    }
-    Ok(res
-        .headers()
-        .get(header::DOCKER_CONTENT_DIGEST)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok()))
+        .map_err(|e| ApiError::from_upstream(&e, Area::Manifest))?;
+    Ok(head.digest)
 }
 
-fn accept_headers(client_headers: &HeaderMap) -> HeaderMap {
-    let accept = media::upstream_accept(
+/// The `Accept` to send upstream for a client's request.
+fn upstream_accept(client_headers: &HeaderMap) -> String {
+    media::upstream_accept(
         client_headers
             .get_all(ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok()),
-    );
-    let mut headers = HeaderMap::new();
-    headers.insert(ACCEPT, response::header_value(&accept));
-    headers
+    )
 }
 
 /// A stored manifest: from memory when it is hot, else from the store (and then kept in memory).
@@ -366,17 +349,13 @@ async fn fetch(
     client_headers: &HeaderMap,
 ) -> Result<Arc<Manifest>, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let path = format!("/v2/{}/manifests/{reference}", route.name);
-    let scope = auth::pull_scope(route.name.as_str());
-    let (headers, bytes) = upstream
-        .get_small(&path, accept_headers(client_headers), &scope, MAX_MANIFEST)
+    let fetched = upstream
+        .manifest(&route.name, reference, &upstream_accept(client_headers))
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Manifest))?;
-    let announced_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
-    let announced_digest = headers
-        .get(header::DOCKER_CONTENT_DIGEST)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Digest>().ok());
+    let announced_type = fetched.content_type();
+    let announced_digest = fetched.digest;
+    let bytes = fetched.bytes.clone();
     let digest = Digest::of(&bytes);
     if let Reference::Digest(expected) = reference {
         if *expected != digest {

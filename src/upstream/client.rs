@@ -279,7 +279,7 @@ impl Upstream {
     ///
     /// # Errors
     /// Transport failures, timeouts, refused or failed authentication, refused redirects.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         path_and_query: &str,
@@ -566,7 +566,7 @@ impl Upstream {
     /// As [`Upstream::send`]; an error status as [`Upstream::status_error`] classifies it; a body
     /// that breaks off, or is longer than `limit`, as [`UpstreamError::Protocol`] or a transport
     /// error; a document not whole by the deadline as [`UpstreamError::Timeout`].
-    pub async fn get_small(
+    pub(super) async fn get_small(
         &self,
         path_and_query: &str,
         headers: HeaderMap,
@@ -620,7 +620,7 @@ impl Upstream {
 
     /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code,
     /// for at most the upstream's `timeout`.
-    pub async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
+    pub(super) async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let body = tokio::time::timeout(self.timeout, read_bounded(response, MAX_ERROR_BODY))
@@ -635,7 +635,7 @@ impl Upstream {
     }
 
     /// Maps a transport error (connect, timeout, broken body) to an [`UpstreamError`].
-    pub fn transport(&self, e: reqwest::Error) -> UpstreamError {
+    fn transport(&self, e: reqwest::Error) -> UpstreamError {
         if e.is_timeout() {
             UpstreamError::Timeout {
                 upstream: self.name.clone(),
