@@ -1,9 +1,10 @@
 //! `wharf prefetch`: fills the cache with whole images ahead of time, through the same code that
 //! answers clients.
 //!
-//! Every manifest and blob is asked of the running [`App`] as a client would ask it (a `GET` on
-//! `/v2/`, marked [`Trusted`] so it needs no client credentials), and the body is drained. So a
-//! prefetch is verified exactly like a pull, joins fills that client pulls started (and the other
+//! Every manifest is asked of the manifest cache ([`crate::cache::manifests`]) through the route
+//! and allow list a client's request would take, and every blob of the running [`App`] as a client
+//! would ask it (a `GET` on `/v2/`, marked [`Trusted`] so it needs no client credentials), its body
+//! drained. So a prefetch is verified exactly like a pull, joins fills that client pulls started (and the other
 //! way round), waits its turn under the upstream's `max_fills`, respects allow lists and offline
 //! upstreams, and revalidates tags as `tag_ttl` says. What is cached already is skipped without a
 //! request: a re-run after an interruption fetches only what is missing, and a complete image costs
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::ACCEPT;
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -29,9 +30,11 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{self, Descriptor, EntryPlatform};
 use super::refs::Platform;
-use crate::oci::{media, Digest, ImageRef, Reference};
-use crate::server::response::header;
-use crate::server::{App, Trusted};
+use crate::cache::manifests::{Manifest, ManifestStatus};
+use crate::oci::{media, Digest, ErrorCode, ImageRef, Reference};
+use crate::server::response::{header, ApiError};
+use crate::server::route::{self, Parsed};
+use crate::server::{manifests, App, Trusted};
 
 /// How many blobs download at once when `--jobs` is not given.
 pub const DEFAULT_JOBS: usize = 4;
@@ -41,9 +44,6 @@ pub const MAX_JOBS: usize = 64;
 
 /// Progress events are sent at most once per this many bytes of a blob.
 const PROGRESS_STEP: u64 = 1 << 20;
-
-/// The largest manifest read (the upstream limit too).
-const MAX_MANIFEST: usize = crate::limits::MAX_MANIFEST;
 
 /// What a prefetch does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,26 +361,25 @@ async fn resolve(
     let mut queue: Vec<(Reference, String)> = vec![(image.reference.clone(), String::new())];
     let mut root = true;
     while let Some((reference, context)) = queue.pop() {
-        let path = api_path(image, &format!("manifests/{reference}"));
-        let response = get(app, &path).await;
-        let status = response.status();
-        let x_cache = header_str(&response, &header::X_CACHE);
-        let body = body_bytes(response, MAX_MANIFEST).await?;
-        if status != StatusCode::OK {
-            let what = if root {
-                "manifest".to_owned()
-            } else {
-                format!("{context}manifest {reference}")
-            };
-            return Err(format!("{what}: {}", error_text(status, &body)));
-        }
-        let digest = Digest::of(&body);
+        let (manifest, status) = match manifest_of(app, image, &reference).await {
+            Ok(found) => found,
+            Err(e) => {
+                let what = if root {
+                    "manifest".to_owned()
+                } else {
+                    format!("{context}manifest {reference}")
+                };
+                return Err(format!("{what}: {}", api_error_text(&e)));
+            }
+        };
+        let body = manifest.bytes();
+        let digest = Digest::of(body);
         if !seen.insert(digest) {
             continue;
         }
-        match x_cache.as_deref() {
-            Some("miss") => stats.manifests_fetched += 1,
-            Some("stale") => {
+        match status {
+            ManifestStatus::Miss => stats.manifests_fetched += 1,
+            ManifestStatus::Stale => {
                 stats.manifests_cached += 1;
                 run.events
                     .send(Event::Warning {
@@ -397,8 +396,7 @@ async fn resolve(
             stats.digest = Some(digest);
             root = false;
         }
-        let refs =
-            manifest::parse(&body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+        let refs = manifest::parse(body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
         for child in refs.children.iter().rev() {
             if EntryPlatform::passes(child.platform.as_ref(), run.options.platforms.as_deref()) {
                 let platform = EntryPlatform::describe(child.platform.as_ref());
@@ -418,6 +416,57 @@ async fn resolve(
         }
     }
     Ok(blobs)
+}
+
+/// A manifest from the cache, as a trusted client asking the mirror for it would get it: routed by
+/// the image's registry, refused when the upstream's allow list does not have the repository.
+async fn manifest_of(
+    app: &App,
+    image: &ImageRef,
+    reference: &Reference,
+) -> Result<(Arc<Manifest>, ManifestStatus), ApiError> {
+    let path = format!("/v2/{}/manifests/{reference}", image.repo);
+    let query = format!("ns={}", image.registry);
+    let route = match route::parse(&Method::GET, &path, Some(&query), &app.registries) {
+        Ok(Parsed::Api(route)) => route,
+        Ok(Parsed::Base) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NameUnknown,
+                "not a repository",
+            ))
+        }
+        Err(e) => return Err(ApiError::from(e)),
+    };
+    if !app.access.allows(route.upstream, route.name.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            format!(
+                "repository {} is not allowed on this mirror",
+                route.client_name
+            ),
+        ));
+    }
+    let accept = || media::upstream_accept([]);
+    app.manifests
+        .get(
+            &app.upstreams[route.upstream],
+            &route.name,
+            reference,
+            &accept,
+        )
+        .await
+        .map_err(|e| manifests::api_error(&e))
+}
+
+/// An error as [`error_text`] reads it from the response it would make.
+fn api_error_text(e: &ApiError) -> String {
+    if e.message().is_empty() {
+        format!("{} ({})", e.code().as_str(), e.status())
+    } else {
+        format!("{} ({})", e.message(), e.code().as_str())
+    }
 }
 
 /// The size of a blob the cache has intact (checking the file, repairing the index if it is gone).

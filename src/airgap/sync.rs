@@ -4,7 +4,7 @@
 //! Each entry runs in its own task: at start, then every `interval` after the previous run began
 //! (a run longer than the interval is followed by the next at once, never overlapped by it). A run
 //! reads the entry's images (the `images` list, and the `file` read again each run), asks the
-//! upstream about every tag with a `HEAD` whatever its `tag_ttl` ([`manifests::revalidate`]),
+//! upstream about every tag with a `HEAD` whatever its `tag_ttl` ([`crate::cache::manifests::Manifests::revalidate`]),
 //! logs each tag that moved (old digest -> new) at info, and prefetches each image
 //! ([`prefetch::one`]), which fetches only what changed. A failure is logged at warn and retried
 //! at the next run; a summary line ends every run. At shutdown the tasks are aborted: the
@@ -186,8 +186,9 @@ async fn revalidate(app: &App, image: &ImageRef) -> Result<Digest, String> {
             route.name
         ));
     }
-    manifests::revalidate(app, &route, tag)
+    app.manifests
+        .revalidate(&app.upstreams[route.upstream], &route.name, tag)
         .await
         .map(|(digest, _)| digest)
-        .map_err(|e| e.message().to_owned())
+        .map_err(|e| manifests::api_error(&e).message().to_owned())
 }

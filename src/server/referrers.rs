@@ -57,7 +57,7 @@ pub async fn get(
         let age = SystemTime::now()
             .duration_since(entry.fetched_at)
             .unwrap_or_default();
-        if upstream.offline() || age < app.tag_ttl {
+        if upstream.offline() || age < app.manifests.policy().tag_ttl {
             return respond(bytes.clone(), artifact_type, CacheStatus::Hit, method);
         }
     }
@@ -78,7 +78,7 @@ pub async fn get(
             respond(bytes, artifact_type, CacheStatus::Miss, method)
         }
         Err(e) => match known {
-            Some((_, bytes)) if app.serve_stale && e.upstream_trouble() => {
+            Some((_, bytes)) if app.manifests.policy().serve_stale && e.upstream_trouble() => {
                 warn!(upstream = %upstream.name(), repo = %route.name, %subject, error = %e.message(), "upstream cannot be asked; serving cached referrers stale");
                 respond(bytes, artifact_type, CacheStatus::Stale, method)
             }

@@ -108,7 +108,7 @@ pub async fn list(
     } else {
         match shared_page(app, route, query).await {
             Ok(found) => found,
-            Err(e) if app.serve_stale && e.upstream_trouble() => {
+            Err(e) if app.manifests.policy().serve_stale && e.upstream_trouble() => {
                 let page = cached_page(app, route, query).map_err(|_| e.clone())?;
                 warn!(upstream = %upstream.name(), repo = %route.name, error = %e.message(), "upstream cannot be asked; listing cached tags");
                 (page, CacheStatus::Stale)
