@@ -1,10 +1,10 @@
 //! `wharf prefetch`: fills the cache with whole images ahead of time, through the same code that
 //! answers clients.
 //!
-//! Every manifest is asked of the manifest cache ([`crate::cache::manifests`]) through the route
-//! and allow list a client's request would take, and every blob of the running [`App`] as a client
-//! would ask it (a `GET` on `/v2/`, marked [`Trusted`] so it needs no client credentials), its body
-//! drained. So a prefetch is verified exactly like a pull, joins fills that client pulls started (and the other
+//! Every manifest and blob is asked of the cache ([`crate::cache::manifests`], [`crate::cache::Cache::blob`])
+//! through the route and allow list a client's request would take ([`api_path`]; no client
+//! credentials are needed in process), and a blob's bytes are drained as they arrive. So a
+//! prefetch is verified exactly like a pull, joins fills that client pulls started (and the other
 //! way round), waits its turn under the upstream's `max_fills`, respects allow lists and offline
 //! upstreams, and revalidates tags as `tag_ttl` says. What is cached already is skipped without a
 //! request: a re-run after an interruption fetches only what is missing, and a complete image costs
@@ -19,22 +19,21 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::ACCEPT;
-use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{self, Descriptor, EntryPlatform};
 use super::refs::Platform;
+use crate::cache::blob_store::ByteStream;
 use crate::cache::manifests::{Manifest, ManifestStatus};
+use crate::cache::BlobSource;
 use crate::oci::{media, Digest, ErrorCode, ImageRef, Reference};
-use crate::server::response::{header, ApiError};
+use crate::server::response::{ApiError, Area, CacheStatus};
 use crate::server::route::{self, Parsed};
-use crate::server::{manifests, App, Trusted};
+use crate::server::{manifests, App};
 
 /// How many blobs download at once when `--jobs` is not given.
 pub const DEFAULT_JOBS: usize = 4;
@@ -425,9 +424,80 @@ async fn manifest_of(
     image: &ImageRef,
     reference: &Reference,
 ) -> Result<(Arc<Manifest>, ManifestStatus), ApiError> {
-    let path = format!("/v2/{}/manifests/{reference}", image.repo);
-    let query = format!("ns={}", image.registry);
-    let route = match route::parse(&Method::GET, &path, Some(&query), &app.registries) {
+    let route = route_to(app, image, &format!("manifests/{reference}"))?;
+    let accept = || media::upstream_accept([]);
+    app.manifests
+        .get(
+            &app.upstreams[route.upstream],
+            &route.name,
+            reference,
+            &accept,
+        )
+        .await
+        .map_err(|e| manifests::api_error(&e))
+}
+
+/// What a blob request found.
+enum Opened {
+    /// The blob is there whole: its size.
+    Whole(u64),
+    /// Its bytes as they arrive (verified: the stream fails rather than end on bad content).
+    Stream(ByteStream),
+}
+
+/// A blob from the cache as a trusted client asking the mirror for it would get it (see
+/// [`manifest_of`]), with where it came from.
+async fn open_blob(
+    app: &App,
+    image: &ImageRef,
+    digest: Digest,
+) -> Result<(CacheStatus, Opened), ApiError> {
+    let route = route_to(app, image, &format!("blobs/{digest}"))?;
+    if let Some(bytes) = app.hot_blobs.get(&digest) {
+        app.cache.touch(digest);
+        return Ok((CacheStatus::Hit, Opened::Whole(bytes.len() as u64)));
+    }
+    let upstream = &app.upstreams[route.upstream];
+    let source = app
+        .cache
+        .blob(upstream, &route.name, digest)
+        .await
+        .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+    Ok(match source {
+        BlobSource::Hit(blob) => (CacheStatus::Hit, Opened::Whole(blob.size())),
+        BlobSource::Fill { fill, leader } => {
+            let size = fill
+                .started()
+                .await
+                .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+            let status = if fill.handed_off() {
+                CacheStatus::Bypass
+            } else if leader {
+                CacheStatus::Miss
+            } else {
+                CacheStatus::Coalesced
+            };
+            (status, Opened::Stream(fill.follow(0, size)))
+        }
+        BlobSource::Bypass => {
+            let bypass = app
+                .cache
+                .bypass(upstream, &route.name, digest)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
+            let size = bypass.size();
+            (CacheStatus::Bypass, Opened::Stream(bypass.stream(0, size)))
+        }
+    })
+}
+
+/// The route a client's request for `what` (`manifests/<reference>`, `blobs/<digest>`) in the
+/// image's repository would take, named by its registry; refused as the mirror would refuse it
+/// when the upstream's allow list does not have the repository.
+fn route_to(app: &App, image: &ImageRef, what: &str) -> Result<route::Route, ApiError> {
+    let request = api_path(image, what);
+    let (path, query) = request.split_once('?').unwrap_or((&request, ""));
+    let route = match route::parse(&Method::GET, path, Some(query), &app.registries) {
         Ok(Parsed::Api(route)) => route,
         Ok(Parsed::Base) => {
             return Err(ApiError::new(
@@ -448,16 +518,7 @@ async fn manifest_of(
             ),
         ));
     }
-    let accept = || media::upstream_accept([]);
-    app.manifests
-        .get(
-            &app.upstreams[route.upstream],
-            &route.name,
-            reference,
-            &accept,
-        )
-        .await
-        .map_err(|e| manifests::api_error(&e))
+    Ok(route)
 }
 
 /// An error as [`error_text`] reads it from the response it would make.
@@ -509,30 +570,36 @@ async fn fetch_blob(
     if let Some(size) = stored_size(app, &digest).await? {
         return Ok(BlobOutcome::Cached(size));
     }
-    let response = get(app, &api_path(image, &format!("blobs/{digest}"))).await;
-    let status = response.status();
-    let x_cache = header_str(&response, &header::X_CACHE);
-    if status != StatusCode::OK {
-        let body = body_bytes(response, 64 * 1024).await.unwrap_or_default();
-        return Err(format!("{what}: {}", error_text(status, &body)));
-    }
-    let mut body = response.into_body();
+    let (source, stream) = match open_blob(app, image, digest).await {
+        Ok(opened) => opened,
+        Err(e) => return Err(format!("{what}: {}", api_error_text(&e))),
+    };
     let mut received = 0u64;
     let mut unreported = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("{what}: the download broke off: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            received += data.len() as u64;
-            unreported += data.len() as u64;
-            if unreported >= PROGRESS_STEP {
-                run.events
-                    .send(Event::Progress {
-                        image: name.to_owned(),
-                        bytes: unreported,
-                    })
-                    .await;
-                unreported = 0;
-            }
+    let mut chunks = match stream {
+        Opened::Whole(size) => {
+            // In memory or on disk already: nothing to download.
+            received = size;
+            unreported = size;
+            None
+        }
+        Opened::Stream(chunks) => Some(chunks),
+    };
+    while let Some(chunk) = match chunks.as_mut() {
+        Some(chunks) => chunks.next().await,
+        None => None,
+    } {
+        let data = chunk.map_err(|e| format!("{what}: the download broke off: {e}"))?;
+        received += data.len() as u64;
+        unreported += data.len() as u64;
+        if unreported >= PROGRESS_STEP {
+            run.events
+                .send(Event::Progress {
+                    image: name.to_owned(),
+                    bytes: unreported,
+                })
+                .await;
+            unreported = 0;
         }
     }
     if unreported > 0 {
@@ -543,7 +610,7 @@ async fn fetch_blob(
             })
             .await;
     }
-    if x_cache.as_deref() == Some("bypass") {
+    if source == CacheStatus::Bypass {
         return Err(format!(
             "{what}: downloaded but not cached: caching is paused after a storage failure or with free space at storage.min_free (see the log)"
         ));
@@ -557,8 +624,8 @@ async fn fetch_blob(
             "{what}: downloaded and verified but not stored: the storage failed (see the log)"
         ));
     }
-    Ok(match x_cache.as_deref() {
-        Some("miss" | "coalesced") if first => BlobOutcome::Fetched(received),
+    Ok(match source {
+        CacheStatus::Miss | CacheStatus::Coalesced if first => BlobOutcome::Fetched(received),
         _ => BlobOutcome::Cached(received),
     })
 }
@@ -567,43 +634,6 @@ async fn fetch_blob(
 /// upstream unambiguously.
 pub fn api_path(image: &ImageRef, what: &str) -> String {
     format!("/v2/{}/{what}?ns={}", image.repo, image.registry)
-}
-
-/// Asks the mirror, as a trusted local client, with every manifest type accepted.
-pub async fn get(app: &App, path: &str) -> http::Response<crate::server::response::Body> {
-    let mut request = Request::get(path)
-        .header(ACCEPT, media::upstream_accept([]))
-        .body(())
-        .unwrap_or_default();
-    request.extensions_mut().insert(Trusted);
-    app.handle(request).await
-}
-
-fn header_str<B>(response: &http::Response<B>, name: &http::HeaderName) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// A response body, up to `max` bytes.
-async fn body_bytes(
-    response: http::Response<crate::server::response::Body>,
-    max: usize,
-) -> Result<Bytes, String> {
-    let mut body = response.into_body();
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the response broke off: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > max {
-                return Err(format!("the response is larger than {max} bytes"));
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(out))
 }
 
 /// An OCI error response as one line: its message (the code when there is none).
