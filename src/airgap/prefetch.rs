@@ -494,7 +494,7 @@ async fn open_blob(
 /// The route a client's request for `what` (`manifests/<reference>`, `blobs/<digest>`) in the
 /// image's repository would take, named by its registry; refused as the mirror would refuse it
 /// when the upstream's allow list does not have the repository.
-fn route_to(app: &App, image: &ImageRef, what: &str) -> Result<route::Route, ApiError> {
+pub(super) fn route_to(app: &App, image: &ImageRef, what: &str) -> Result<route::Route, ApiError> {
     let request = api_path(image, what);
     let (path, query) = request.split_once('?').unwrap_or((&request, ""));
     let route = match route::parse(&Method::GET, path, Some(query), &app.registries) {

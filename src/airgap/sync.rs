@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use http::Method;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -22,7 +21,6 @@ use super::prefetch::{self, DEFAULT_JOBS};
 use super::refs;
 use crate::config::{SyncConfig, UpstreamConfig};
 use crate::oci::{Digest, ImageRef, Reference};
-use crate::server::route::{self, Parsed};
 use crate::server::{manifests, App};
 
 /// What one run of an entry did.
@@ -173,19 +171,8 @@ async fn revalidate(app: &App, image: &ImageRef) -> Result<Digest, String> {
     let Reference::Tag(tag) = &image.reference else {
         return Err("not a tag".into());
     };
-    let path = format!("/v2/{}/manifests/{tag}", image.repo);
-    let query = format!("ns={}", image.registry);
-    let route = match route::parse(&Method::GET, &path, Some(&query), &app.registries) {
-        Ok(Parsed::Api(route)) => route,
-        Ok(Parsed::Base) => return Err("not a repository".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    if !app.access.allows(route.upstream, route.name.as_str()) {
-        return Err(format!(
-            "repository {} is not allowed on this mirror (the upstream's allow list)",
-            route.name
-        ));
-    }
+    let route = prefetch::route_to(app, image, &format!("manifests/{tag}"))
+        .map_err(|e| e.message().to_owned())?;
     app.manifests
         .revalidate(&app.upstreams[route.upstream], &route.name, tag)
         .await
