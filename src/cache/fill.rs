@@ -21,7 +21,7 @@
 //! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
 //! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
 //!
-//! An upstream must keep up a minimum rate ([`super::rate`]): a body that arrives slower is cut and
+//! An upstream must keep up a minimum rate ([`crate::upstream::rate`]): a body that arrives slower is cut and
 //! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
 use std::collections::{HashMap, VecDeque};

@@ -14,7 +14,7 @@
 //!   failure, so it keeps the `X-Cache` it started with.
 //!
 //! Like a fill, a pass-through body that breaks off or arrives below the upstream's minimum rate
-//! ([`super::rate`]) is resumed with `Range` from the last byte hashed, at most
+//! ([`crate::upstream::rate`]) is resumed with `Range` from the last byte hashed, at most
 //! [`crate::limits::MAX_RESUMES`] times; then the response is cut short. Time spent waiting for a
 //! slow client is not counted against the upstream.
 

@@ -1,6 +1,7 @@
 //! The HTTP client for one upstream registry: authentication, redirects and error classification.
 //!
-//! Every request goes through [`Upstream::send`], which
+//! Every request goes through `Upstream::send` (under the typed operations of [`super::registry`]),
+//! which
 //! 1. attaches a cached token for the request's scope (or Basic credentials once the upstream has
 //!    asked for them),
 //! 2. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
@@ -17,7 +18,7 @@
 //! Nothing an upstream sends is waited for or read without a bound. reqwest's `read_timeout` (the
 //! upstream's `timeout`) cuts a response that goes silent; on top of that every request has an
 //! overall deadline of `timeout` until its response headers arrive (redirects and the token
-//! exchange included), and the small documents read whole ([`Upstream::get_small`], token
+//! exchange included), and the small documents read whole (`Upstream::get_small`, token
 //! responses, error bodies) have the same deadline including their body, so an upstream that
 //! trickles a byte a second cannot hold a request for ever. Blob bodies are streamed, and bounded
 //! by the fill's minimum rate instead. Bodies read whole are also bounded in size

@@ -1,6 +1,6 @@
 //! How fast an upstream must deliver a blob: a minimum rate, averaged over a window, below which
 //! the body is cut (and resumed with `Range`, like a broken connection). The wait for a blob
-//! response's headers is bounded by [`crate::upstream::Upstream::send`]'s deadline.
+//! response's headers is bounded by the upstream's `timeout` ([`crate::upstream::Upstream::blob`]).
 //!
 //! An upstream that sends one byte a second never trips a read timeout, so without a minimum rate
 //! it holds a fill (and every client following it) for as long as it likes. The [`RateMeter`]
@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use crate::config::UpstreamConfig;
 
 /// How fast one upstream must deliver blob bodies (from its `[[upstream]]` settings). Their
-/// headers are bounded by [`crate::upstream::Upstream::send`]'s deadline.
+/// headers are bounded by the upstream's `timeout` ([`crate::upstream::Upstream::blob`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     /// Bytes per second, averaged over `window`, below which a body is cut; 0 for no minimum.

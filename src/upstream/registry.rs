@@ -86,7 +86,7 @@ impl Upstream {
     /// within the upstream's `timeout`.
     ///
     /// # Errors
-    /// As [`Upstream::send`]; an error status, classified; a body longer than [`MAX_MANIFEST`] or
+    /// Transport failures, timeouts, refused authentication or redirects; an error status, classified; a body longer than [`MAX_MANIFEST`] or
     /// one that breaks off.
     pub async fn manifest(
         &self,
@@ -113,7 +113,7 @@ impl Upstream {
     /// manifest `GET`s against its rate limit, not `HEAD`s.
     ///
     /// # Errors
-    /// As [`Upstream::send`]; an error status, classified.
+    /// Transport failures, timeouts, refused authentication or redirects; an error status, classified.
     pub async fn head_manifest(
         &self,
         repo: &RepoName,
@@ -145,7 +145,7 @@ impl Upstream {
     /// `HEAD`s a blob: the size the upstream announces for it, if it does.
     ///
     /// # Errors
-    /// As [`Upstream::send`]; an error status, classified.
+    /// Transport failures, timeouts, refused authentication or redirects; an error status, classified.
     pub async fn head_blob(
         &self,
         repo: &RepoName,
@@ -171,7 +171,7 @@ impl Upstream {
     /// bounded by its minimum rate instead.
     ///
     /// # Errors
-    /// As [`Upstream::send`]; an error status, classified; a `206` whose `Content-Range` does not
+    /// Transport failures, timeouts, refused authentication or redirects; an error status, classified; a `206` whose `Content-Range` does not
     /// start at `offset`, as [`UpstreamError::Protocol`].
     pub async fn blob(
         &self,
