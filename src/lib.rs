@@ -132,25 +132,20 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
             .collect(),
         config.upstreams.iter().position(|u| u.default),
     );
+    let manifests = cache::manifests::Manifests::new(
+        cache.clone(),
+        cache::manifests::ManifestPolicy {
+            tag_ttl: config.cache.tag_ttl,
+            serve_stale: config.cache.serve_stale,
+            negative_ttl: config.cache.negative_ttl,
+            hot_bytes: HOT_MANIFEST_BYTES,
+        },
+    );
     Ok(server::App {
         registries,
         upstreams,
         cache,
-        tag_ttl: config.cache.tag_ttl,
-        manifest_flights: moka::future::Cache::builder().max_capacity(10_000).build(),
-        serve_stale: config.cache.serve_stale,
-        negative_ttl: config.cache.negative_ttl,
-        negative_tags: moka::future::Cache::builder()
-            .max_capacity(100_000)
-            // moka refuses a zero TTL; with negative_ttl = 0 nothing is inserted anyway.
-            .time_to_live(
-                config
-                    .cache
-                    .negative_ttl
-                    .max(std::time::Duration::from_millis(1)),
-            )
-            .build(),
-        hot_manifests: server::manifests::hot_manifests(HOT_MANIFEST_BYTES),
+        manifests,
         hot_blobs: server::blobs::hot_blobs(HOT_BLOB_BYTES),
         access: access::Access::new(config, metrics.clone()).map_err(Error::Htpasswd)?,
         metrics,

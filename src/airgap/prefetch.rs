@@ -1,8 +1,9 @@
 //! `wharf prefetch`: fills the cache with whole images ahead of time, through the same code that
 //! answers clients.
 //!
-//! Every manifest and blob is asked of the running [`App`] as a client would ask it (a `GET` on
-//! `/v2/`, marked [`Trusted`] so it needs no client credentials), and the body is drained. So a
+//! Every manifest and blob is asked of the cache ([`crate::cache::manifests`], [`crate::cache::Cache::blob`])
+//! through the route and allow list a client's request would take ([`api_path`]; no client
+//! credentials are needed in process), and a blob's bytes are drained as they arrive. So a
 //! prefetch is verified exactly like a pull, joins fills that client pulls started (and the other
 //! way round), waits its turn under the upstream's `max_fills`, respects allow lists and offline
 //! upstreams, and revalidates tags as `tag_ttl` says. What is cached already is skipped without a
@@ -18,20 +19,21 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::ACCEPT;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{self, Descriptor, EntryPlatform};
 use super::refs::Platform;
-use crate::oci::{media, Digest, ImageRef, Reference};
-use crate::server::response::header;
-use crate::server::{App, Trusted};
+use crate::cache::ByteStream;
+use crate::cache::manifests::{Manifest, ManifestStatus};
+use crate::cache::BlobSource;
+use crate::oci::{media, Digest, ErrorCode, ImageRef, Reference};
+use crate::server::response::{ApiError, Area, CacheStatus};
+use crate::server::route::{self, Parsed};
+use crate::server::{manifests, App};
 
 /// How many blobs download at once when `--jobs` is not given.
 pub const DEFAULT_JOBS: usize = 4;
@@ -41,9 +43,6 @@ pub const MAX_JOBS: usize = 64;
 
 /// Progress events are sent at most once per this many bytes of a blob.
 const PROGRESS_STEP: u64 = 1 << 20;
-
-/// The largest manifest read (the upstream limit too).
-const MAX_MANIFEST: usize = crate::limits::MAX_MANIFEST;
 
 /// What a prefetch does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,26 +360,25 @@ async fn resolve(
     let mut queue: Vec<(Reference, String)> = vec![(image.reference.clone(), String::new())];
     let mut root = true;
     while let Some((reference, context)) = queue.pop() {
-        let path = api_path(image, &format!("manifests/{reference}"));
-        let response = get(app, &path).await;
-        let status = response.status();
-        let x_cache = header_str(&response, &header::X_CACHE);
-        let body = body_bytes(response, MAX_MANIFEST).await?;
-        if status != StatusCode::OK {
-            let what = if root {
-                "manifest".to_owned()
-            } else {
-                format!("{context}manifest {reference}")
-            };
-            return Err(format!("{what}: {}", error_text(status, &body)));
-        }
-        let digest = Digest::of(&body);
+        let (manifest, status) = match manifest_of(app, image, &reference).await {
+            Ok(found) => found,
+            Err(e) => {
+                let what = if root {
+                    "manifest".to_owned()
+                } else {
+                    format!("{context}manifest {reference}")
+                };
+                return Err(format!("{what}: {}", api_error_text(&e)));
+            }
+        };
+        let body = manifest.bytes();
+        let digest = Digest::of(body);
         if !seen.insert(digest) {
             continue;
         }
-        match x_cache.as_deref() {
-            Some("miss") => stats.manifests_fetched += 1,
-            Some("stale") => {
+        match status {
+            ManifestStatus::Miss => stats.manifests_fetched += 1,
+            ManifestStatus::Stale => {
                 stats.manifests_cached += 1;
                 run.events
                     .send(Event::Warning {
@@ -397,8 +395,7 @@ async fn resolve(
             stats.digest = Some(digest);
             root = false;
         }
-        let refs =
-            manifest::parse(&body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+        let refs = manifest::parse(body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
         for child in refs.children.iter().rev() {
             if EntryPlatform::passes(child.platform.as_ref(), run.options.platforms.as_deref()) {
                 let platform = EntryPlatform::describe(child.platform.as_ref());
@@ -418,6 +415,119 @@ async fn resolve(
         }
     }
     Ok(blobs)
+}
+
+/// A manifest from the cache, as a trusted client asking the mirror for it would get it: routed by
+/// the image's registry, refused when the upstream's allow list does not have the repository.
+async fn manifest_of(
+    app: &App,
+    image: &ImageRef,
+    reference: &Reference,
+) -> Result<(Arc<Manifest>, ManifestStatus), ApiError> {
+    let route = route_to(app, image, &format!("manifests/{reference}"))?;
+    let accept = || media::upstream_accept([]);
+    app.manifests
+        .get(
+            &app.upstreams[route.upstream],
+            &route.name,
+            reference,
+            &accept,
+        )
+        .await
+        .map_err(|e| manifests::api_error(&e))
+}
+
+/// What a blob request found.
+enum Opened {
+    /// The blob is there whole: its size.
+    Whole(u64),
+    /// Its bytes as they arrive (verified: the stream fails rather than end on bad content).
+    Stream(ByteStream),
+}
+
+/// A blob from the cache as a trusted client asking the mirror for it would get it (see
+/// [`manifest_of`]), with where it came from.
+async fn open_blob(
+    app: &App,
+    image: &ImageRef,
+    digest: Digest,
+) -> Result<(CacheStatus, Opened), ApiError> {
+    let route = route_to(app, image, &format!("blobs/{digest}"))?;
+    if let Some(bytes) = app.hot_blobs.get(&digest) {
+        app.cache.touch(digest);
+        return Ok((CacheStatus::Hit, Opened::Whole(bytes.len() as u64)));
+    }
+    let upstream = &app.upstreams[route.upstream];
+    let source = app
+        .cache
+        .blob(upstream, &route.name, digest)
+        .await
+        .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+    Ok(match source {
+        BlobSource::Hit(blob) => (CacheStatus::Hit, Opened::Whole(blob.size())),
+        BlobSource::Fill { fill, leader } => {
+            let size = fill
+                .started()
+                .await
+                .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+            let status = if fill.handed_off() {
+                CacheStatus::Bypass
+            } else if leader {
+                CacheStatus::Miss
+            } else {
+                CacheStatus::Coalesced
+            };
+            (status, Opened::Stream(fill.follow(0, size)))
+        }
+        BlobSource::Bypass => {
+            let bypass = app
+                .cache
+                .bypass(upstream, &route.name, digest)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
+            let size = bypass.size();
+            (CacheStatus::Bypass, Opened::Stream(bypass.stream(0, size)))
+        }
+    })
+}
+
+/// The route a client's request for `what` (`manifests/<reference>`, `blobs/<digest>`) in the
+/// image's repository would take, named by its registry; refused as the mirror would refuse it
+/// when the upstream's allow list does not have the repository.
+pub(super) fn route_to(app: &App, image: &ImageRef, what: &str) -> Result<route::Route, ApiError> {
+    let request = api_path(image, what);
+    let (path, query) = request.split_once('?').unwrap_or((&request, ""));
+    let route = match route::parse(&Method::GET, path, Some(query), &app.registries) {
+        Ok(Parsed::Api(route)) => route,
+        Ok(Parsed::Base) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NameUnknown,
+                "not a repository",
+            ))
+        }
+        Err(e) => return Err(ApiError::from(e)),
+    };
+    if !app.access.allows(route.upstream, route.name.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            format!(
+                "repository {} is not allowed on this mirror",
+                route.client_name
+            ),
+        ));
+    }
+    Ok(route)
+}
+
+/// An error as [`error_text`] reads it from the response it would make.
+fn api_error_text(e: &ApiError) -> String {
+    if e.message().is_empty() {
+        format!("{} ({})", e.code().as_str(), e.status())
+    } else {
+        format!("{} ({})", e.message(), e.code().as_str())
+    }
 }
 
 /// The size of a blob the cache has intact (checking the file, repairing the index if it is gone).
@@ -460,30 +570,36 @@ async fn fetch_blob(
     if let Some(size) = stored_size(app, &digest).await? {
         return Ok(BlobOutcome::Cached(size));
     }
-    let response = get(app, &api_path(image, &format!("blobs/{digest}"))).await;
-    let status = response.status();
-    let x_cache = header_str(&response, &header::X_CACHE);
-    if status != StatusCode::OK {
-        let body = body_bytes(response, 64 * 1024).await.unwrap_or_default();
-        return Err(format!("{what}: {}", error_text(status, &body)));
-    }
-    let mut body = response.into_body();
+    let (source, stream) = match open_blob(app, image, digest).await {
+        Ok(opened) => opened,
+        Err(e) => return Err(format!("{what}: {}", api_error_text(&e))),
+    };
     let mut received = 0u64;
     let mut unreported = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("{what}: the download broke off: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            received += data.len() as u64;
-            unreported += data.len() as u64;
-            if unreported >= PROGRESS_STEP {
-                run.events
-                    .send(Event::Progress {
-                        image: name.to_owned(),
-                        bytes: unreported,
-                    })
-                    .await;
-                unreported = 0;
-            }
+    let mut chunks = match stream {
+        Opened::Whole(size) => {
+            // In memory or on disk already: nothing to download.
+            received = size;
+            unreported = size;
+            None
+        }
+        Opened::Stream(chunks) => Some(chunks),
+    };
+    while let Some(chunk) = match chunks.as_mut() {
+        Some(chunks) => chunks.next().await,
+        None => None,
+    } {
+        let data = chunk.map_err(|e| format!("{what}: the download broke off: {e}"))?;
+        received += data.len() as u64;
+        unreported += data.len() as u64;
+        if unreported >= PROGRESS_STEP {
+            run.events
+                .send(Event::Progress {
+                    image: name.to_owned(),
+                    bytes: unreported,
+                })
+                .await;
+            unreported = 0;
         }
     }
     if unreported > 0 {
@@ -494,7 +610,7 @@ async fn fetch_blob(
             })
             .await;
     }
-    if x_cache.as_deref() == Some("bypass") {
+    if source == CacheStatus::Bypass {
         return Err(format!(
             "{what}: downloaded but not cached: caching is paused after a storage failure or with free space at storage.min_free (see the log)"
         ));
@@ -508,8 +624,8 @@ async fn fetch_blob(
             "{what}: downloaded and verified but not stored: the storage failed (see the log)"
         ));
     }
-    Ok(match x_cache.as_deref() {
-        Some("miss" | "coalesced") if first => BlobOutcome::Fetched(received),
+    Ok(match source {
+        CacheStatus::Miss | CacheStatus::Coalesced if first => BlobOutcome::Fetched(received),
         _ => BlobOutcome::Cached(received),
     })
 }
@@ -518,43 +634,6 @@ async fn fetch_blob(
 /// upstream unambiguously.
 pub fn api_path(image: &ImageRef, what: &str) -> String {
     format!("/v2/{}/{what}?ns={}", image.repo, image.registry)
-}
-
-/// Asks the mirror, as a trusted local client, with every manifest type accepted.
-pub async fn get(app: &App, path: &str) -> http::Response<crate::server::response::Body> {
-    let mut request = Request::get(path)
-        .header(ACCEPT, media::upstream_accept([]))
-        .body(())
-        .unwrap_or_default();
-    request.extensions_mut().insert(Trusted);
-    app.handle(request).await
-}
-
-fn header_str<B>(response: &http::Response<B>, name: &http::HeaderName) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// A response body, up to `max` bytes.
-async fn body_bytes(
-    response: http::Response<crate::server::response::Body>,
-    max: usize,
-) -> Result<Bytes, String> {
-    let mut body = response.into_body();
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the response broke off: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > max {
-                return Err(format!("the response is larger than {max} bytes"));
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(out))
 }
 
 /// An OCI error response as one line: its message (the code when there is none).

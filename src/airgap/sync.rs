@@ -4,7 +4,7 @@
 //! Each entry runs in its own task: at start, then every `interval` after the previous run began
 //! (a run longer than the interval is followed by the next at once, never overlapped by it). A run
 //! reads the entry's images (the `images` list, and the `file` read again each run), asks the
-//! upstream about every tag with a `HEAD` whatever its `tag_ttl` ([`manifests::revalidate`]),
+//! upstream about every tag with a `HEAD` whatever its `tag_ttl` ([`crate::cache::manifests::Manifests::revalidate`]),
 //! logs each tag that moved (old digest -> new) at info, and prefetches each image
 //! ([`prefetch::one`]), which fetches only what changed. A failure is logged at warn and retried
 //! at the next run; a summary line ends every run. At shutdown the tasks are aborted: the
@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use http::Method;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -22,7 +21,6 @@ use super::prefetch::{self, DEFAULT_JOBS};
 use super::refs;
 use crate::config::{SyncConfig, UpstreamConfig};
 use crate::oci::{Digest, ImageRef, Reference};
-use crate::server::route::{self, Parsed};
 use crate::server::{manifests, App};
 
 /// What one run of an entry did.
@@ -173,21 +171,11 @@ async fn revalidate(app: &App, image: &ImageRef) -> Result<Digest, String> {
     let Reference::Tag(tag) = &image.reference else {
         return Err("not a tag".into());
     };
-    let path = format!("/v2/{}/manifests/{tag}", image.repo);
-    let query = format!("ns={}", image.registry);
-    let route = match route::parse(&Method::GET, &path, Some(&query), &app.registries) {
-        Ok(Parsed::Api(route)) => route,
-        Ok(Parsed::Base) => return Err("not a repository".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    if !app.access.allows(route.upstream, route.name.as_str()) {
-        return Err(format!(
-            "repository {} is not allowed on this mirror (the upstream's allow list)",
-            route.name
-        ));
-    }
-    manifests::revalidate(app, &route, tag)
+    let route = prefetch::route_to(app, image, &format!("manifests/{tag}"))
+        .map_err(|e| e.message().to_owned())?;
+    app.manifests
+        .revalidate(&app.upstreams[route.upstream], &route.name, tag)
         .await
         .map(|(digest, _)| digest)
-        .map_err(|e| e.message().to_owned())
+        .map_err(|e| manifests::api_error(&e).message().to_owned())
 }

@@ -22,17 +22,14 @@
 //! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
 //! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
 //!
-//! An upstream must keep up a minimum rate ([`super::rate`]): a body that arrives slower is cut and
+//! An upstream must keep up a minimum rate ([`crate::upstream::rate`]): a body that arrives slower is cut and
 //! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{CONTENT_RANGE, RANGE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -43,8 +40,9 @@ use crate::limits::MAX_RESUMES;
 use crate::oci::digest::Mismatch;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::store::{BlobWriter, ByteStream};
-use crate::upstream::rate::{Cut, PacedBody};
-use crate::upstream::{auth, Upstream, UpstreamError};
+use crate::upstream::rate::Cut;
+use crate::upstream::registry::resume_pause;
+use crate::upstream::{BlobBody, Upstream, UpstreamError};
 
 /// The fills in flight, by digest and upstream: a client is only ever attached to a fill from its
 /// own upstream, so a slow upstream holds up only its own clients. Two upstreams may thus fill the
@@ -461,11 +459,6 @@ enum Follow {
 /// pull of a big layer about 10-15% faster; memory that stays flat as followers attach matters more.
 const FOLLOW_CHUNK: u64 = 64 * 1024;
 
-/// The pause before resume number `attempt` (1, 2, 3): 400 ms, 800 ms, 1.6 s.
-pub(super) fn resume_pause(attempt: u32) -> Duration {
-    Duration::from_millis(200 << attempt.min(8))
-}
-
 /// The fill itself: request, stream to the store's writer while hashing (resuming a broken body, or
 /// one that arrives below the upstream's minimum rate, from the last byte written), verify. Returns
 /// the verified writer and its size, or a handoff when the storage cannot take the blob.
@@ -478,17 +471,10 @@ async fn run<'a>(
     tx: &Arc<watch::Sender<FillState>>,
 ) -> Result<Outcome<'a>, FillError> {
     let digest = fill.digest;
-    let path = format!("/v2/{repo}/blobs/{digest}");
-    let scope = auth::pull_scope(repo.as_str());
     let pace = upstream.pace();
     let _slot = upstream.fill_slot().await?;
-    let response = upstream
-        .send(Method::GET, &path, HeaderMap::new(), &scope)
-        .await?;
-    if !response.status().is_success() {
-        return Err(upstream.status_error(response).await.into());
-    }
-    let size = response.content_length();
+    let body = upstream.blob(repo, &digest, None).await?;
+    let size = body.size();
     let handoff = |written, verifier| {
         Ok(Outcome::Handoff(Handoff {
             written,
@@ -539,13 +525,13 @@ async fn run<'a>(
     });
 
     let mut sink = Sink::start(writer, own_spool, tx.clone(), size, cache.health.clone());
-    let mut next = Some((response, 0));
+    let mut next = Some(body);
     let mut resumes = 0;
     // Whether the last attempt that got a body was cut for being too slow (else it broke off).
     let mut too_slow = false;
     loop {
-        if let Some((response, skip)) = next.take() {
-            let copied = sink.copy(fill, pace.body(response), skip).await;
+        if let Some(body) = next.take() {
+            let copied = sink.copy(fill, body).await;
             match copied {
                 Copied::Ended | Copied::WriterStopped => break,
                 Copied::Broke => too_slow = false,
@@ -572,7 +558,8 @@ async fn run<'a>(
         resumes += 1;
         tokio::time::sleep(resume_pause(resumes)).await;
         warn!(%digest, upstream = %upstream.name(), received = sink.received, attempt = resumes, too_slow, "upstream body stopped short; resuming");
-        match resume(upstream, &path, &scope, sink.received).await {
+        // From the last byte received: the upstream's client drops what it sends again.
+        match upstream.blob(repo, &digest, Some(sink.received)).await {
             Ok(resumed) => next = Some(resumed),
             Err(error) => {
                 debug!(%digest, upstream = %upstream.name(), %error, "resume request failed")
@@ -606,60 +593,6 @@ async fn run<'a>(
     }
     verifier.finish(&digest, size).map_err(mismatch)?;
     Ok(Outcome::Verified(writer, written, reservation))
-}
-
-/// Asks for the rest of a blob from `offset` (used by pass-through readers too), waiting for the
-/// response headers at most the upstream's `timeout`. Returns the response and how many leading
-/// bytes of its body to skip (all of `offset` when the upstream ignores `Range` and sends the whole
-/// blob again).
-pub(super) async fn resume(
-    upstream: &Upstream,
-    path: &str,
-    scope: &str,
-    offset: u64,
-) -> Result<(reqwest::Response, u64), UpstreamError> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        RANGE,
-        HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits are a valid header"),
-    );
-    let response = upstream.send(Method::GET, path, headers, scope).await?;
-    match response.status() {
-        StatusCode::OK => Ok((response, offset)),
-        StatusCode::PARTIAL_CONTENT => {
-            let start = response
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start == Some(offset) {
-                Ok((response, 0))
-            } else {
-                Err(UpstreamError::Protocol {
-                    upstream: upstream.name().to_owned(),
-                    reason: format!(
-                        "asked to resume at byte {offset}, got Content-Range starting at {start:?}"
-                    ),
-                })
-            }
-        }
-        _ => Err(upstream.status_error(response).await),
-    }
-}
-
-/// Drops what is left of the first `skip` bytes of a body from `chunk` (a resumed download the
-/// upstream answered from an earlier offset than asked), counting them off `skip`.
-pub(super) fn skip_prefix(chunk: Bytes, skip: &mut u64) -> Bytes {
-    if *skip == 0 {
-        return chunk;
-    }
-    let n = usize::try_from(*skip)
-        .unwrap_or(usize::MAX)
-        .min(chunk.len());
-    *skip -= n as u64;
-    chunk.slice(n..)
 }
 
 /// Where a fill's bytes go. The async side only receives: each chunk is kept in the spool's memory
@@ -798,10 +731,9 @@ impl Sink {
         }
     }
 
-    /// Hands a response body to the writer and hasher, skipping its first `skip` bytes (a resume the upstream
-    /// answered with the whole blob). Only the time spent waiting for the upstream counts against
-    /// its minimum rate, not the time their queues are full.
-    async fn copy(&mut self, fill: &Fill, mut body: PacedBody, mut skip: u64) -> Copied {
+    /// Hands a response body to the writer and hasher. Only the time spent waiting for the
+    /// upstream counts against its minimum rate, not the time their queues are full.
+    async fn copy(&mut self, fill: &Fill, mut body: BlobBody) -> Copied {
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -812,7 +744,6 @@ impl Sink {
                     }
                 }
             };
-            let chunk = skip_prefix(chunk, &mut skip);
             if chunk.is_empty() {
                 continue;
             }

@@ -26,6 +26,7 @@ pub mod gc;
 pub mod health;
 pub mod holds;
 pub mod index;
+pub mod manifests;
 pub mod passthrough;
 pub mod reconcile;
 pub mod spool;

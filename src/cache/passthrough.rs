@@ -15,7 +15,7 @@
 //!   failure, so it keeps the `X-Cache` it started with.
 //!
 //! Like a fill, a pass-through body that breaks off or arrives below the upstream's minimum rate
-//! ([`super::rate`]) is resumed with `Range` from the last byte hashed, at most
+//! ([`crate::upstream::rate`]) is resumed with `Range` from the last byte hashed, at most
 //! [`crate::limits::MAX_RESUMES`] times; then the response is cut short. Time spent waiting for a
 //! slow client is not counted against the upstream.
 
@@ -23,18 +23,17 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, warn};
 
-use super::fill::{resume, resume_pause, skip_prefix, FillError};
 use super::spool::SpoolFile;
 use super::Cache;
 use crate::limits::MAX_RESUMES;
 use crate::oci::{Digest, RepoName, Verifier};
 use crate::store::ByteStream;
-use crate::upstream::rate::{Cut, PacedBody};
-use crate::upstream::{auth, Upstream};
+use crate::upstream::rate::Cut;
+use crate::upstream::registry::resume_pause;
+use crate::upstream::{BlobBody, Upstream, UpstreamError};
 
 /// How much of the spool file a handed-off reader reads at once.
 const FILE_CHUNK: u64 = 64 * 1024;
@@ -56,8 +55,8 @@ struct Job {
     /// Bytes already hashed into `verifier` (and, for a handoff, in `file`).
     hashed: u64,
     verifier: Verifier,
-    /// An upstream response for the whole blob already under way (a bypass).
-    response: Option<reqwest::Response>,
+    /// An upstream body for the whole blob already under way (a bypass).
+    response: Option<BlobBody>,
     /// The upstream download slot a bypass holds until its body ends.
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -94,26 +93,19 @@ impl Cache {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: Digest,
-    ) -> Result<Bypass, FillError> {
+    ) -> Result<Bypass, UpstreamError> {
         let permit = upstream.fill_slot().await?;
-        let path = format!("/v2/{repo}/blobs/{digest}");
-        let scope = auth::pull_scope(repo.as_str());
-        let response = upstream
-            .send(Method::GET, &path, HeaderMap::new(), &scope)
-            .await?;
-        if !response.status().is_success() {
-            return Err(upstream.status_error(response).await.into());
-        }
+        let body = upstream.blob(repo, &digest, None).await?;
         Ok(Bypass {
             job: Job {
                 upstream: upstream.clone(),
                 repo: repo.clone(),
                 digest,
-                size: response.content_length(),
+                size: body.size(),
                 file: None,
                 hashed: 0,
                 verifier: Verifier::new(),
-                response: Some(response),
+                response: Some(body),
                 permit: Some(permit),
             },
         })
@@ -213,28 +205,21 @@ impl Job {
             }
         }
         let digest = self.digest;
-        let pace = self.upstream.pace();
-        let mut pending = self.response.take().map(|r| Ok((r, 0)));
+        let mut pending = self.response.take().map(Ok);
         let mut offset = self.hashed;
         let mut resumes = 0;
         loop {
             let attempt = match pending.take() {
                 Some(response) => response,
-                None => {
-                    let path = format!("/v2/{}/blobs/{digest}", self.repo);
-                    let scope = auth::pull_scope(self.repo.as_str());
-                    resume(&self.upstream, &path, &scope, offset).await
-                }
+                // From the last byte hashed: the upstream's client drops what it sends again.
+                None => self.upstream.blob(&self.repo, &digest, Some(offset)).await,
             };
             let stopped = match attempt {
-                Ok((response, skip)) => {
-                    let body = pace.body(response);
-                    match self.copy(out, body, skip, &mut offset, start, end).await? {
-                        Piece::Ended => break,
-                        Piece::Failed(e) => return Ok(Err(e)),
-                        Piece::Stopped(cut) => cut.to_string(),
-                    }
-                }
+                Ok(body) => match self.copy(out, body, &mut offset, start, end).await? {
+                    Piece::Ended => break,
+                    Piece::Failed(e) => return Ok(Err(e)),
+                    Piece::Stopped(cut) => cut.to_string(),
+                },
                 Err(e) => e.to_string(),
             };
             if self.size.is_some_and(|s| offset >= s) {
@@ -256,13 +241,11 @@ impl Job {
         }))
     }
 
-    /// Hashes one upstream body from `offset` and sends what falls in `[start, end)` to `out`,
-    /// skipping the body's first `skip` bytes (a resume answered from an earlier offset).
+    /// Hashes one upstream body from `offset` and sends what falls in `[start, end)` to `out`.
     async fn copy(
         &mut self,
         out: &mut Out,
-        mut body: PacedBody,
-        mut skip: u64,
+        mut body: BlobBody,
         offset: &mut u64,
         start: u64,
         end: u64,
@@ -273,7 +256,6 @@ impl Job {
                 Ok(chunk) => chunk,
                 Err(cut) => return Ok(Piece::Stopped(cut)),
             };
-            let chunk = skip_prefix(chunk, &mut skip);
             let len = chunk.len() as u64;
             if self.size.is_some_and(|s| *offset + len > s) {
                 return Ok(Piece::Failed(io::Error::other(format!(

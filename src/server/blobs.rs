@@ -15,7 +15,6 @@ use crate::cache::passthrough::Bypass;
 use crate::cache::{Blob, SMALL_BLOB};
 use crate::cache::{BlobSource, Fill};
 use crate::oci::{media, Digest, ErrorCode};
-use crate::upstream::auth;
 
 /// Small blobs (configs, tiny layers: at most [`SMALL_BLOB`] each) kept in memory by digest, weighed by size.
 pub type HotBlobs = moka::sync::Cache<Digest, Bytes>;
@@ -88,7 +87,7 @@ pub async fn get(
                 .cache
                 .bypass(upstream, &route.name, digest)
                 .await
-                .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
+                .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
             Ok(serve_bypass(bypass, digest, range))
         }
     }
@@ -127,25 +126,10 @@ async fn head_blob(app: &App, route: &Route, digest: Digest) -> Result<Response<
         return Ok(blob_head(digest, size, CacheStatus::Coalesced));
     }
     // A HEAD does not start a fill: ask the upstream for the size only.
-    let path = format!("/v2/{}/blobs/{digest}", route.name);
-    let response = upstream
-        .send(
-            Method::HEAD,
-            &path,
-            HeaderMap::new(),
-            &auth::pull_scope(route.name.as_str()),
-        )
+    let size = upstream
+        .head_blob(&route.name, &digest)
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
-    if !response.status().is_success() {
-        let e = upstream.status_error(response).await;
-        return Err(ApiError::from_upstream(&e, Area::Blob));
-    }
-    let size = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
     Ok(blob_head(digest, size, CacheStatus::Miss))
 }
 

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{Access, Refusal};
+use crate::cache::manifests::Manifests;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::oci::ErrorCode;
@@ -52,18 +53,8 @@ pub struct App {
     pub upstreams: Vec<Arc<Upstream>>,
     /// The cache.
     pub cache: Arc<Cache>,
-    /// How long a tag's digest is trusted before the upstream is asked again.
-    pub tag_ttl: Duration,
-    /// Manifest fetches in flight, shared by concurrent requests.
-    pub manifest_flights: manifests::ManifestFlights,
-    /// Whether a cached tag is served when the upstream cannot be asked.
-    pub serve_stale: bool,
-    /// How long an upstream 404 for a tag is remembered (zero: not at all).
-    pub negative_ttl: Duration,
-    /// The remembered 404s.
-    pub negative_tags: manifests::NegativeTags,
-    /// Hot manifests in memory.
-    pub hot_manifests: manifests::HotManifests,
+    /// The manifest cache and its policy (tag TTL, stale serving, negative tags, hot manifests).
+    pub manifests: Manifests,
     /// Hot small blobs in memory.
     pub hot_blobs: blobs::HotBlobs,
     /// Who may pull what.

@@ -8,7 +8,7 @@
 //! list when answering, and announced with `OCI-Filters-Applied`, so a client cannot grow the
 //! index or the upstream's load by sending many filter values, and a cached list answers every
 //! filter as a fresh one would. The upstream's list must be a JSON object with a `manifests` list
-//! (at most [`MAX_MANIFEST`] bytes), or it is a `502`. Registries without the API answer 404,
+//! (at most [`crate::limits::MAX_MANIFEST`] bytes), or it is a `502`. Registries without the API answer 404,
 //! which is passed on: clients then fall back to the tag schema (`sha256-<hex>` tags), which wharf
 //! serves like any tag.
 
@@ -16,16 +16,15 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WARNING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use tracing::warn;
 
-use super::manifests::{MAX_MANIFEST, STALE_WARNING};
+use super::manifests::STALE_WARNING;
 use super::response::{self, header, ApiError, Area, Body, CacheStatus, Fault};
 use super::route::Route;
 use super::App;
 use crate::cache::TagEntry;
 use crate::oci::{media, Digest, ErrorCode};
-use crate::upstream::auth;
 
 /// Tells the client which filters were applied.
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
@@ -58,7 +57,7 @@ pub async fn get(
         let age = SystemTime::now()
             .duration_since(entry.fetched_at)
             .unwrap_or_default();
-        if upstream.offline() || age < app.tag_ttl {
+        if upstream.offline() || age < app.manifests.policy().tag_ttl {
             return respond(bytes.clone(), artifact_type, CacheStatus::Hit, method);
         }
     }
@@ -79,7 +78,7 @@ pub async fn get(
             respond(bytes, artifact_type, CacheStatus::Miss, method)
         }
         Err(e) => match known {
-            Some((_, bytes)) if app.serve_stale && e.upstream_trouble() => {
+            Some((_, bytes)) if app.manifests.policy().serve_stale && e.upstream_trouble() => {
                 warn!(upstream = %upstream.name(), repo = %route.name, %subject, error = %e.message(), "upstream cannot be asked; serving cached referrers stale");
                 respond(bytes, artifact_type, CacheStatus::Stale, method)
             }
@@ -133,14 +132,8 @@ fn filter(bytes: &[u8], wanted: &str) -> Result<Bytes, ApiError> {
 /// Gets the unfiltered list from the upstream and checks that it is one.
 async fn fetch(app: &App, route: &Route, subject: Digest) -> Result<Bytes, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let path = format!("/v2/{}/referrers/{subject}", route.name);
-    let (_, body) = upstream
-        .get_small(
-            &path,
-            HeaderMap::new(),
-            &auth::pull_scope(route.name.as_str()),
-            MAX_MANIFEST,
-        )
+    let body = upstream
+        .referrers(&route.name, &subject)
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Referrers))?;
     let list: serde_json::Value = serde_json::from_slice(&body)

@@ -15,6 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
 use super::route::RouteError;
+use crate::cache::manifests::ManifestStatus;
 use crate::cache::ByteStream;
 use crate::cache::FillError;
 use crate::oci::{ErrorCode, ErrorEnvelope};
@@ -51,6 +52,17 @@ pub enum CacheStatus {
     Revalidated,
     /// Served from the cache because the upstream could not be asked.
     Stale,
+}
+
+impl From<ManifestStatus> for CacheStatus {
+    fn from(status: ManifestStatus) -> Self {
+        match status {
+            ManifestStatus::Hit => Self::Hit,
+            ManifestStatus::Miss => Self::Miss,
+            ManifestStatus::Revalidated => Self::Revalidated,
+            ManifestStatus::Stale => Self::Stale,
+        }
+    }
 }
 
 /// Whose fault an error is: picks the log level.

@@ -4,7 +4,7 @@
 //! (with a `Warning` in the second case).
 //!
 //! A tag list can be large (Docker Hub's busiest repositories list tens of thousands of tags), so
-//! it is bounded three ways: the upstream's answer is read up to [`MAX_TAGS_BODY`]; concurrent
+//! it is bounded three ways: the upstream's answer is read up to [`crate::limits::MAX_TAGS_BODY`]; concurrent
 //! requests for the same page share one upstream request, and its answer is kept for a few seconds
 //! ([`TAG_LIST_TTL`], or `tag_ttl` when shorter) in [`TagLists`], whose entries are weighed by
 //! size within [`TAG_LISTS_BYTES`]; and every response sends the one kept copy of the tags (a
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK, WARNING};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use serde::Deserialize;
 use tracing::warn;
 
@@ -24,9 +24,9 @@ use super::manifests::STALE_WARNING;
 use super::response::{self, ApiError, Area, Body, CacheStatus, Fault};
 use super::route::Route;
 use super::App;
-use crate::limits::{MAX_TAGS_BODY, TAG_LISTS_BYTES, TAG_LIST_TTL};
+use crate::limits::{TAG_LISTS_BYTES, TAG_LIST_TTL};
 use crate::oci::{ErrorCode, RepoName};
-use crate::upstream::auth;
+use crate::upstream::TagsPage;
 
 /// Which page of which tag list: upstream, repository at the upstream, `n`, `last`.
 pub type ListKey = (usize, RepoName, Option<u32>, Option<String>);
@@ -108,7 +108,7 @@ pub async fn list(
     } else {
         match shared_page(app, route, query).await {
             Ok(found) => found,
-            Err(e) if app.serve_stale && e.upstream_trouble() => {
+            Err(e) if app.manifests.policy().serve_stale && e.upstream_trouble() => {
                 let page = cached_page(app, route, query).map_err(|_| e.clone())?;
                 warn!(upstream = %upstream.name(), repo = %route.name, error = %e.message(), "upstream cannot be asked; listing cached tags");
                 (page, CacheStatus::Stale)
@@ -184,30 +184,10 @@ async fn shared_page(
 
 async fn upstream_page(app: &App, route: &Route, query: &Query<'_>) -> Result<Listing, ApiError> {
     let upstream = &app.upstreams[route.upstream];
-    let upstream_query = {
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(n) = query.n {
-            q.append_pair("n", &n.to_string());
-        }
-        if let Some(last) = query.last {
-            q.append_pair("last", last);
-        }
-        q.finish()
-    };
-    let mut path = format!("/v2/{}/tags/list", route.name);
-    if !upstream_query.is_empty() {
-        path = format!("{path}?{upstream_query}");
-    }
-    let (headers, body) = upstream
-        .get_small(
-            &path,
-            HeaderMap::new(),
-            &auth::pull_scope(route.name.as_str()),
-            MAX_TAGS_BODY,
-        )
+    let TagsPage { body, more } = upstream
+        .tags(&route.name, query.n, query.last)
         .await
         .map_err(|e| ApiError::from_upstream(&e, Area::Tags))?;
-    let more = headers.contains_key(LINK);
     let parsed: UpstreamList = serde_json::from_slice(&body)
         .map_err(|_| invalid(upstream.name(), "a tag list that is not JSON"))?;
     drop(body);

@@ -1,6 +1,7 @@
 //! The HTTP client for one upstream registry: authentication, redirects and error classification.
 //!
-//! Every request goes through [`Upstream::send`], which
+//! Every request goes through `Upstream::send` (under the typed operations of [`super::registry`]),
+//! which
 //! 1. attaches a cached token for the request's scope (or Basic credentials once the upstream has
 //!    asked for them),
 //! 2. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
@@ -17,7 +18,7 @@
 //! Nothing an upstream sends is waited for or read without a bound. reqwest's `read_timeout` (the
 //! upstream's `timeout`) cuts a response that goes silent; on top of that every request has an
 //! overall deadline of `timeout` until its response headers arrive (redirects and the token
-//! exchange included), and the small documents read whole ([`Upstream::get_small`], token
+//! exchange included), and the small documents read whole (`Upstream::get_small`, token
 //! responses, error bodies) have the same deadline including their body, so an upstream that
 //! trickles a byte a second cannot hold a request for ever. Blob bodies are streamed, and bounded
 //! by the fill's minimum rate instead. Bodies read whole are also bounded in size
@@ -279,7 +280,7 @@ impl Upstream {
     ///
     /// # Errors
     /// Transport failures, timeouts, refused or failed authentication, refused redirects.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         path_and_query: &str,
@@ -566,7 +567,7 @@ impl Upstream {
     /// As [`Upstream::send`]; an error status as [`Upstream::status_error`] classifies it; a body
     /// that breaks off, or is longer than `limit`, as [`UpstreamError::Protocol`] or a transport
     /// error; a document not whole by the deadline as [`UpstreamError::Timeout`].
-    pub async fn get_small(
+    pub(super) async fn get_small(
         &self,
         path_and_query: &str,
         headers: HeaderMap,
@@ -620,7 +621,7 @@ impl Upstream {
 
     /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code,
     /// for at most the upstream's `timeout`.
-    pub async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
+    pub(super) async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let body = tokio::time::timeout(self.timeout, read_bounded(response, MAX_ERROR_BODY))
@@ -635,7 +636,7 @@ impl Upstream {
     }
 
     /// Maps a transport error (connect, timeout, broken body) to an [`UpstreamError`].
-    pub fn transport(&self, e: reqwest::Error) -> UpstreamError {
+    fn transport(&self, e: reqwest::Error) -> UpstreamError {
         if e.is_timeout() {
             UpstreamError::Timeout {
                 upstream: self.name.clone(),

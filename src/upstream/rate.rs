@@ -1,6 +1,6 @@
 //! How fast an upstream must deliver a blob: a minimum rate, averaged over a window, below which
 //! the body is cut (and resumed with `Range`, like a broken connection). The wait for a blob
-//! response's headers is bounded by [`crate::upstream::Upstream::send`]'s deadline.
+//! response's headers is bounded by the upstream's `timeout` ([`crate::upstream::Upstream::blob`]).
 //!
 //! An upstream that sends one byte a second never trips a read timeout, so without a minimum rate
 //! it holds a fill (and every client following it) for as long as it likes. The [`RateMeter`]
@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use crate::config::UpstreamConfig;
 
 /// How fast one upstream must deliver blob bodies (from its `[[upstream]]` settings). Their
-/// headers are bounded by [`crate::upstream::Upstream::send`]'s deadline.
+/// headers are bounded by the upstream's `timeout` ([`crate::upstream::Upstream::blob`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     /// Bytes per second, averaged over `window`, below which a body is cut; 0 for no minimum.
@@ -54,9 +54,9 @@ const GRANULES: u32 = 16;
 /// Why a paced body stopped short.
 #[derive(Debug, thiserror::Error)]
 pub enum Cut {
-    /// The connection broke.
+    /// The connection broke (the HTTP client's error, kept for the log).
     #[error("the body broke off: {0}")]
-    Broke(#[source] reqwest::Error),
+    Broke(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The upstream sent less than the minimum rate.
     #[error(
         "the upstream sent {received} bytes in the last {window:?}, below min_rate ({need} needed)"
@@ -78,6 +78,9 @@ pub struct PacedBody {
     meter: RateMeter,
     /// Time spent waiting for the upstream: the meter's clock.
     waited: Duration,
+    /// Leading bytes still to drop (a resume the upstream answered with the whole blob). They
+    /// count as received for the meter: the upstream did send them.
+    skip: u64,
 }
 
 // === impl Pace ===
@@ -91,12 +94,14 @@ impl Pace {
         }
     }
 
-    /// Reads `response`'s body under this pace; the meter starts now.
-    pub fn body(&self, response: reqwest::Response) -> PacedBody {
+    /// Reads `response`'s body under this pace, dropping its first `skip` bytes; the meter starts
+    /// now.
+    pub(super) fn body(&self, response: reqwest::Response, skip: u64) -> PacedBody {
         PacedBody {
             body: response.bytes_stream().boxed(),
             meter: RateMeter::new(self.min_rate, self.window),
             waited: Duration::ZERO,
+            skip,
         }
     }
 }
@@ -181,12 +186,28 @@ impl RateMeter {
 // === impl PacedBody ===
 
 impl PacedBody {
-    /// The next chunk of the body; `None` at its end. After an error the body is over.
+    /// The next chunk of the body past the bytes to skip (never empty); `None` at its end. After an
+    /// error the body is over.
     ///
     /// # Errors
     /// [`Cut::Broke`] when the connection breaks, [`Cut::TooSlow`] when the upstream falls below
     /// the minimum rate.
     pub async fn next(&mut self) -> Option<Result<Bytes, Cut>> {
+        loop {
+            match self.next_received().await {
+                Some(Ok(chunk)) => {
+                    let chunk = skip_prefix(chunk, &mut self.skip);
+                    if !chunk.is_empty() {
+                        return Some(Ok(chunk));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The next chunk as received, skipped bytes included.
+    async fn next_received(&mut self) -> Option<Result<Bytes, Cut>> {
         let began = tokio::time::Instant::now();
         let next = match self.meter.deadline() {
             Some(deadline) => {
@@ -201,7 +222,7 @@ impl PacedBody {
                 self.meter.record(chunk.len() as u64, self.waited);
                 Some(Ok(chunk))
             }
-            Some(Some(Err(e))) => Some(Err(Cut::Broke(e))),
+            Some(Some(Err(e))) => Some(Err(Cut::Broke(Box::new(e)))),
             Some(None) => None,
             // The deadline passed with too little received.
             None => Some(Err(Cut::TooSlow {
@@ -211,6 +232,19 @@ impl PacedBody {
             })),
         }
     }
+}
+
+/// Drops what is left of the first `skip` bytes of a body from `chunk` (a resumed download the
+/// upstream answered from an earlier offset than asked), counting them off `skip`.
+fn skip_prefix(chunk: Bytes, skip: &mut u64) -> Bytes {
+    if *skip == 0 {
+        return chunk;
+    }
+    let n = usize::try_from(*skip)
+        .unwrap_or(usize::MAX)
+        .min(chunk.len());
+    *skip -= n as u64;
+    chunk.slice(n..)
 }
 
 #[cfg(test)]
@@ -321,6 +355,7 @@ mod tests {
             body,
             meter: RateMeter::new(1000, 2 * S),
             waited: Duration::ZERO,
+            skip: 0,
         };
         let started = tokio::time::Instant::now();
         let cut = paced.next().await;
@@ -338,11 +373,39 @@ mod tests {
             body: chunks.boxed(),
             meter: RateMeter::new(1000, 2 * S),
             waited: Duration::ZERO,
+            skip: 0,
         };
         let mut n = 0;
         while let Some(chunk) = paced.next().await {
             n += chunk.unwrap().len();
         }
         assert_eq!(n, 50 * 500);
+    }
+
+    #[test]
+    fn skip_prefix_spans_chunks() {
+        let mut skip = 5;
+        assert_eq!(skip_prefix(Bytes::from_static(b"abc"), &mut skip), "");
+        assert_eq!(skip, 2);
+        assert_eq!(skip_prefix(Bytes::from_static(b"defg"), &mut skip), "fg");
+        assert_eq!(skip, 0);
+        assert_eq!(skip_prefix(Bytes::from_static(b"hi"), &mut skip), "hi");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_body_drops_the_prefix_to_skip() {
+        let chunks = ["abc", "defg", "", "hi"].map(|c| Ok(Bytes::from_static(c.as_bytes())));
+        let mut paced = PacedBody {
+            body: futures_util::stream::iter(chunks).boxed(),
+            meter: RateMeter::new(0, 2 * S),
+            waited: Duration::ZERO,
+            skip: 5,
+        };
+        let mut got = Vec::new();
+        while let Some(chunk) = paced.next().await {
+            got.push(chunk.unwrap());
+        }
+        assert_eq!(got, ["fg", "hi"]);
+        assert_eq!(paced.meter.total(), 9);
     }
 }
