@@ -25,6 +25,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod size;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;

@@ -15,8 +15,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::blob_store::{BlobStore, FsBlobStore};
-use super::index::{Index, IndexError};
 use super::reconcile::hash_file;
+use super::{Index, IndexError, MetaStore};
 use crate::oci::{media, Digest};
 
 /// What `wharf check` does.

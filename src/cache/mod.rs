@@ -1,5 +1,5 @@
-//! The cache: committed blobs in a [`BlobStore`], their metadata in the sled [`Index`], and the fills
-//! in flight ([`fill`]).
+//! The cache: committed blobs in a [`BlobStore`], their metadata in a [`MetaStore`] (the index: sled
+//! on disk, [`crate::store::SledMeta`]), and the fills in flight ([`fill`]).
 //!
 //! Lookups answer with what to serve: a committed blob, a fill to follow, or nothing (a miss the
 //! caller resolves upstream). The index is consulted first because it is in memory; a blob the index
@@ -26,7 +26,6 @@ pub mod fill;
 pub mod gc;
 pub mod health;
 pub mod holds;
-pub mod index;
 pub mod passthrough;
 pub mod reconcile;
 
@@ -41,11 +40,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+/// The sled metadata store, by the name it had before the [`MetaStore`] seam (`Index::open(dir)`).
+pub use crate::store::SledMeta as Index;
+pub use crate::store::{IndexError, MetaError, MetaStore, PinSource, TagEntry, Usage};
 pub use background::Background;
 pub use blob_store::{BlobFile, BlobStore, FsBlobStore, Parked};
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
-pub use index::{Index, IndexError, PinSource, TagEntry, Usage};
 
 use crate::oci::{Digest, ImageRef, RepoName};
 use crate::upstream::Upstream;
@@ -58,7 +59,7 @@ use holds::{Hold, Holds};
 pub struct Cache {
     root: PathBuf,
     store: Arc<dyn BlobStore>,
-    index: Index,
+    index: Arc<dyn MetaStore>,
     inflight: Inflight,
     holds: Arc<Holds>,
     access: AccessLog,
@@ -90,6 +91,13 @@ pub struct Options {
     pub write_error_pause: Duration,
     /// The configuration's pins (synced into the index at open).
     pub pins: Vec<ImageRef>,
+}
+
+/// The storage backends a cache runs on ([`Cache::open_with_stores`]).
+pub struct Stores {
+    /// Where the cache records what it holds: the sled index for a wharf on disk
+    /// ([`crate::store::SledMeta`]), or [`crate::store::MemoryMeta`] for tests.
+    pub meta: Arc<dyn MetaStore>,
 }
 
 /// Where a blob comes from.
@@ -219,26 +227,43 @@ impl Cache {
                 )
             })
             .map_err(storage_err)?;
-        let index_err = |source: IndexError| {
-            if source.is_locked() {
-                OpenError::Locked {
-                    path: root.display().to_string(),
-                }
-            } else {
-                OpenError::Index {
-                    path: index_dir.display().to_string(),
-                    source,
-                }
-            }
+        let index = Index::open(&index_dir).map_err(|e| index_error(root, e))?;
+        Self::open_with_stores(
+            root,
+            options,
+            Stores {
+                meta: Arc::new(index),
+            },
+        )
+    }
+
+    /// Opens the cache under `root` on the given stores: as [`Cache::open_with`], with the
+    /// metadata in `stores.meta` instead of the sled index under `root/index` (which is then not
+    /// opened). Blobs stay in `root/blobs`, staging in `root/tmp`. The start-up repair runs
+    /// against the given metadata store, and the configuration's pins are synced into it.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or read, or the metadata store fails.
+    pub fn open_with_stores(
+        root: &Path,
+        options: &Options,
+        stores: Stores,
+    ) -> Result<Self, OpenError> {
+        let storage_err = |source| OpenError::Storage {
+            path: root.display().to_string(),
+            source,
         };
-        let index = Index::open(&index_dir).map_err(index_err)?;
+        blob_store::private_dir_all(root).map_err(storage_err)?;
+        let index = stores.meta;
         let store = FsBlobStore::create(root).map_err(storage_err)?;
         let access = AccessLog::new();
-        let started = reconcile::at_open(&index, &store).map_err(|e| match e {
+        let started = reconcile::at_open(&*index, &store).map_err(|e| match e {
             reconcile::Error::Store(e) => storage_err(e),
-            reconcile::Error::Index(e) => index_err(e),
+            reconcile::Error::Index(e) => index_error(root, e),
         })?;
-        index.sync_config_pins(&options.pins).map_err(index_err)?;
+        index
+            .sync_config_pins(&options.pins)
+            .map_err(|e| index_error(root, e))?;
         let budget = options
             .max_size
             .map(|max| Budget::new(max, options.high_watermark, options.low_watermark));
@@ -268,8 +293,8 @@ impl Cache {
         &self.root
     }
 
-    /// The index.
-    pub fn index(&self) -> &Index {
+    /// The index: the metadata store (blob sizes, manifest types, tags, access times, pins).
+    pub fn index(&self) -> &Arc<dyn MetaStore> {
         &self.index
     }
 
@@ -591,6 +616,21 @@ impl Cache {
             return Ok(Some(PinSource::Config));
         }
         self.index.remove_pin(image)
+    }
+}
+
+/// The open error for a metadata failure while opening the cache at `root`: another wharf holds
+/// it, or it failed.
+fn index_error(root: &Path, source: IndexError) -> OpenError {
+    if source.is_locked() {
+        OpenError::Locked {
+            path: root.display().to_string(),
+        }
+    } else {
+        OpenError::Index {
+            path: root.join("index").display().to_string(),
+            source,
+        }
     }
 }
 

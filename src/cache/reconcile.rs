@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use super::blob_store::{BlobFile, BlobStore};
 use super::evict::Removal;
-use super::index::{Index, IndexError};
 use super::{Cache, FillError};
+use super::{IndexError, MetaStore};
 use crate::oci::{media, Digest, Verifier};
 
 /// The largest manifest read (as `u64`, for file sizes).
@@ -81,7 +81,7 @@ impl From<IndexError> for Error {
 ///
 /// # Errors
 /// When the store cannot be listed or the index fails.
-pub fn at_open(index: &Index, store: &dyn BlobStore) -> Result<AtOpen, Error> {
+pub fn at_open(index: &dyn MetaStore, store: &dyn BlobStore) -> Result<AtOpen, Error> {
     let started = Instant::now();
     let (tmp_files, tmp_bytes) = store.clear_staging()?;
     let listing = store.list()?;
