@@ -138,7 +138,7 @@ pub enum OpenError {
     Index {
         /// The index directory.
         path: String,
-        /// The sled error.
+        /// The metadata store's error.
         source: IndexError,
     },
 }
