@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use wharf::cache::{Index, TagEntry};
 use wharf::oci::{Digest, RepoName, Tag};
 use wharf::server::route::{self, RegistryTable};
+use wharf::store::MetaStore as _;
 
 fn routing(c: &mut Criterion) {
     let table = RegistryTable::new(

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use wharf::cache::{Cache, Index, Options};
 use wharf::oci::Digest;
 use wharf::store::FsBlobStore;
+use wharf::store::MetaStore as _;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -139,6 +139,7 @@ fn snapshot(data: &Path) -> (BTreeMap<PathBuf, u64>, Vec<String>) {
             (p, len)
         })
         .collect();
+    use wharf::store::MetaStore as _;
     let index = wharf::cache::Index::open(&data.join("index")).unwrap();
     let mut records: Vec<String> = index
         .blobs()
@@ -1061,6 +1062,7 @@ async fn an_interrupted_import_leaves_nothing_visible_and_runs_again() {
         files_under(&data.join("blobs"), "").is_empty(),
         "no blob is visible"
     );
+    use wharf::store::MetaStore as _;
     let index = wharf::cache::Index::open(&data.join("index")).unwrap();
     assert_eq!(index.blobs().count(), 0);
     assert!(index.all_tags().unwrap().is_empty() && index.pins().unwrap().is_empty());

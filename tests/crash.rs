@@ -236,6 +236,7 @@ async fn sigkill_in_the_middle_of_a_fill_leaves_nothing_unverified() {
 fn plant(dir: &Path, n: usize) -> Vec<(String, Bytes)> {
     let root = dir.join("data");
     let store = wharf::store::FsBlobStore::open(&root).unwrap();
+    use wharf::store::MetaStore as _;
     let index = wharf::cache::Index::open(&root.join("index")).unwrap();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {

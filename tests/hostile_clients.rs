@@ -286,6 +286,7 @@ async fn bundle_of(fake: &Fake, out: &Path) {
 
 /// The tag `org/app:1` in the store under `data`: its digest and when it was confirmed.
 fn tag_of(data: &Path) -> (String, SystemTime) {
+    use wharf::store::MetaStore as _;
     let index = wharf::cache::Index::open(&data.join("index")).unwrap();
     let tags = index.all_tags().unwrap();
     assert_eq!(tags.len(), 1, "one tag");

@@ -415,6 +415,7 @@ async fn start_up_repairs_what_a_crash_leaves() {
     // record, a file without a record that is not what its name says, a staging file.
     std::fs::remove_file(blob_path(dir.path(), &blobs[0].0)).unwrap();
     {
+        use wharf::store::MetaStore as _;
         let index = wharf::cache::Index::open(&dir.path().join("index")).unwrap();
         index.remove_blob(&d(&blobs[1].0)).unwrap();
         index.flush().await.unwrap();

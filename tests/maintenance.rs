@@ -285,6 +285,7 @@ async fn gc_removes_expired_manifests_and_unreferenced_blobs_but_keeps_pins() {
 
     // The old and the kept image were last pulled 100 days ago.
     {
+        use wharf::store::MetaStore as _;
         let index = wharf::cache::Index::open(&dir.path().join("data/index")).unwrap();
         let long_ago = SystemTime::now() - Duration::from_secs(100 * 86_400);
         let micros = long_ago.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
@@ -356,6 +357,7 @@ async fn gc_removes_expired_manifests_and_unreferenced_blobs_but_keeps_pins() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(row(&out, "ok").0, 6);
     {
+        use wharf::store::MetaStore as _;
         let index = wharf::cache::Index::open(&dir.path().join("data/index")).unwrap();
         let tag: wharf::oci::Tag = "1".parse().unwrap();
         let repo = |r: &str| r.parse::<wharf::oci::RepoName>().unwrap();

@@ -15,7 +15,7 @@ use common::fake::{random_bytes, Fake, Gate};
 use futures_util::StreamExt;
 use wharf::cache::{BlobSource, Cache, Options, Stores};
 use wharf::oci::{Digest, RepoName};
-use wharf::store::{BlobStore, FsBlobStore, MemoryBlobStore};
+use wharf::store::{BlobStore, FsBlobStore, MemoryBlobStore, MemoryMeta, SledMeta};
 use wharf::upstream::Upstream;
 
 #[derive(Clone, Copy, Debug)]
@@ -25,11 +25,16 @@ enum Backend {
 }
 
 fn stores(backend: Backend, root: &Path) -> Stores {
-    let blobs: Arc<dyn BlobStore> = match backend {
-        Backend::Disk => Arc::new(FsBlobStore::create(root).unwrap()),
-        Backend::Memory => Arc::new(MemoryBlobStore::new()),
-    };
-    Stores { blobs }
+    match backend {
+        Backend::Disk => Stores {
+            blobs: Arc::new(FsBlobStore::create(root).unwrap()),
+            meta: Arc::new(SledMeta::open(&root.join("index")).unwrap()),
+        },
+        Backend::Memory => Stores {
+            blobs: Arc::new(MemoryBlobStore::new()),
+            meta: Arc::new(MemoryMeta::new()),
+        },
+    }
 }
 
 fn upstream(url: &str) -> Arc<Upstream> {
@@ -293,12 +298,13 @@ async fn a_full_store_hands_off(backend: Backend) {
         k.hold.insert(d.clone(), (SIZE / 2, gate.clone()));
     }
     let dir = tempfile::tempdir().unwrap();
+    let Stores { blobs, meta } = stores(backend, dir.path());
     let blobs = Arc::new(FailingStore {
-        inner: stores(backend, dir.path()).blobs,
+        inner: blobs,
         limit: SIZE as u64 / 3,
     });
     let cache = Arc::new(
-        Cache::open_with_stores(dir.path(), &Options::default(), Stores { blobs }).unwrap(),
+        Cache::open_with_stores(dir.path(), &Options::default(), Stores { blobs, meta }).unwrap(),
     );
     let upstream = upstream(&up.url());
     let repo: RepoName = "org/app".parse().unwrap();

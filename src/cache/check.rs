@@ -14,8 +14,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::index::{Index, IndexError};
 use super::reconcile::hash_file;
+use super::{Index, IndexError, MetaStore};
 use crate::oci::{media, Digest};
 use crate::store::{BlobStore, FsBlobStore, LocalStore};
 

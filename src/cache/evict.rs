@@ -314,7 +314,180 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
     use super::*;
+    use crate::cache::{Options, Stores};
+    use crate::cache::ToCommit;
+    use crate::store::{MemoryBlobStore, MemoryMeta, PinSource, TagEntry};
+
+    /// Where the eviction tests keep the cache's blobs and records: the same tests run on both
+    /// (`Sled`: the disk store and the sled index, as wharf runs; `Memory`: both in memory).
+    #[derive(Clone, Copy)]
+    enum Meta {
+        Sled,
+        Memory,
+    }
+
+    fn open(dir: &Path, meta: Meta) -> Arc<Cache> {
+        let options = Options::default();
+        Arc::new(match meta {
+            Meta::Sled => Cache::open_with(dir, &options).unwrap(),
+            Meta::Memory => Cache::open_with_stores(
+                dir,
+                &options,
+                Stores {
+                    blobs: Arc::new(MemoryBlobStore::new()),
+                    meta: Arc::new(MemoryMeta::new()),
+                },
+            )
+            .unwrap(),
+        })
+    }
+
+    /// Stores verified bytes as a blob, as a fill does once it has checked them.
+    async fn store_blob(cache: &Cache, bytes: &[u8]) -> Digest {
+        let digest = Digest::of(bytes);
+        let mut writer = cache.store().writer().await.unwrap();
+        writer
+            .write(&[Bytes::copy_from_slice(bytes)])
+            .await
+            .unwrap();
+        cache
+            .commit_staged(
+                ToCommit::Written(writer),
+                &digest,
+                bytes.len() as u64,
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        digest
+    }
+
+    async fn stored(cache: &Cache, digest: &Digest) -> bool {
+        let indexed = cache.index().blob_size(digest).unwrap().is_some();
+        let on_disk = cache.store().size(digest).await.unwrap().is_some();
+        assert_eq!(indexed, on_disk, "{digest}: index and store disagree");
+        indexed
+    }
+
+    async fn least_recently_used_go_first(meta: Meta) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), meta);
+        let mut blobs = Vec::new();
+        for i in 0..6u8 {
+            blobs.push(store_blob(&cache, &[i; 1000]).await);
+        }
+        assert_eq!(cache.usage().bytes, 6000);
+        cache.flush_access().unwrap();
+        // Last used in this order: 3, 1, 5 longest ago.
+        let order = [3, 1, 5, 0, 2, 4];
+        let times: Vec<(Digest, u64)> = order
+            .iter()
+            .zip(1u64..)
+            .map(|(&i, t)| (blobs[i], t))
+            .collect();
+        assert_eq!(cache.index().record_access(&times).unwrap(), 6);
+        let report = cache.evict_to(3000).await.unwrap();
+        assert_eq!((report.evicted, report.bytes), (3, 3000));
+        assert_eq!(report.usage_after, 3000);
+        let mut kept = Vec::new();
+        for (i, digest) in blobs.iter().enumerate() {
+            if stored(&cache, digest).await {
+                kept.push(i);
+            }
+        }
+        assert_eq!(kept, [0, 2, 4], "least recently used first");
+        assert_eq!(
+            cache.usage(),
+            crate::store::Usage {
+                bytes: 3000,
+                entries: 3
+            }
+        );
+        assert_eq!(cache.evictions().count, 3);
+        assert_eq!(cache.index().access(&blobs[3]).unwrap(), None);
+    }
+
+    async fn pinned_tags_keep_what_they_point_to(meta: Meta) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), meta);
+        let config = store_blob(&cache, b"{\"architecture\":\"amd64\"}").await;
+        let layer = store_blob(&cache, &[7; 2000]).await;
+        let other_layer = store_blob(&cache, &[8; 2000]).await;
+        let loose = store_blob(&cache, &[9; 500]).await;
+        let manifest = |layer: &Digest| {
+            Bytes::from(format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"digest":"{config}"}},"layers":[{{"digest":"{layer}"}}]}}"#,
+                media::OCI_MANIFEST
+            ))
+        };
+        let (pinned_bytes, other_bytes) = (manifest(&layer), manifest(&other_layer));
+        let (pinned, other) = (Digest::of(&pinned_bytes), Digest::of(&other_bytes));
+        for (digest, bytes) in [(pinned, pinned_bytes), (other, other_bytes)] {
+            assert!(cache
+                .put_manifest(&digest, bytes, media::OCI_MANIFEST)
+                .await
+                .unwrap());
+        }
+        let repo = "org/app".parse().unwrap();
+        let entry = TagEntry {
+            digest: pinned,
+            fetched_at: std::time::SystemTime::now(),
+        };
+        cache
+            .index()
+            .set_tag("up.test", &repo, &"1".parse().unwrap(), entry)
+            .unwrap();
+        let image: ImageRef = "up.test/org/app:1".parse().unwrap();
+        assert!(cache.pin(&image).unwrap());
+        let status = cache.pin_status(&image).await.unwrap();
+        assert_eq!(status.root, Some(pinned));
+        assert_eq!(status.blobs, 3, "the manifest, its config and its layer");
+
+        let report = cache.evict_to(0).await.unwrap();
+        assert_eq!(
+            report.evicted, 3,
+            "the other manifest, its layer, the loose blob"
+        );
+        assert_eq!(report.pinned_bytes, status.bytes);
+        for digest in [pinned, config, layer] {
+            assert!(stored(&cache, &digest).await, "pinned {digest} was evicted");
+        }
+        for digest in [other, other_layer, loose] {
+            assert!(!stored(&cache, &digest).await, "{digest} was kept");
+        }
+        assert_eq!(cache.usage().bytes, status.bytes);
+        // Unpinned, everything can go.
+        assert_eq!(cache.unpin(&image).unwrap(), Some(PinSource::Command));
+        assert_eq!(cache.evict_to(0).await.unwrap().evicted, 3);
+        assert_eq!(cache.usage(), crate::store::Usage::default());
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_go_first_on_sled() {
+        least_recently_used_go_first(Meta::Sled).await;
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_go_first_in_memory() {
+        least_recently_used_go_first(Meta::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn pinned_tags_keep_what_they_point_to_on_sled() {
+        pinned_tags_keep_what_they_point_to(Meta::Sled).await;
+    }
+
+    #[tokio::test]
+    async fn pinned_tags_keep_what_they_point_to_in_memory() {
+        pinned_tags_keep_what_they_point_to(Meta::Memory).await;
+    }
 
     #[test]
     fn budget_watermarks() {

@@ -163,7 +163,7 @@ pub enum FillError {
     Storage(#[from] std::io::Error),
     /// The index failed.
     #[error(transparent)]
-    Index(#[from] super::index::IndexError),
+    Index(#[from] super::IndexError),
     /// The fill task went away without a result (it panicked or the runtime shut down).
     #[error("the fill stopped unexpectedly")]
     Abandoned,

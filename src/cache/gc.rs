@@ -142,7 +142,7 @@ impl Cache {
             .collect();
         report.tags_dropped = self
             .index
-            .drop_dangling_tags(options.dry_run, |d| gone.contains(d))?;
+            .drop_dangling_tags(options.dry_run, &|d| gone.contains(d))?;
         report.usage_after = self.usage();
         Ok(report)
     }

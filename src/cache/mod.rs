@@ -1,5 +1,7 @@
-//! The cache: committed blobs in a [`BlobStore`] (given to it: [`Cache::open_with_stores`]), their
-//! metadata in the sled [`Index`], and the fills in flight ([`fill`]).
+//! The cache: committed blobs in a [`BlobStore`], their metadata in a [`MetaStore`] (both given to
+//! it: [`Cache::open_with_stores`]; on disk, [`crate::store::FsBlobStore`] and the sled index
+//! [`crate::store::SledMeta`]), the fills in flight ([`fill`]), and the manifest policy
+//! ([`manifests`]: tags, revalidation, stale serving, negative cache).
 //!
 //! Lookups answer with what to serve: a committed blob, a fill to follow, or nothing (a miss the
 //! caller resolves upstream). The index is consulted first because it is in memory; a blob the index
@@ -25,7 +27,6 @@ pub mod fill;
 pub mod gc;
 pub mod health;
 pub mod holds;
-pub mod index;
 pub mod manifests;
 pub mod passthrough;
 pub mod reconcile;
@@ -44,10 +45,12 @@ use tracing::{debug, warn};
 
 /// What the cache serves a hit from (the server knows the cache, not the stores under it).
 pub use crate::store::{Blob, ByteStream, SMALL_BLOB};
+/// The sled metadata store, by the name it had before the [`MetaStore`] seam (`Index::open(dir)`).
+pub use crate::store::SledMeta as Index;
+pub use crate::store::{IndexError, MetaError, MetaStore, PinSource, TagEntry, Usage};
 pub use background::Background;
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
-pub use index::{Index, IndexError, PinSource, TagEntry, Usage};
 
 use crate::oci::{Digest, ImageRef, RepoName};
 use crate::store::{private_dir_all, BlobStore, BlobWriter, FsBlobStore, StagedBlob, DIR_MODE};
@@ -61,7 +64,7 @@ use holds::{Hold, Holds};
 pub struct Cache {
     root: PathBuf,
     store: Arc<dyn BlobStore>,
-    index: Index,
+    index: Arc<dyn MetaStore>,
     inflight: Inflight,
     holds: Arc<Holds>,
     access: AccessLog,
@@ -115,6 +118,9 @@ pub enum BlobSource {
 pub struct Stores {
     /// Where blobs (layers, configs, manifests) live.
     pub blobs: Arc<dyn BlobStore>,
+    /// Where the cache records what it holds: the sled index for a wharf on disk
+    /// ([`crate::store::SledMeta`]), or [`crate::store::MemoryMeta`].
+    pub meta: Arc<dyn MetaStore>,
 }
 
 /// A new blob on its way into the store, for [`Cache::commit_staged`].
@@ -147,7 +153,7 @@ pub enum OpenError {
     Index {
         /// The index directory.
         path: String,
-        /// The sled error.
+        /// The metadata store's error.
         source: IndexError,
     },
 }
@@ -209,42 +215,15 @@ impl Cache {
         Self::open_with(root, &Options::default())
     }
 
-    /// Opens the cache under `root` with its blobs on the local disk: blobs in `root/blobs`,
-    /// staging in `root/tmp`, index in `root/index`; see [`Cache::open_with_stores`].
+    /// Opens the cache on the local disk under `root`: blobs in `root/blobs`, staging in
+    /// `root/tmp`, the sled index in `root/index`. The index is opened (and locked) first, so a
+    /// second wharf on the same storage fails before changing anything; see
+    /// [`Cache::open_with_stores`] for the rest.
     ///
     /// # Errors
-    /// As [`Cache::open_with_stores`].
+    /// When the directories cannot be created, the index cannot be opened (another wharf holds it:
+    /// [`OpenError::Locked`]), or as [`Cache::open_with_stores`].
     pub fn open_with(root: &Path, options: &Options) -> Result<Self, OpenError> {
-        let storage_err = |source| OpenError::Storage {
-            path: root.display().to_string(),
-            source,
-        };
-        let blobs = FsBlobStore::create(root).map_err(storage_err)?;
-        Self::open_with_stores(
-            root,
-            options,
-            Stores {
-                blobs: Arc::new(blobs),
-            },
-        )
-    }
-
-    /// Opens the cache under `root` (the index in `root/index`, fills' spool files in `root/tmp`)
-    /// with its blobs in `stores`. The index is opened (and locked) first, so a second wharf on the
-    /// same storage fails before changing anything. Then start-up repairs what a crash can leave:
-    /// staging files are removed, index records whose blob is missing are dropped, and blobs
-    /// without a record are queued for re-verification in the background
-    /// ([`Cache::spawn_background`]); a store without [`crate::store::LocalStore`] skips that.
-    /// Configuration pins are synced into the index.
-    ///
-    /// # Errors
-    /// When the directories cannot be created or read, or the index cannot be opened (another wharf
-    /// holds it: [`OpenError::Locked`]).
-    pub fn open_with_stores(
-        root: &Path,
-        options: &Options,
-        stores: Stores,
-    ) -> Result<Self, OpenError> {
         let storage_err = |source| OpenError::Storage {
             path: root.display().to_string(),
             source,
@@ -261,28 +240,47 @@ impl Cache {
                 )
             })
             .map_err(storage_err)?;
-        let index_err = |source: IndexError| {
-            if source.is_locked() {
-                OpenError::Locked {
-                    path: root.display().to_string(),
-                }
-            } else {
-                OpenError::Index {
-                    path: index_dir.display().to_string(),
-                    source,
-                }
-            }
+        let meta = Index::open(&index_dir).map_err(|e| index_error(root, e))?;
+        let blobs = FsBlobStore::create(root).map_err(storage_err)?;
+        Self::open_with_stores(
+            root,
+            options,
+            Stores {
+                blobs: Arc::new(blobs),
+                meta: Arc::new(meta),
+            },
+        )
+    }
+
+    /// Opens the cache on the given stores, with `root` as its local directory (fills' spool files
+    /// in `root/tmp`). Start-up repairs what a crash can leave: staging files are removed, records
+    /// whose blob is missing are dropped, and blobs without a record are queued for
+    /// re-verification in the background ([`Cache::spawn_background`]); a blob store without
+    /// [`crate::store::LocalStore`] skips the listing. Configuration pins are synced into the
+    /// metadata store.
+    ///
+    /// # Errors
+    /// When the local directory cannot be created, or the stores fail.
+    pub fn open_with_stores(
+        root: &Path,
+        options: &Options,
+        stores: Stores,
+    ) -> Result<Self, OpenError> {
+        let storage_err = |source| OpenError::Storage {
+            path: root.display().to_string(),
+            source,
         };
-        let index = Index::open(&index_dir).map_err(index_err)?;
         // Fills spool here for stores without a local staging file.
         private_dir_all(&root.join("tmp")).map_err(storage_err)?;
-        let store = stores.blobs;
+        let Stores { blobs: store, meta: index } = stores;
         let access = AccessLog::new();
-        let started = reconcile::at_open(&index, &*store).map_err(|e| match e {
+        let started = reconcile::at_open(&*index, &*store).map_err(|e| match e {
             reconcile::Error::Store(e) => storage_err(e),
-            reconcile::Error::Index(e) => index_err(e),
+            reconcile::Error::Index(e) => index_error(root, e),
         })?;
-        index.sync_config_pins(&options.pins).map_err(index_err)?;
+        index
+            .sync_config_pins(&options.pins)
+            .map_err(|e| index_error(root, e))?;
         let budget = options
             .max_size
             .map(|max| Budget::new(max, options.high_watermark, options.low_watermark));
@@ -313,8 +311,8 @@ impl Cache {
         &self.root
     }
 
-    /// The index.
-    pub fn index(&self) -> &Index {
+    /// The index: the metadata store (blob sizes, manifest types, tags, access times, pins).
+    pub fn index(&self) -> &Arc<dyn MetaStore> {
         &self.index
     }
 
@@ -654,6 +652,21 @@ impl Cache {
             return Ok(Some(PinSource::Config));
         }
         self.index.remove_pin(image)
+    }
+}
+
+/// The open error for a metadata failure while opening the cache at `root`: another wharf holds
+/// it, or it failed.
+fn index_error(root: &Path, source: IndexError) -> OpenError {
+    if source.is_locked() {
+        OpenError::Locked {
+            path: root.display().to_string(),
+        }
+    } else {
+        OpenError::Index {
+            path: root.join("index").display().to_string(),
+            source,
+        }
     }
 }
 

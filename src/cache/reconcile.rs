@@ -21,8 +21,8 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::evict::Removal;
-use super::index::{Index, IndexError};
 use super::{Cache, FillError};
+use super::{IndexError, MetaStore};
 use crate::oci::{media, Digest, Verifier};
 use crate::store::{Blob, BlobStore};
 
@@ -83,7 +83,7 @@ impl From<IndexError> for Error {
 ///
 /// # Errors
 /// When the store cannot be listed or the index fails.
-pub fn at_open(index: &Index, store: &dyn BlobStore) -> Result<AtOpen, Error> {
+pub fn at_open(index: &dyn MetaStore, store: &dyn BlobStore) -> Result<AtOpen, Error> {
     let started = Instant::now();
     let Some(store) = store.local() else {
         return Ok(AtOpen::default());

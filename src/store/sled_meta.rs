@@ -1,10 +1,8 @@
-//! The sled index: what the blob store holds, which blobs are manifests (and of which media type),
-//! and which digest each cached tag pointed to when it was last fetched.
+//! The sled metadata store: the [`MetaStore`] wharf runs on, in `<storage>/index`.
 //!
-//! The index is a cache of the blob store, not the truth: sled makes no on-disk format promise before
-//! 1.0, so everything in it but the tag mappings can be rebuilt from the stored blobs (manifest media
-//! types are read back from the manifests themselves), and losing the tags only costs one upstream
-//! request per tag.
+//! sled makes no on-disk format promise before 1.0, so everything in it but the tag mappings and
+//! the pins can be rebuilt from the stored blobs (manifest media types are read back from the
+//! manifests themselves), and losing the tags only costs one upstream request per tag.
 //!
 //! Layout, one sled tree per kind:
 //! - `blobs`: digest (32 bytes) → size (u64, big-endian);
@@ -12,27 +10,30 @@
 //! - `tags`: `<upstream>\0<repo>\0<tag>` → digest (32 bytes) ++ fetched-at (u64 Unix milliseconds, BE);
 //! - `referrers`: `<upstream>\0<repo>\0<subject digest>\0` → the same, for the stored unfiltered
 //!   referrers list (filters are applied when answering). Older versions kept one record per
-//!   `artifactType` filter after the last `\0`; [`Index::open`] drops those.
+//!   `artifactType` filter after the last `\0`; [`SledMeta::open`] drops those.
 //! - `access`: digest → when it was last served or stored (u64 Unix microseconds, BE), written in
 //!   batches by the cache's access log, never once per request;
 //! - `pins`: an image reference (`docker.io/library/nginx:1.27`) → who pinned it (`c` for the
 //!   configuration file, `p` for `wharf pin` or the library).
 //!
-//! The total size and number of indexed blobs are kept in memory ([`Index::usage`]): counted once
-//! when the index opens, then adjusted by every insert and removal by the previous value sled hands
-//! back, so concurrent writers of one digest cannot make them drift.
+//! The total size and number of stored blobs are kept in memory ([`MetaStore::usage`]): counted
+//! once when the store opens, then adjusted by every insert and removal by the previous value sled
+//! hands back, so concurrent writers of one digest cannot make them drift.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+use async_trait::async_trait;
+
+use super::meta::{BlobIter, MetaError, MetaStore, PinSource, TagEntry, Usage};
 use crate::oci::{Digest, ImageRef, RepoName, Tag};
 
-/// The metadata index.
+/// The metadata store on sled. Cloning it is cheap (the trees are shared).
 #[derive(Clone)]
-pub struct Index {
+pub struct SledMeta {
     db: sled::Db,
     blobs: sled::Tree,
     manifests: sled::Tree,
@@ -43,90 +44,38 @@ pub struct Index {
     totals: Arc<Totals>,
 }
 
-/// How much the index holds: the sum of the sizes of its blobs (manifests included) and their number.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Bytes of stored content.
-    pub bytes: u64,
-    /// Stored blobs and manifests.
-    pub entries: u64,
-}
-
-/// Who pinned an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinSource {
-    /// A `[[pin]]` entry of the configuration file: synced at every start.
-    Config,
-    /// `wharf pin` (or a library caller such as `wharf prefetch`): kept until unpinned.
-    Command,
-}
-
 #[derive(Debug, Default)]
 struct Totals {
     bytes: AtomicU64,
     entries: AtomicU64,
 }
 
-/// A cached tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TagEntry {
-    /// The manifest digest the tag pointed to.
-    pub digest: Digest,
-    /// When the upstream said so.
-    pub fetched_at: SystemTime,
-}
+// === impl MetaError ===
 
-/// An index operation that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("index: {0}")]
-pub struct IndexError(#[from] sled::Error);
-
-// === impl IndexError ===
-
-impl IndexError {
-    /// Whether the index could not be opened because another process holds it (a wharf server
-    /// running on the same storage).
-    pub fn is_locked(&self) -> bool {
-        matches!(&self.0, sled::Error::Io(e)
-            if e.kind() == std::io::ErrorKind::Other && e.to_string().contains("could not acquire lock"))
-    }
-}
-
-// === impl PinSource ===
-
-impl PinSource {
-    /// The word shown by `wharf pins`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Config => "config",
-            Self::Command => "command",
-        }
-    }
-
-    fn byte(self) -> u8 {
-        match self {
-            Self::Config => b'c',
-            Self::Command => b'p',
-        }
-    }
-
-    fn from_byte(b: &[u8]) -> Self {
-        if b == b"c" {
-            Self::Config
+impl From<sled::Error> for MetaError {
+    /// A sled error; the one sled returns when another process holds the database's file lock
+    /// becomes [`MetaError::Locked`].
+    fn from(e: sled::Error) -> Self {
+        if matches!(&e, sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::Other && io.to_string().contains("could not acquire lock"))
+        {
+            Self::Locked(Box::new(e))
         } else {
-            Self::Command
+            Self::Backend(Box::new(e))
         }
     }
 }
 
-// === impl Index ===
+// === impl SledMeta ===
 
-impl Index {
-    /// Opens (creating if needed) the index in `dir`.
+impl SledMeta {
+    /// Opens (creating if needed) the sled database in `dir`, counting the usage totals and
+    /// dropping the filtered referrers records of older versions.
     ///
     /// # Errors
-    /// When sled cannot open the directory, for example because another wharf holds it.
-    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+    /// When sled cannot open the directory, for example because another wharf holds it
+    /// ([`MetaError::Locked`]).
+    pub fn open(dir: &Path) -> Result<Self, MetaError> {
         let config = sled::Config::new().path(dir).flush_every_ms(Some(500));
         // sled holds a file lock while any handle lives. A wharf restarted in the same process (the
         // tests do) may find the last handle of the previous one still being dropped: retry briefly.
@@ -166,14 +115,6 @@ impl Index {
         })
     }
 
-    /// The bytes and number of indexed blobs, kept in memory (no I/O).
-    pub fn usage(&self) -> Usage {
-        Usage {
-            bytes: self.totals.bytes.load(Ordering::Relaxed),
-            entries: self.totals.entries.load(Ordering::Relaxed),
-        }
-    }
-
     /// Adjusts the totals for a blob whose record went from `before` to `after` bytes.
     fn account(&self, before: Option<u64>, after: Option<u64>) {
         match (before, after) {
@@ -192,20 +133,25 @@ impl Index {
             (None, None) => {}
         }
     }
+}
 
-    /// Every indexed blob and its size, in digest order.
-    pub fn blobs(&self) -> impl Iterator<Item = Result<(Digest, u64), IndexError>> + '_ {
-        self.blobs.iter().filter_map(|item| match item {
-            Ok((k, v)) => Some(Ok((digest_key(&k)?, decode_u64(&v)?))),
-            Err(e) => Some(Err(e.into())),
-        })
+#[async_trait]
+impl MetaStore for SledMeta {
+    fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.totals.bytes.load(Ordering::Relaxed),
+            entries: self.totals.entries.load(Ordering::Relaxed),
+        }
     }
 
-    /// Every indexed manifest's digest.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn manifest_digests(&self) -> Result<Vec<Digest>, IndexError> {
+    fn blobs(&self) -> BlobIter<'_> {
+        Box::new(self.blobs.iter().filter_map(|item| match item {
+            Ok((k, v)) => Some(Ok((digest_key(&k)?, decode_u64(&v)?))),
+            Err(e) => Some(Err(e.into())),
+        }))
+    }
+
+    fn manifest_digests(&self) -> Result<Vec<Digest>, MetaError> {
         let mut out = Vec::new();
         for item in self.manifests.iter().keys() {
             if let Some(d) = digest_key(&item?) {
@@ -215,22 +161,14 @@ impl Index {
         Ok(out)
     }
 
-    /// When a blob was last served or stored (Unix microseconds), as last flushed.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn access(&self, digest: &Digest) -> Result<Option<u64>, IndexError> {
+    fn access(&self, digest: &Digest) -> Result<Option<u64>, MetaError> {
         Ok(self
             .access
             .get(digest.as_bytes())?
             .and_then(|v| decode_u64(&v)))
     }
 
-    /// Every flushed access time.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn access_times(&self) -> Result<HashMap<Digest, u64>, IndexError> {
+    fn access_times(&self) -> Result<HashMap<Digest, u64>, MetaError> {
         let mut out = HashMap::with_capacity(self.access.len());
         for item in &self.access {
             let (k, v) = item?;
@@ -241,12 +179,7 @@ impl Index {
         Ok(out)
     }
 
-    /// Records access times in one batch, skipping digests that are no longer indexed (evicted since
-    /// they were served from memory). Returns how many were written.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn record_access(&self, times: &[(Digest, u64)]) -> Result<usize, IndexError> {
+    fn record_access(&self, times: &[(Digest, u64)]) -> Result<usize, MetaError> {
         let mut batch = sled::Batch::default();
         let mut written = 0;
         for (digest, at) in times {
@@ -261,12 +194,7 @@ impl Index {
         Ok(written)
     }
 
-    /// Access records of digests that are not indexed (left by a crash between the two removals):
-    /// `wharf check` reports and removes them.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn stale_records(&self) -> Result<Vec<Digest>, IndexError> {
+    fn stale_records(&self) -> Result<Vec<Digest>, MetaError> {
         let mut out = Vec::new();
         for tree in [&self.access, &self.manifests] {
             for key in tree.iter().keys() {
@@ -280,11 +208,7 @@ impl Index {
         Ok(out)
     }
 
-    /// Removes the access and manifest records of a digest that is not indexed as a blob.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn remove_stale_record(&self, digest: &Digest) -> Result<(), IndexError> {
+    fn remove_stale_record(&self, digest: &Digest) -> Result<(), MetaError> {
         if !self.blobs.contains_key(digest.as_bytes())? {
             self.access.remove(digest.as_bytes())?;
             self.manifests.remove(digest.as_bytes())?;
@@ -292,54 +216,36 @@ impl Index {
         Ok(())
     }
 
-    /// The pinned images and who pinned them, in reference order.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn pins(&self) -> Result<Vec<(ImageRef, PinSource)>, IndexError> {
+    fn pins(&self) -> Result<Vec<(ImageRef, PinSource)>, MetaError> {
         let mut out = Vec::new();
         for item in &self.pins {
             let (k, v) = item?;
             // A record that does not parse (written by a later version) is skipped, not fatal.
             if let Some(image) = std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok()) {
-                out.push((image, PinSource::from_byte(&v)));
+                out.push((image, pin_from_byte(&v)));
             }
         }
         Ok(out)
     }
 
-    /// Pins an image. Returns whether it was not pinned before. A pin from the configuration stays
-    /// a configuration pin.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn add_pin(&self, image: &ImageRef, source: PinSource) -> Result<bool, IndexError> {
+    fn add_pin(&self, image: &ImageRef, source: PinSource) -> Result<bool, MetaError> {
         let key = image.to_string();
         let before = self.pins.get(&key)?;
-        if before.as_deref().map(PinSource::from_byte) == Some(PinSource::Config) {
+        if before.as_deref().map(pin_from_byte) == Some(PinSource::Config) {
             return Ok(false);
         }
-        self.pins.insert(key, &[source.byte()])?;
+        self.pins.insert(key, &[pin_byte(source)])?;
         Ok(before.is_none())
     }
 
-    /// Unpins an image; returns who had pinned it, if anyone.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn remove_pin(&self, image: &ImageRef) -> Result<Option<PinSource>, IndexError> {
+    fn remove_pin(&self, image: &ImageRef) -> Result<Option<PinSource>, MetaError> {
         Ok(self
             .pins
             .remove(image.to_string())?
-            .map(|v| PinSource::from_byte(&v)))
+            .map(|v| pin_from_byte(&v)))
     }
 
-    /// Makes the configuration's pins exactly `pins`: adds the new ones (a command pin of the same
-    /// image becomes a configuration pin) and removes configuration pins no longer listed.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn sync_config_pins(&self, pins: &[ImageRef]) -> Result<(), IndexError> {
+    fn sync_config_pins(&self, pins: &[ImageRef]) -> Result<(), MetaError> {
         for (image, source) in self.pins()? {
             if source == PinSource::Config && !pins.contains(&image) {
                 self.pins.remove(image.to_string())?;
@@ -347,21 +253,16 @@ impl Index {
         }
         for image in pins {
             self.pins
-                .insert(image.to_string(), &[PinSource::Config.byte()])?;
+                .insert(image.to_string(), &[pin_byte(PinSource::Config)])?;
         }
         Ok(())
     }
 
-    /// Drops tags and referrers lists whose manifest is not stored, or is `gone` (about to be
-    /// removed: a dry run counts those too). Returns how many were (or would be) dropped.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn drop_dangling_tags(
+    fn drop_dangling_tags(
         &self,
         dry_run: bool,
-        gone: impl Fn(&Digest) -> bool,
-    ) -> Result<usize, IndexError> {
+        gone: &dyn Fn(&Digest) -> bool,
+    ) -> Result<usize, MetaError> {
         let mut dropped = 0;
         for tree in [&self.tags, &self.referrers] {
             for item in tree {
@@ -380,33 +281,20 @@ impl Index {
         Ok(dropped)
     }
 
-    /// The size of a stored blob, if the index knows it.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, IndexError> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, MetaError> {
         Ok(self
             .blobs
             .get(digest.as_bytes())?
             .and_then(|v| decode_u64(&v)))
     }
 
-    /// Records a committed blob.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn insert_blob(&self, digest: &Digest, size: u64) -> Result<(), IndexError> {
+    fn insert_blob(&self, digest: &Digest, size: u64) -> Result<(), MetaError> {
         let before = self.blobs.insert(digest.as_bytes(), &size.to_be_bytes())?;
         self.account(before.and_then(|v| decode_u64(&v)), Some(size));
         Ok(())
     }
 
-    /// Forgets a blob (and its manifest and access records). Returns the size it had, or `None`
-    /// when it was not indexed (another caller removed it first).
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>, IndexError> {
+    fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>, MetaError> {
         let before = self
             .blobs
             .remove(digest.as_bytes())?
@@ -417,70 +305,50 @@ impl Index {
         Ok(before)
     }
 
-    /// The media type of a stored manifest.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn manifest_type(&self, digest: &Digest) -> Result<Option<String>, IndexError> {
+    fn manifest_type(&self, digest: &Digest) -> Result<Option<String>, MetaError> {
         Ok(self
             .manifests
             .get(digest.as_bytes())?
             .and_then(|v| String::from_utf8(v.to_vec()).ok()))
     }
 
-    /// Records a committed manifest: its blob and its media type.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn insert_manifest(
+    fn insert_manifest(
         &self,
         digest: &Digest,
         size: u64,
         media_type: &str,
-    ) -> Result<(), IndexError> {
+    ) -> Result<(), MetaError> {
         self.insert_blob(digest, size)?;
         self.manifests
             .insert(digest.as_bytes(), media_type.as_bytes())?;
         Ok(())
     }
 
-    /// The cached mapping of a tag.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn tag(
+    fn tag(
         &self,
         upstream: &str,
         repo: &RepoName,
         tag: &Tag,
-    ) -> Result<Option<TagEntry>, IndexError> {
+    ) -> Result<Option<TagEntry>, MetaError> {
         Ok(self
             .tags
             .get(key(upstream, repo, tag.as_str()))?
             .and_then(|v| decode_entry(&v)))
     }
 
-    /// Records what a tag points to now.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn set_tag(
+    fn set_tag(
         &self,
         upstream: &str,
         repo: &RepoName,
         tag: &Tag,
         entry: TagEntry,
-    ) -> Result<(), IndexError> {
+    ) -> Result<(), MetaError> {
         self.tags
             .insert(key(upstream, repo, tag.as_str()), encode_entry(entry))?;
         Ok(())
     }
 
-    /// The cached tags of a repository, sorted (for `tags/list` when the upstream cannot be asked).
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn tags_of(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>, IndexError> {
+    fn tags_of(&self, upstream: &str, repo: &RepoName) -> Result<Vec<String>, MetaError> {
         let prefix = key(upstream, repo, "");
         let mut tags = Vec::new();
         for item in self.tags.scan_prefix(&prefix) {
@@ -492,12 +360,7 @@ impl Index {
         Ok(tags)
     }
 
-    /// Every cached tag, in key order: its upstream's name, repository, tag and mapping (for
-    /// `wharf export --all`). Records that do not parse (written by a later version) are skipped.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn all_tags(&self) -> Result<Vec<(String, RepoName, Tag, TagEntry)>, IndexError> {
+    fn all_tags(&self) -> Result<Vec<(String, RepoName, Tag, TagEntry)>, MetaError> {
         let mut out = Vec::new();
         for item in &self.tags {
             let (k, v) = item?;
@@ -520,58 +383,56 @@ impl Index {
         Ok(out)
     }
 
-    /// The cached (unfiltered) referrers list of a subject: the digest of the stored response,
-    /// and when it was fetched.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn referrers(
+    fn referrers(
         &self,
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
-    ) -> Result<Option<TagEntry>, IndexError> {
+    ) -> Result<Option<TagEntry>, MetaError> {
         let k = key(upstream, repo, &referrers_key(subject));
         Ok(self.referrers.get(k)?.and_then(|v| decode_entry(&v)))
     }
 
-    /// Records a subject's (unfiltered) referrers list.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn set_referrers(
+    fn set_referrers(
         &self,
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
         entry: TagEntry,
-    ) -> Result<(), IndexError> {
+    ) -> Result<(), MetaError> {
         let k = key(upstream, repo, &referrers_key(subject));
         self.referrers.insert(k, encode_entry(entry))?;
         Ok(())
     }
 
-    /// How many referrers lists are recorded.
-    pub fn referrers_len(&self) -> usize {
+    fn referrers_len(&self) -> usize {
         self.referrers.len()
     }
 
-    /// Writes everything to disk.
-    ///
-    /// # Errors
-    /// sled errors.
-    pub async fn flush(&self) -> Result<(), IndexError> {
+    async fn flush(&self) -> Result<(), MetaError> {
         self.db.flush_async().await?;
         Ok(())
     }
 
-    /// Writes everything to disk, blocking (for tools and benches outside a runtime).
-    ///
-    /// # Errors
-    /// sled errors.
-    pub fn flush_blocking(&self) -> Result<(), IndexError> {
+    fn flush_blocking(&self) -> Result<(), MetaError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// The byte a pin record holds.
+fn pin_byte(source: PinSource) -> u8 {
+    match source {
+        PinSource::Config => b'c',
+        PinSource::Command => b'p',
+    }
+}
+
+fn pin_from_byte(b: &[u8]) -> PinSource {
+    if b == b"c" {
+        PinSource::Config
+    } else {
+        PinSource::Command
     }
 }
 
@@ -595,7 +456,7 @@ fn referrers_key(subject: &Digest) -> String {
 /// `artifactType` value a client sent (any value, of any length): the unfiltered list answers
 /// every filter now. A key is `<upstream>\0<repo>\0<subject>\0<artifactType>`; a filtered one has
 /// something after its third NUL.
-fn drop_filtered_referrers(tree: &sled::Tree) -> Result<usize, IndexError> {
+fn drop_filtered_referrers(tree: &sled::Tree) -> Result<usize, MetaError> {
     let mut batch = sled::Batch::default();
     let mut dropped = 0;
     for item in tree.iter().keys() {
@@ -651,6 +512,32 @@ fn decode_u64(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// A sled store in a temporary directory, removed after the store is dropped.
+    struct Temp {
+        meta: SledMeta,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for Temp {
+        type Target = SledMeta;
+
+        fn deref(&self) -> &SledMeta {
+            &self.meta
+        }
+    }
+
+    fn temp() -> Temp {
+        let dir = tempfile::tempdir().unwrap();
+        Temp {
+            meta: SledMeta::open(dir.path()).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    // The behaviour every metadata store shares (the pins and access-time tests that lived here
+    // are among them).
+    crate::store::meta::conformance::meta_store_tests!(temp());
+
     #[tokio::test]
     async fn round_trips_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -659,7 +546,7 @@ mod tests {
         let tag: Tag = "1".parse().unwrap();
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         {
-            let index = Index::open(dir.path()).unwrap();
+            let index = SledMeta::open(dir.path()).unwrap();
             assert_eq!(index.blob_size(&d).unwrap(), None);
             index.insert_manifest(&d, 1, "application/x").unwrap();
             index
@@ -675,7 +562,7 @@ mod tests {
                 .unwrap();
             index.flush().await.unwrap();
         }
-        let index = Index::open(dir.path()).unwrap();
+        let index = SledMeta::open(dir.path()).unwrap();
         assert_eq!(index.blob_size(&d).unwrap(), Some(1));
         assert_eq!(
             index.manifest_type(&d).unwrap().as_deref(),
@@ -759,7 +646,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         {
-            let index = Index::open(dir.path()).unwrap();
+            let index = SledMeta::open(dir.path()).unwrap();
             assert_eq!(index.usage(), Usage::default());
             index.insert_blob(&a, 100).unwrap();
             index.insert_manifest(&b, 10, "x/y").unwrap();
@@ -774,7 +661,7 @@ mod tests {
             );
             index.flush().await.unwrap();
         }
-        let index = Index::open(dir.path()).unwrap();
+        let index = SledMeta::open(dir.path()).unwrap();
         assert_eq!(
             index.usage(),
             Usage {
@@ -797,45 +684,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn access_times_skip_what_is_not_indexed_and_go_with_the_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(dir.path()).unwrap();
-        let (a, gone) = (Digest::of(b"a"), Digest::of(b"gone"));
-        index.insert_blob(&a, 1).unwrap();
-        assert_eq!(index.record_access(&[(a, 5), (gone, 6)]).unwrap(), 1);
-        assert_eq!(index.access(&a).unwrap(), Some(5));
-        assert_eq!(index.access(&gone).unwrap(), None);
-        assert_eq!(index.access_times().unwrap(), HashMap::from([(a, 5)]));
-        assert!(index.stale_records().unwrap().is_empty());
-        index.remove_blob(&a).unwrap();
-        assert_eq!(index.access(&a).unwrap(), None);
-    }
-
-    #[test]
-    fn pins_sync_with_the_configuration_and_keep_command_pins() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(dir.path()).unwrap();
-        let img = |s: &str| s.parse::<ImageRef>().unwrap();
-        let (a, b, c) = (img("r.io/a:1"), img("r.io/b:1"), img("r.io/c:1"));
-        assert!(index.add_pin(&c, PinSource::Command).unwrap());
-        assert!(!index.add_pin(&c, PinSource::Command).unwrap());
-        index.sync_config_pins(&[a.clone(), b.clone()]).unwrap();
-        // A command cannot turn a configuration pin into its own.
-        assert!(!index.add_pin(&a, PinSource::Command).unwrap());
-        index.sync_config_pins(std::slice::from_ref(&b)).unwrap();
-        assert_eq!(
-            index.pins().unwrap(),
-            [
-                (b.clone(), PinSource::Config),
-                (c.clone(), PinSource::Command)
-            ]
-        );
-        assert_eq!(index.remove_pin(&c).unwrap(), Some(PinSource::Command));
-        assert_eq!(index.remove_pin(&c).unwrap(), None);
-        assert_eq!(index.pins().unwrap(), [(b, PinSource::Config)]);
-    }
-
     #[tokio::test]
     async fn filtered_referrers_records_of_older_versions_are_dropped_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -846,7 +694,7 @@ mod tests {
             fetched_at: UNIX_EPOCH,
         };
         {
-            let index = Index::open(dir.path()).unwrap();
+            let index = SledMeta::open(dir.path()).unwrap();
             index.set_referrers("up", &repo, &subject, entry).unwrap();
             // As an older version wrote them: one per artifactType, NUL included.
             for t in ["x/y", "a\0b", ""] {
@@ -856,7 +704,7 @@ mod tests {
             assert_eq!(index.referrers_len(), 3);
             index.flush().await.unwrap();
         }
-        let index = Index::open(dir.path()).unwrap();
+        let index = SledMeta::open(dir.path()).unwrap();
         assert_eq!(index.referrers_len(), 1);
         assert_eq!(index.referrers("up", &repo, &subject).unwrap(), Some(entry));
     }
@@ -864,8 +712,8 @@ mod tests {
     #[test]
     fn a_second_open_is_reported_as_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = Index::open(dir.path()).unwrap();
-        let e = Index::open(dir.path()).err().unwrap();
+        let _held = SledMeta::open(dir.path()).unwrap();
+        let e = SledMeta::open(dir.path()).err().unwrap();
         assert!(e.is_locked(), "{e}");
     }
 }
