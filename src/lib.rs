@@ -176,7 +176,20 @@ pub struct Running {
 /// When the storage, the index, an upstream client, the certificate, the htpasswd file or a
 /// listener cannot be set up.
 pub async fn start(config: Config) -> Result<Running, Error> {
-    let app = Arc::new(app(&config)?);
+    let cache = Arc::new(cache::Cache::open_with(
+        &config.storage.path,
+        &cache::Options::from_config(&config),
+    )?);
+    start_with_cache(config, cache).await
+}
+
+/// As [`start`], on a cache the caller opened: on stores of its choosing
+/// ([`cache::Cache::open_with_stores`]; the tests run their suites on the in-memory stores too).
+///
+/// # Errors
+/// As [`start`], but for opening the cache.
+pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Result<Running, Error> {
+    let app = Arc::new(app_with_cache(&config, cache)?);
     let certs = match &config.server.tls {
         Some(files) => Some(Arc::new(tls::CertStore::open(files)?)),
         None => None,

@@ -53,11 +53,6 @@ async fn no_partials_left(w: &Wharf) {
     );
 }
 
-fn blob_path(w: &Wharf, digest: &str) -> std::path::PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    w.dir.path().join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_abort_the_response_and_keep_nothing() {
     let up = Fake::start().await;
@@ -69,7 +64,7 @@ async fn wrong_bytes_abort_the_response_and_keep_nothing() {
 
     assert_aborted(client().get(&url).send().await).await;
     no_partials_left(&w).await;
-    assert!(!blob_path(&w, &d).exists());
+    assert!(!w.stored(&d).await);
 
     // The upstream is fixed: the next request fetches again and succeeds.
     up.knobs().corrupt.clear();
@@ -192,7 +187,7 @@ async fn content_of_another_length_is_refused() {
     let url = w.url(&format!("/v2/org/app/blobs/{d}"));
     assert_aborted(client().get(&url).send().await).await;
     no_partials_left(&w).await;
-    assert!(!blob_path(&w, &d).exists());
+    assert!(!w.stored(&d).await);
 
     // Nothing was kept: the next request asks the upstream again (and fails the same way).
     assert_aborted(client().get(&url).send().await).await;
@@ -210,7 +205,7 @@ async fn a_body_cut_for_good_aborts_and_the_next_request_refetches() {
     let url = w.url(&format!("/v2/org/app/blobs/{d}"));
     assert_aborted(client().get(&url).send().await).await;
     no_partials_left(&w).await;
-    assert!(!blob_path(&w, &d).exists());
+    assert!(!w.stored(&d).await);
     assert_eq!(up.count("GET", "/blobs/"), 4, "one GET and three resumes");
 
     let res = client().get(&url).send().await.unwrap();
@@ -256,7 +251,7 @@ async fn a_broken_body_is_resumed_with_a_range_request() {
         .unwrap();
     assert!(from > 0 && from <= 500_000, "resumed from {from}");
     w.settled().await;
-    assert!(blob_path(&w, &d).exists());
+    assert!(w.stored(&d).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +272,7 @@ async fn resume_works_when_the_upstream_ignores_range() {
         .unwrap();
     assert!(res.bytes().await.unwrap() == data, "wrong bytes");
     w.settled().await;
-    assert!(blob_path(&w, &d).exists());
+    assert!(w.stored(&d).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,5 +360,5 @@ async fn a_range_of_a_blob_that_fails_verification_never_ends_cleanly() {
     assert!(rest.is_err(), "the range must not end cleanly");
     assert!(leader.bytes().await.is_err());
     no_partials_left(&w).await;
-    assert!(!blob_path(&w, &d).exists());
+    assert!(!w.stored(&d).await);
 }

@@ -11,8 +11,31 @@ pub mod served;
 pub mod slow_auth;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tempfile::TempDir;
+use wharf::cache::{Cache, Options, Stores};
+use wharf::store::{MemoryBlobStore, MemoryMeta};
+
+/// The stores a test wharf keeps its blobs and records in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The disk store and the sled index, as wharf runs.
+    Disk,
+    /// The in-memory stores ([`MemoryBlobStore`], [`MemoryMeta`]).
+    Memory,
+}
+
+/// The backend of this test binary: `tests/memory_backend.rs` includes whole suites (coalescing,
+/// verification, fills, eviction, air-gap) as its modules, so the same tests run a second time on
+/// the in-memory stores; every other binary runs on the disk.
+pub fn backend() -> Backend {
+    if module_path!().starts_with("memory_backend::") {
+        Backend::Memory
+    } else {
+        Backend::Disk
+    }
+}
 
 /// One upstream entry for a test config.
 pub struct Up<'a> {
@@ -84,7 +107,20 @@ impl Wharf {
         } else {
             "http"
         };
-        let running = wharf::start(config).await.unwrap();
+        let running = match backend() {
+            Backend::Disk => wharf::start(config).await.unwrap(),
+            Backend::Memory => {
+                let stores = Stores {
+                    blobs: Arc::new(MemoryBlobStore::new()),
+                    meta: Arc::new(MemoryMeta::new()),
+                };
+                let options = Options::from_config(&config);
+                let cache = Cache::open_with_stores(&config.storage.path, &options, stores);
+                wharf::start_with_cache(config, Arc::new(cache.unwrap()))
+                    .await
+                    .unwrap()
+            }
+        };
         let base = format!("{scheme}://{}", running.local_addr());
         Wharf {
             running: Some(running),
@@ -96,6 +132,13 @@ impl Wharf {
     /// The running wharf's cache.
     pub fn cache(&self) -> &std::sync::Arc<wharf::cache::Cache> {
         self.running.as_ref().unwrap().cache()
+    }
+
+    /// Whether the blob store holds `digest` (asked through the store, so on either backend: on
+    /// the disk, whether its file is there).
+    pub async fn stored(&self, digest: &str) -> bool {
+        let digest: wharf::oci::Digest = digest.parse().unwrap();
+        self.cache().store().size(&digest).await.unwrap().is_some()
     }
 
     pub fn url(&self, path: &str) -> String {
