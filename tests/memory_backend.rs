@@ -4,7 +4,13 @@
 //! those stores instead of the disk. The cache's code under test is the same; only the stores
 //! under it differ.
 
+#[path = "airgap.rs"]
+mod airgap;
 #[path = "coalescing.rs"]
 mod coalescing;
+#[path = "eviction.rs"]
+mod eviction;
+#[path = "hostile_fills.rs"]
+mod hostile_fills;
 #[path = "verification.rs"]
 mod verification;

@@ -27,9 +27,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{self, Descriptor, EntryPlatform};
 use super::refs::Platform;
-use crate::cache::ByteStream;
 use crate::cache::manifests::{Manifest, ManifestStatus};
 use crate::cache::BlobSource;
+use crate::cache::ByteStream;
 use crate::oci::{media, Digest, ErrorCode, ImageRef, Reference};
 use crate::server::response::{ApiError, Area, CacheStatus};
 use crate::server::route::{self, Parsed};

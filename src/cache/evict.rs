@@ -320,8 +320,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::cache::{Options, Stores};
     use crate::cache::ToCommit;
+    use crate::cache::{Options, Stores};
     use crate::store::{MemoryBlobStore, MemoryMeta, PinSource, TagEntry};
 
     /// Where the eviction tests keep the cache's blobs and records: the same tests run on both

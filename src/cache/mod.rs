@@ -43,10 +43,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-/// What the cache serves a hit from (the server knows the cache, not the stores under it).
-pub use crate::store::{Blob, ByteStream, SMALL_BLOB};
 /// The sled metadata store, by the name it had before the [`MetaStore`] seam (`Index::open(dir)`).
 pub use crate::store::SledMeta as Index;
+/// What the cache serves a hit from (the server knows the cache, not the stores under it).
+pub use crate::store::{Blob, ByteStream, SMALL_BLOB};
 pub use crate::store::{IndexError, MetaError, MetaStore, PinSource, TagEntry, Usage};
 pub use background::Background;
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
@@ -272,7 +272,10 @@ impl Cache {
         };
         // Fills spool here for stores without a local staging file.
         private_dir_all(&root.join("tmp")).map_err(storage_err)?;
-        let Stores { blobs: store, meta: index } = stores;
+        let Stores {
+            blobs: store,
+            meta: index,
+        } = stores;
         let access = AccessLog::new();
         let started = reconcile::at_open(&*index, &*store).map_err(|e| match e {
             reconcile::Error::Store(e) => storage_err(e),
