@@ -4,6 +4,10 @@
 //! those stores instead of the disk. The cache's code under test is the same; only the stores
 //! under it differ.
 
+// Each included suite brings its own `mod common;`: the same support files are loaded once per
+// suite, on purpose.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "airgap.rs"]
 mod airgap;
 #[path = "coalescing.rs"]
