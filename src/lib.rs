@@ -5,12 +5,15 @@
 //! what it lacks from the configured upstream with that upstream's credentials, and keeps a blob only
 //! after its sha256 and size have been verified.
 //!
-//! The crate is split by boundary: [`config`] (the operator's file), [`oci`] (pure protocol types),
-//! [`server`] (the downstream HTTP API), [`upstream`] (the registry client) and [`cache`] (blob store,
-//! index and in-flight fills, and the cache's lifecycle: size budget, eviction, pins, crash repair,
-//! `wharf check` and `wharf gc`), and [`airgap`] (filling a wharf ahead of time, carrying its
-//! content to an air-gapped one in a bundle, and the control socket through which those commands
-//! reach a running wharf). `main.rs` only wires these together.
+//! The crate is split by boundary, and modules call down, never up (README "Architecture"):
+//! [`server`] (the downstream HTTP API: routes and error mapping only) calls [`cache`] (policy:
+//! manifests and tags, fills and their coalescing, verification, the size budget and eviction, pins,
+//! crash repair, `wharf check` and `wharf gc`), which keeps bytes and records in [`store`] (the
+//! `BlobStore` and `MetaStore` traits: disk and sled, or memory) and fetches through [`upstream`]
+//! (the typed registry client: paths, auth, redirects, resume). [`config`] (the operator's file)
+//! and [`oci`] (pure protocol types) are at the bottom. [`airgap`] fills a wharf ahead of time and
+//! carries its content to an air-gapped one in a bundle, through the cache's API. `main.rs` only
+//! wires these together.
 
 pub mod access;
 pub mod admin;
