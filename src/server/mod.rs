@@ -69,13 +69,6 @@ pub struct App {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Marks a request wharf made itself (`wharf prefetch`, a `[[sync]]` run) rather than one from
-/// the network: it needs no client credentials. Only code in this process can set an extension,
-/// so no client can claim it. Everything else (allow lists, offline upstreams, fill limits,
-/// verification, coalescing with client pulls) applies as to any request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Trusted;
-
 // === impl App ===
 
 impl App {
@@ -87,11 +80,7 @@ impl App {
         let head = method == Method::HEAD;
         let parsed = route::parse(&method, uri.path(), uri.query(), &self.registries);
         let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
-        let authenticated = if request.extensions().get::<Trusted>().is_some() {
-            Ok(())
-        } else {
-            self.access.authenticate(request.headers(), client).await
-        };
+        let authenticated = self.access.authenticate(request.headers(), client).await;
         let result = match authenticated {
             Err(refusal) => Err(unauthorized(refusal)),
             Ok(()) => match parsed {
