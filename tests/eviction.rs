@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::fake::{digest_of, random_bytes, Fake};
+use common::pulls::{d, get, pull, wait_for};
 use common::{client, Wharf};
-use wharf::oci::Digest;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -27,47 +25,6 @@ async fn start(up: &Fake, storage: &str, extra: &str) -> Wharf {
     let dir = tempfile::tempdir().unwrap();
     let text = config(dir.path(), &up.url(), storage, extra);
     Wharf::start_text(dir, &text).await
-}
-
-/// GETs a path; returns the status, `X-Cache`, and the body.
-async fn get(w: &Wharf, path: &str) -> (u16, String, Bytes) {
-    let res = client().get(w.url(path)).send().await.unwrap();
-    let status = res.status().as_u16();
-    let cache = res
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, cache, res.bytes().await.unwrap())
-}
-
-/// Pulls a blob, checks its bytes, and waits for its fill to settle. Returns `X-Cache`.
-async fn pull(w: &Wharf, digest: &str, want: &Bytes) -> String {
-    let (status, cache, body) = get(w, &format!("/v2/org/app/blobs/{digest}")).await;
-    assert_eq!(status, 200, "{digest}");
-    assert!(body == *want, "{digest}: wrong bytes");
-    w.settled().await;
-    cache
-}
-
-/// Polls `cond` every 10 ms until it holds, failing after a generous deadline.
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn d(s: &str) -> Digest {
-    s.parse().unwrap()
 }
 
 fn indexed(w: &Wharf, digest: &str) -> bool {

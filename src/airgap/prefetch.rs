@@ -470,13 +470,7 @@ async fn open_blob(
                 .started()
                 .await
                 .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
-            let status = if fill.handed_off() {
-                CacheStatus::Bypass
-            } else if leader {
-                CacheStatus::Miss
-            } else {
-                CacheStatus::Coalesced
-            };
+            let status = crate::server::blobs::fill_status(&fill, leader);
             (status, Opened::Stream(fill.follow(0, size)))
         }
         BlobSource::Bypass => {

@@ -73,13 +73,7 @@ pub async fn get(
                 .started()
                 .await
                 .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
-            let status = if fill.handed_off() {
-                CacheStatus::Bypass
-            } else if leader {
-                CacheStatus::Miss
-            } else {
-                CacheStatus::Coalesced
-            };
+            let status = fill_status(&fill, leader);
             Ok(serve_fill(fill, size, digest, range, status))
         }
         BlobSource::Bypass => {
@@ -90,6 +84,19 @@ pub async fn get(
                 .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
             Ok(serve_bypass(bypass, digest, range))
         }
+    }
+}
+
+/// What `X-Cache` says of a response that follows a fill: `bypass` once the fill handed off (the
+/// storage could not take the blob), `miss` for the request that started it, `coalesced` for the
+/// others.
+pub(crate) fn fill_status(fill: &Fill, leader: bool) -> CacheStatus {
+    if fill.handed_off() {
+        CacheStatus::Bypass
+    } else if leader {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Coalesced
     }
 }
 

@@ -6,6 +6,7 @@ pub mod fake;
 pub mod hostile;
 pub mod images;
 pub mod pki;
+pub mod pulls;
 pub mod real;
 pub mod served;
 pub mod slow_auth;
