@@ -357,7 +357,6 @@ fn default_true() -> bool {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod test_support;
 
 #[cfg(test)]
