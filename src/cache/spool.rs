@@ -18,14 +18,15 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::store::disk::{read_range_at, write_chunks_at};
 use crate::store::FILE_MODE;
 
 /// How much of a fill's latest body each fill keeps in memory for the readers that keep up. Per
@@ -141,17 +142,8 @@ impl SpoolFile {
     pub async fn write(&self, chunks: &[Bytes], at: u64) -> (u64, io::Result<()>) {
         let file = self.file.clone();
         let chunks = chunks.to_vec();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut written = 0u64;
-            for chunk in &chunks {
-                if let Err(e) = file.write_all_at(chunk, at + written) {
-                    return (written, Err(e));
-                }
-                written += chunk.len() as u64;
-            }
-            (written, Ok(()))
-        })
-        .await;
+        let written =
+            tokio::task::spawn_blocking(move || write_chunks_at(&file, &chunks, at)).await;
         written.unwrap_or_else(|e| (0, Err(io::Error::other(e))))
     }
 
@@ -161,15 +153,9 @@ impl SpoolFile {
     /// I/O errors, and `UnexpectedEof` when the file is shorter than `end`.
     pub async fn read_range(&self, start: u64, end: u64) -> io::Result<Bytes> {
         let file = self.file.clone();
-        let len = usize::try_from(end.saturating_sub(start))
-            .map_err(|_| io::Error::other("read too large"))?;
-        tokio::task::spawn_blocking(move || {
-            let mut buf = BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, start)?;
-            Ok(buf.freeze())
-        })
-        .await
-        .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || read_range_at(&file, start, end))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 

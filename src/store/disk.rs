@@ -92,6 +92,33 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
+/// Reads `[start, end)` of `file` in one positional read (blocking): what every reader of a local
+/// file (a committed blob, a fill's spool) does.
+///
+/// # Errors
+/// I/O errors, and `UnexpectedEof` when the file is shorter than `end`.
+pub fn read_range_at(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(end.saturating_sub(start))
+        .map_err(|_| io::Error::other("read too large"))?;
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, start)?;
+    Ok(buf.freeze())
+}
+
+/// Writes `chunks` one after another into `file` from `at` (blocking). Returns how many bytes were
+/// written whole, so a failure leaves the count on a chunk boundary (the file may hold part of the
+/// chunk that failed), and the first error.
+pub fn write_chunks_at(file: &File, chunks: &[Bytes], at: u64) -> (u64, io::Result<()>) {
+    let mut written = 0u64;
+    for chunk in chunks {
+        if let Err(e) = file.write_all_at(chunk, at + written) {
+            return (written, Err(e));
+        }
+        written += chunk.len() as u64;
+    }
+    (written, Ok(()))
+}
+
 fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -105,14 +132,7 @@ fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
 #[async_trait]
 impl BlobRead for DiskRead {
     async fn read_range(self: Arc<Self>, start: u64, end: u64) -> io::Result<Bytes> {
-        let len = usize::try_from(end.saturating_sub(start))
-            .map_err(|_| io::Error::other("read too large"))?;
-        blocking(move || {
-            let mut buf = BytesMut::zeroed(len);
-            self.file.read_exact_at(&mut buf, start)?;
-            Ok(buf.freeze())
-        })
-        .await
+        blocking(move || read_range_at(&self.file, start, end)).await
     }
 }
 
@@ -125,20 +145,11 @@ impl BlobWriter for DiskWriter {
         let at = self.written;
         let chunks = chunks.to_vec();
         // One trip to the blocking pool per call: a fill hands over everything queued at once.
-        let (written, result) = tokio::task::spawn_blocking(move || {
-            let mut written = at;
-            for chunk in &chunks {
-                // On a failure the file may hold part of this chunk; `written` stays before it.
-                if let Err(e) = file.write_all_at(chunk, written) {
-                    return (written, Err(e));
-                }
-                written += chunk.len() as u64;
-            }
-            (written, Ok(()))
-        })
-        .await
-        .map_err(io::Error::other)?;
-        self.written = written;
+        let (written, result) =
+            tokio::task::spawn_blocking(move || write_chunks_at(&file, &chunks, at))
+                .await
+                .map_err(io::Error::other)?;
+        self.written = at + written;
         result
     }
 
