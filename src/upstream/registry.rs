@@ -171,8 +171,9 @@ impl Upstream {
     /// bounded by its minimum rate instead.
     ///
     /// # Errors
-    /// Transport failures, timeouts, refused authentication or redirects; an error status, classified; a `206` whose `Content-Range` does not
-    /// start at `offset`, as [`UpstreamError::Protocol`].
+    /// Transport failures, timeouts, refused authentication or redirects; an error status,
+    /// classified; a `206` whose `Content-Range` does not start at `from`, as
+    /// [`UpstreamError::Protocol`].
     pub async fn blob(
         &self,
         repo: &RepoName,
