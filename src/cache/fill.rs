@@ -22,6 +22,13 @@
 //! failing: it publishes how far it got and its hash state there ([`Handoff`]), and every reader goes
 //! on by itself with the upstream from that point ([`super::passthrough`]), still verified.
 //!
+//! A fill reads from the first of its sources that answers ([`Sources`]): the object store the
+//! replicas share, when the cache has one and it holds the blob (see [`super::shared`]); the
+//! replica that owns the digest, when the cache is one of several; the upstream. Whatever the
+//! source, the bytes are verified the same way before anything is kept. A source that fails or
+//! breaks off is not asked again by that fill: the rest comes from the next one, by a resume from
+//! the last byte received.
+//!
 //! An upstream must keep up a minimum rate ([`crate::upstream::rate`]): a body that arrives slower is cut and
 //! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
@@ -259,6 +266,7 @@ impl Fill {
     pub fn spawn(
         cache: Arc<Cache>,
         upstream: Arc<Upstream>,
+        owner: Option<Arc<Upstream>>,
         repo: RepoName,
         digest: Digest,
     ) -> Arc<Self> {
@@ -274,7 +282,7 @@ impl Fill {
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
-            let result = run(&cache, &upstream, &repo, &task_fill, &tx).await;
+            let result = run(&cache, &upstream, owner, &repo, &task_fill, &tx).await;
             match result {
                 Ok(Outcome::Verified(writer, size, reservation)) => {
                     // Verified: readers may finish now. Making it durable (fsync of the whole
@@ -466,14 +474,23 @@ const FOLLOW_CHUNK: u64 = 64 * 1024;
 async fn run<'a>(
     cache: &'a Cache,
     upstream: &Upstream,
+    owner: Option<Arc<Upstream>>,
     repo: &RepoName,
     fill: &Fill,
     tx: &Arc<watch::Sender<FillState>>,
 ) -> Result<Outcome<'a>, FillError> {
     let digest = fill.digest;
     let pace = upstream.pace();
-    let _slot = upstream.fill_slot().await?;
-    let body = upstream.blob(repo, &digest, None).await?;
+    let mut sources = Sources {
+        cache,
+        upstream,
+        shared: cache.shared().is_some(),
+        owner,
+        slot: None,
+        current: Source::Upstream,
+    };
+    let body = sources.open(repo, &digest, None).await?;
+    let first = sources.current;
     let size = body.size();
     let handoff = |written, verifier| {
         Ok(Outcome::Handoff(Handoff {
@@ -492,7 +509,9 @@ async fn run<'a>(
         cache.health.failed("free space", &error);
         return handoff(0, Verifier::new());
     }
-    let writer = match cache.store.writer().await {
+    // A blob read from the shared store is there already, and one read from the replica that owns
+    // it is written there by the owner: only a blob from the upstream is written to both tiers.
+    let writer = match cache.writer(first == Source::Upstream).await {
         Ok(writer) => writer,
         Err(error) => {
             cache.health.failed("creating a staging file", &error);
@@ -556,10 +575,14 @@ async fn run<'a>(
             });
         }
         resumes += 1;
-        tokio::time::sleep(resume_pause(resumes)).await;
-        warn!(%digest, upstream = %upstream.name(), received = sink.received, attempt = resumes, too_slow, "upstream body stopped short; resuming");
-        // From the last byte received: the upstream's client drops what it sends again.
-        match upstream.blob(repo, &digest, Some(sink.received)).await {
+        if sources.current == Source::Upstream {
+            tokio::time::sleep(resume_pause(resumes)).await;
+        }
+        warn!(%digest, upstream = %upstream.name(), source = sources.current.as_str(), received = sink.received, attempt = resumes, too_slow, "blob body stopped short; resuming");
+        // A shared store or owner that broke off is not asked again: the rest comes from the next
+        // source. From the last byte received: the upstream's client drops what it sends again.
+        sources.broke();
+        match sources.open(repo, &digest, Some(sink.received)).await {
             Ok(resumed) => next = Some(resumed),
             Err(error) => {
                 debug!(%digest, upstream = %upstream.name(), %error, "resume request failed")
@@ -591,8 +614,162 @@ async fn run<'a>(
     if let (Some(expected), Some(actual)) = (size, overflow) {
         return Err(mismatch(Mismatch::Size { expected, actual }));
     }
-    verifier.finish(&digest, size).map_err(mismatch)?;
+    if let Err(error) = verifier.finish(&digest, size) {
+        if first == Source::Shared {
+            // The shared store holds a bad copy: drop it, so the next fill goes to the upstream.
+            if let Some(shared) = cache.shared() {
+                warn!(%digest, %error, "the shared object store holds a copy that does not match its digest; removing it");
+                if let Err(error) = shared.store().remove(&digest).await {
+                    shared.failed("removing a bad copy", &error);
+                }
+            }
+        }
+        return Err(mismatch(error));
+    }
     Ok(Outcome::Verified(writer, written, reservation))
+}
+
+/// Where a fill reads its blob from, in order: the shared object store, the replica that owns the
+/// digest, the upstream. A source that fails or breaks off is not asked again by this fill; the
+/// upstream is asked again (a resume) until the fill gives up.
+struct Sources<'a> {
+    cache: &'a Cache,
+    upstream: &'a Upstream,
+    /// Whether the shared store is still worth asking.
+    shared: bool,
+    /// The replica that owns the digest, while it is still worth asking.
+    owner: Option<Arc<Upstream>>,
+    /// The upstream's fill slot, taken when the upstream is first asked.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Where the current body comes from.
+    current: Source,
+}
+
+/// One of a fill's [`Sources`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Shared,
+    Owner,
+    Upstream,
+}
+
+/// A blob body being read by a fill: from a registry (the upstream, or the owner replica), or from
+/// the shared store.
+enum Body {
+    Upstream(BlobBody),
+    Stored {
+        /// The blob's size.
+        size: u64,
+        stream: ByteStream,
+    },
+}
+
+/// The longest a read from the shared store may take before its body counts as broken off.
+const STORED_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+// === impl Sources ===
+
+impl Sources<'_> {
+    /// A body from the first source that answers, from `from` (the whole blob when `None`).
+    ///
+    /// # Errors
+    /// The upstream's error, when it is reached and fails (or no fill slot frees up).
+    async fn open(
+        &mut self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<u64>,
+    ) -> Result<Body, FillError> {
+        if self.shared {
+            if let Some(blob) = self.cache.shared().map(|s| s.open(digest)) {
+                if let Some(blob) = blob.await {
+                    let (start, size) = (from.unwrap_or(0), blob.size());
+                    if start <= size {
+                        self.current = Source::Shared;
+                        return Ok(Body::Stored {
+                            size,
+                            stream: blob.stream_range(start, size),
+                        });
+                    }
+                }
+            }
+            self.shared = false;
+        }
+        if let Some(owner) = self.owner.clone() {
+            match owner.blob(repo, digest, from).await {
+                Ok(body) => {
+                    self.current = Source::Owner;
+                    return Ok(Body::Upstream(body));
+                }
+                Err(error) => {
+                    debug!(%digest, owner = %owner.name(), %error, "the owner replica did not answer; going to the upstream");
+                    // cluster: mark the owner down.
+                    self.owner = None;
+                }
+            }
+        }
+        if self.slot.is_none() {
+            self.slot = Some(self.upstream.fill_slot().await?);
+        }
+        let body = self.upstream.blob(repo, digest, from).await?;
+        self.current = Source::Upstream;
+        Ok(Body::Upstream(body))
+    }
+
+    /// The current body broke off: a shared store or owner is not asked again.
+    fn broke(&mut self) {
+        match self.current {
+            Source::Shared => self.shared = false,
+            Source::Owner => {
+                // cluster: mark the owner down.
+                self.owner = None;
+            }
+            Source::Upstream => {}
+        }
+    }
+}
+
+// === impl Source ===
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared store",
+            Self::Owner => "owner replica",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+// === impl Body ===
+
+impl Body {
+    /// The blob's size, when known.
+    fn size(&self) -> Option<u64> {
+        match self {
+            Self::Upstream(body) => body.size(),
+            Self::Stored { size, .. } => Some(*size),
+        }
+    }
+
+    /// The next chunk; `None` at the end.
+    ///
+    /// # Errors
+    /// [`Cut`] when the body breaks off (a read from the shared store that fails or takes longer
+    /// than [`STORED_READ_TIMEOUT`] counts as broken off) or arrives too slowly.
+    async fn next(&mut self) -> Option<Result<Bytes, Cut>> {
+        match self {
+            Self::Upstream(body) => body.next().await,
+            Self::Stored { stream, .. } => {
+                match tokio::time::timeout(STORED_READ_TIMEOUT, stream.next()).await {
+                    Ok(Some(Ok(bytes))) => Some(Ok(bytes)),
+                    Ok(Some(Err(error))) => Some(Err(Cut::Broke(Box::new(error)))),
+                    Ok(None) => None,
+                    Err(elapsed) => Some(Err(Cut::Broke(Box::new(elapsed)))),
+                }
+            }
+        }
+    }
 }
 
 /// Where a fill's bytes go. The async side only receives: each chunk is kept in the spool's memory
@@ -733,7 +910,7 @@ impl Sink {
 
     /// Hands a response body to the writer and hasher. Only the time spent waiting for the
     /// upstream counts against its minimum rate, not the time their queues are full.
-    async fn copy(&mut self, fill: &Fill, mut body: BlobBody) -> Copied {
+    async fn copy(&mut self, fill: &Fill, mut body: Body) -> Copied {
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,

@@ -30,6 +30,7 @@ pub mod holds;
 pub mod manifests;
 pub mod passthrough;
 pub mod reconcile;
+pub mod shared;
 pub mod spool;
 
 use std::io;
@@ -59,6 +60,7 @@ use crate::upstream::Upstream;
 use access::AccessLog;
 use health::StorageHealth;
 use holds::{Hold, Holds};
+use shared::{Shared, TeeWriter};
 
 /// The cache facade shared by all requests.
 pub struct Cache {
@@ -79,6 +81,8 @@ pub struct Cache {
     reserved: AtomicU64,
     /// Files found at start-up without an index record, to re-verify in the background.
     orphans: Mutex<Vec<Digest>>,
+    /// The object store shared by the replicas, behind the local tier, when there is one.
+    shared: Option<Arc<Shared>>,
 }
 
 /// How the cache manages its storage (from `[storage]` and `[[pin]]`).
@@ -306,6 +310,37 @@ impl Cache {
             evict_wake: Notify::new(),
             reserved: AtomicU64::new(0),
             orphans: Mutex::new(started.orphans),
+            shared: None,
+        })
+    }
+
+    /// Puts `store`, an object store the replicas share, behind the local tier: local misses look
+    /// there before the upstream, and fills from the upstream write it too (see [`shared`]). After
+    /// a failure it is left alone for `pause`.
+    #[must_use]
+    pub fn with_shared_store(mut self, store: Arc<dyn BlobStore>, pause: Duration) -> Self {
+        self.shared = Some(Arc::new(Shared::new(store, pause)));
+        self
+    }
+
+    /// The shared tier, when there is one.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// A writer for a new blob: the local store's, writing the shared store too when `to_shared`
+    /// and the shared store is there and healthy.
+    ///
+    /// # Errors
+    /// When the local store cannot start a writer.
+    pub async fn writer(&self, to_shared: bool) -> io::Result<Box<dyn BlobWriter>> {
+        let local = self.store.writer().await?;
+        let Some(shared) = self.shared.as_ref().filter(|_| to_shared) else {
+            return Ok(local);
+        };
+        Ok(match shared.writer().await {
+            Some(remote) => Box::new(TeeWriter::new(local, remote, shared.clone())),
+            None => local,
         })
     }
 
@@ -541,7 +576,11 @@ impl Cache {
                 upstream.name(),
                 digest,
                 || self.index.blob_size(&digest).map(|s| s.is_some()),
-                || Fill::spawn(self.clone(), upstream.clone(), repo.clone(), digest),
+                || {
+                    // cluster: the upstream of the replica that owns the digest, when not this one.
+                    let owner = None;
+                    Fill::spawn(self.clone(), upstream.clone(), owner, repo.clone(), digest)
+                },
             )?;
             match joined {
                 Joined::Follower(fill) => {
@@ -603,7 +642,7 @@ impl Cache {
             self.health.failed("free space", &error);
             return Ok(false);
         }
-        let mut writer = match self.store.writer().await {
+        let mut writer = match self.writer(true).await {
             Ok(writer) => writer,
             Err(error) => {
                 self.health.failed("creating a staging file", &error);

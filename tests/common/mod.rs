@@ -130,6 +130,33 @@ impl Wharf {
         }
     }
 
+    /// Starts wharf with one default upstream named `upstream.test` at `url`, its cache on the
+    /// disk in front of `shared`, a blob store shared with other test wharfs (replicas).
+    pub async fn with_shared_store(url: &str, shared: Arc<dyn wharf::store::BlobStore>) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Up {
+            name: "upstream.test",
+            url: url.to_owned(),
+            default: true,
+            extra: "",
+        };
+        let text = config_text(dir.path(), "5m", &[up]);
+        let config = wharf::Config::from_toml(&text, Path::new("test.toml")).unwrap();
+        let options = Options::from_config(&config);
+        let cache = Cache::open_with(&config.storage.path, &options)
+            .unwrap()
+            .with_shared_store(shared, std::time::Duration::from_secs(30));
+        let running = wharf::start_with_cache(config, Arc::new(cache))
+            .await
+            .unwrap();
+        let base = format!("http://{}", running.local_addr());
+        Wharf {
+            running: Some(running),
+            base,
+            dir,
+        }
+    }
+
     /// The running wharf's cache.
     pub fn cache(&self) -> &std::sync::Arc<wharf::cache::Cache> {
         self.running.as_ref().unwrap().cache()

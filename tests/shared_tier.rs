@@ -1,0 +1,157 @@
+//! The shared tier: wharf replicas, each with its own local cache, in front of one blob store they
+//! share (here in memory; `tests/s3_replicas.rs` runs the same on a real S3 server). A blob one
+//! replica fetched is served by the others without the upstream; a shared store that fails or holds
+//! a bad copy costs only a trip to the upstream.
+
+mod common;
+
+use std::io;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::fake::{random_bytes, Fake};
+use common::pulls::{d, get};
+use common::{client, Wharf};
+use wharf::oci::Digest;
+use wharf::store::{Blob, BlobStore, BlobWriter, MemoryBlobStore};
+
+async fn layer(fake: &Fake, len: usize, seed: u64) -> (String, Bytes) {
+    let bytes = random_bytes(len, seed);
+    let digest = fake.add_blob(bytes.clone());
+    (digest, bytes)
+}
+
+/// Waits until the shared store has `digest` (a fill commits it just after its last byte is sent).
+async fn in_shared(shared: &MemoryBlobStore, digest: &str) {
+    let digest = d(digest);
+    common::pulls::wait_for("the blob in the shared store", || async {
+        shared.size(&digest).await.unwrap().is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_blob_fetched_through_one_replica_is_served_by_the_others_without_the_upstream() {
+    let fake = Fake::start().await;
+    let shared = Arc::new(MemoryBlobStore::new());
+    let a = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let b = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let (big, big_bytes) = layer(&fake, 5 * 1024 * 1024 + 17, 1).await;
+    let (small, small_bytes) = layer(&fake, 300, 2).await;
+
+    for (digest, bytes) in [(&big, &big_bytes), (&small, &small_bytes)] {
+        let (status, _, body) = get(&a, &format!("/v2/org/app/blobs/{digest}")).await;
+        assert_eq!(status, 200);
+        assert!(body == *bytes);
+    }
+    a.settled().await;
+    in_shared(&shared, &big).await;
+    in_shared(&shared, &small).await;
+    assert_eq!(fake.count("GET", "/blobs/"), 2);
+
+    for (digest, bytes) in [(&big, &big_bytes), (&small, &small_bytes)] {
+        let (status, _, body) = get(&b, &format!("/v2/org/app/blobs/{digest}")).await;
+        assert_eq!(status, 200);
+        assert!(body == *bytes, "byte-exact from the shared store");
+    }
+    b.settled().await;
+    assert_eq!(fake.count("GET", "/blobs/"), 2, "no upstream GET from b");
+    // B keeps a copy in its hot tier, and then serves it as a plain hit.
+    assert!(b.stored(&big).await);
+    let (_, cache, body) = get(&b, &format!("/v2/org/app/blobs/{big}")).await;
+    assert_eq!(cache, "hit");
+    assert!(body == big_bytes);
+
+    // A range of a blob only the shared store has.
+    let c = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let res = client()
+        .get(c.url(&format!("/v2/org/app/blobs/{big}")))
+        .header("range", "bytes=1000-2999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 206);
+    assert_eq!(res.bytes().await.unwrap(), big_bytes.slice(1000..3000));
+    c.settled().await;
+    assert_eq!(fake.count("GET", "/blobs/"), 2);
+}
+
+#[tokio::test]
+async fn a_bad_copy_in_the_shared_store_is_never_served_and_is_removed() {
+    let fake = Fake::start().await;
+    let shared = Arc::new(MemoryBlobStore::new());
+    let (digest, bytes) = layer(&fake, 200_000, 3).await;
+    // Someone wrote other bytes under the digest's key.
+    let mut writer = shared.writer().await.unwrap();
+    writer.write(&[random_bytes(200_000, 4)]).await.unwrap();
+    writer
+        .finish()
+        .await
+        .unwrap()
+        .commit(&d(&digest))
+        .await
+        .unwrap();
+    let w = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+
+    let res = client()
+        .get(w.url(&format!("/v2/org/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    // The bad bytes fail verification: the response is cut short, never completed.
+    assert!(res.bytes().await.is_err());
+    w.settled().await;
+    assert!(!w.stored(&digest).await, "nothing bad kept locally");
+    assert_eq!(
+        shared.size(&d(&digest)).await.unwrap(),
+        None,
+        "the bad copy is removed"
+    );
+
+    let (status, _, body) = get(&w, &format!("/v2/org/app/blobs/{digest}")).await;
+    assert_eq!(status, 200);
+    assert!(body == bytes);
+    assert_eq!(fake.count("GET", "/blobs/"), 1);
+    w.settled().await;
+    in_shared(&shared, &digest).await;
+}
+
+/// A shared store that is down: every call fails.
+struct Down;
+
+#[async_trait]
+impl BlobStore for Down {
+    async fn size(&self, _: &Digest) -> io::Result<Option<u64>> {
+        Err(io::Error::other("connection refused"))
+    }
+    async fn open(&self, _: &Digest) -> io::Result<Option<Blob>> {
+        Err(io::Error::other("connection refused"))
+    }
+    async fn writer(&self) -> io::Result<Box<dyn BlobWriter>> {
+        Err(io::Error::other("connection refused"))
+    }
+    async fn remove(&self, _: &Digest) -> io::Result<()> {
+        Err(io::Error::other("connection refused"))
+    }
+}
+
+#[tokio::test]
+async fn with_the_shared_store_down_misses_come_from_the_upstream_and_hits_from_the_hot_tier() {
+    let fake = Fake::start().await;
+    let w = Wharf::with_shared_store(&fake.url(), Arc::new(Down)).await;
+    let (digest, bytes) = layer(&fake, 1_000_000, 5).await;
+    for _ in 0..2 {
+        let (status, _, body) = get(&w, &format!("/v2/org/app/blobs/{digest}")).await;
+        assert_eq!(status, 200);
+        assert!(body == bytes);
+        w.settled().await;
+    }
+    assert_eq!(
+        fake.count("GET", "/blobs/"),
+        1,
+        "the second is a hot-tier hit"
+    );
+    assert!(w.stored(&digest).await);
+    assert!(w.cache().shared().unwrap().paused());
+}
