@@ -155,3 +155,33 @@ async fn with_the_shared_store_down_misses_come_from_the_upstream_and_hits_from_
     assert!(w.stored(&digest).await);
     assert!(w.cache().shared().unwrap().paused());
 }
+
+#[tokio::test]
+async fn a_manifest_by_digest_one_replica_fetched_is_served_by_another_without_the_upstream() {
+    let fake = Fake::start().await;
+    let shared = Arc::new(MemoryBlobStore::new());
+    let a = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let b = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let image = fake.add_image("org/app", "v1", 1, 1000, 7);
+    let path = format!("/v2/org/app/manifests/{}", image.manifest_digest);
+    let (status, _, body) = get(&a, &path).await;
+    assert_eq!(status, 200);
+    assert!(body == image.manifest);
+    in_shared(&shared, &image.manifest_digest).await;
+    assert_eq!(fake.count("GET", "/manifests/"), 1);
+
+    let res = client().get(b.url(&path)).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(res.bytes().await.unwrap(), image.manifest);
+    assert_eq!(
+        fake.count("GET", "/manifests/"),
+        1,
+        "no upstream GET from b"
+    );
+    // B keeps a copy in its hot tier.
+    assert!(b.stored(&image.manifest_digest).await);
+}

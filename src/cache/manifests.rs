@@ -419,7 +419,7 @@ impl Manifests {
         }
         let index = self.cache.index();
         let Some(recorded) = index.manifest_type(digest)? else {
-            return Ok(None);
+            return self.from_shared(digest).await;
         };
         let Some(bytes) = self.cache.read_small(digest).await? else {
             return Ok(None);
@@ -436,6 +436,31 @@ impl Manifests {
             debug!(%digest, recorded = %recorded.escape_debug(), resolved = media_type, "correcting a stored manifest's media type");
             index.insert_manifest(digest, bytes.len() as u64, media_type)?;
         }
+        let manifest = Arc::new(Manifest {
+            digest: *digest,
+            media_type,
+            bytes,
+        });
+        self.hot.insert(*digest, manifest.clone());
+        Ok(Some(manifest))
+    }
+
+    /// A manifest the shared object store has (stored there by another replica) and this one does
+    /// not: read, verified against its digest, and kept in the local tier.
+    ///
+    /// # Errors
+    /// Index failures.
+    async fn from_shared(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, ManifestError> {
+        let Some(bytes) = self.cache.shared_manifest(digest).await else {
+            return Ok(None);
+        };
+        let Ok(media_type) = media::resolve_manifest_type(&bytes, None) else {
+            debug!(%digest, "the shared store's blob is not a manifest wharf serves; asking the upstream");
+            return Ok(None);
+        };
+        self.cache
+            .put_manifest_in(digest, bytes.clone(), media_type, false)
+            .await?;
         let manifest = Arc::new(Manifest {
             digest: *digest,
             media_type,

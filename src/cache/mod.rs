@@ -624,6 +624,48 @@ impl Cache {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<bool, FillError> {
+        self.put_manifest_in(digest, bytes, media_type, true).await
+    }
+
+    /// A manifest of at most [`crate::limits::MAX_MANIFEST`] bytes that the shared store holds,
+    /// verified against its digest; `None` when there is no shared store, it does not have it, or
+    /// it fails (a failure or a bad copy is a miss here, logged).
+    pub async fn shared_manifest(&self, digest: &Digest) -> Option<Bytes> {
+        let shared = self.shared.as_ref()?;
+        let blob = shared.open(digest).await?;
+        if blob.size() > crate::limits::MAX_MANIFEST as u64 {
+            return None;
+        }
+        let read = blob.read_range(0, blob.size());
+        let bytes = match tokio::time::timeout(shared::LOOKUP_TIMEOUT, read).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                shared.failed("reading a manifest", &error);
+                return None;
+            }
+            Err(_) => {
+                shared.failed("reading a manifest", &"no answer within the lookup timeout");
+                return None;
+            }
+        };
+        if Digest::of(&bytes) != *digest {
+            warn!(%digest, "the shared object store holds a copy that does not match its digest; ignoring it");
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// As [`Cache::put_manifest`]; written to the shared store too when `to_shared`.
+    ///
+    /// # Errors
+    /// Index failures.
+    pub async fn put_manifest_in(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: &str,
+        to_shared: bool,
+    ) -> Result<bool, FillError> {
         let _hold = self.hold(*digest).await;
         let len = bytes.len() as u64;
         let recorded = self.index.manifest_type(digest)?;
@@ -642,7 +684,7 @@ impl Cache {
             self.health.failed("free space", &error);
             return Ok(false);
         }
-        let mut writer = match self.writer(true).await {
+        let mut writer = match self.writer(to_shared).await {
             Ok(writer) => writer,
             Err(error) => {
                 self.health.failed("creating a staging file", &error);
