@@ -88,10 +88,7 @@ pub fn setup(path: &Path, kind: Kind) -> Setup {
 
 /// Opens the cache for a maintenance command; the exit code on failure.
 fn open_cache(config: &crate::Config) -> Result<Arc<Cache>, ExitCode> {
-    match Cache::open_with(
-        &config.storage.path,
-        &crate::cache::Options::from_config(config),
-    ) {
+    match Cache::open_for(config) {
         Ok(cache) => Ok(Arc::new(cache)),
         Err(e @ OpenError::Locked { .. }) => {
             eprintln!("wharf: {e}");
@@ -189,11 +186,46 @@ pub async fn gc(config: &crate::Config, dry_run: bool) -> ExitCode {
         format_size(report.usage_after.bytes),
         if dry_run { " (dry run: nothing was removed)" } else { "" },
     );
+    if let Some(shared) = &report.shared {
+        print_shared_gc(shared, verb, dry_run);
+    }
     if let Err(e) = cache.index().flush().await {
         eprintln!("wharf: cannot flush the index: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Prints what `wharf gc` did in the shared object store.
+fn print_shared_gc(shared: &crate::cache::gc::SharedGc, verb: &str, dry_run: bool) {
+    if !shared.listed {
+        println!("gc: the shared object store cannot be listed; nothing removed there");
+        return;
+    }
+    for item in &shared.removed {
+        println!(
+            "{verb} {} {} {} from the shared store (stored {})",
+            if item.manifest { "manifest" } else { "blob" },
+            item.digest,
+            format_size(item.size),
+            item.last_used.map_or_else(
+                || "at an unknown time".to_owned(),
+                |t| humantime::format_rfc3339_seconds(t).to_string()
+            ),
+        );
+    }
+    let bytes: u64 = shared.removed.iter().map(|i| i.size).sum();
+    println!(
+        "gc: shared store: {verb} {} of {} objects, {} ({bytes} bytes){}",
+        shared.removed.len(),
+        shared.objects,
+        format_size(bytes),
+        if dry_run {
+            " (dry run: nothing was removed)"
+        } else {
+            ""
+        },
+    );
 }
 
 /// Where a command does its work: on the storage it opened, or through the wharf serving it.
@@ -207,10 +239,7 @@ enum Target {
 /// Opens the storage, or finds that a running wharf holds it (its index is locked); the exit
 /// code on failure.
 fn open_target(config: &crate::Config) -> Result<Target, ExitCode> {
-    match Cache::open_with(
-        &config.storage.path,
-        &crate::cache::Options::from_config(config),
-    ) {
+    match Cache::open_for(config) {
         Ok(cache) => Ok(Target::Local(Arc::new(cache))),
         Err(OpenError::Locked { .. }) => Ok(Target::Remote(Client::new(&config.storage.path))),
         Err(e) => {

@@ -96,10 +96,7 @@ pub enum Error {
 /// # Errors
 /// When the storage, the index, an upstream client or the htpasswd file cannot be set up.
 pub fn app(config: &Config) -> Result<server::App, Error> {
-    let cache = Arc::new(cache::Cache::open_with(
-        &config.storage.path,
-        &cache::Options::from_config(config),
-    )?);
+    let cache = Arc::new(cache::Cache::open_for(config)?);
     app_with_cache(config, cache)
 }
 
@@ -179,10 +176,7 @@ pub struct Running {
 /// When the storage, the index, an upstream client, the certificate, the htpasswd file or a
 /// listener cannot be set up.
 pub async fn start(config: Config) -> Result<Running, Error> {
-    let cache = Arc::new(cache::Cache::open_with(
-        &config.storage.path,
-        &cache::Options::from_config(&config),
-    )?);
+    let cache = Arc::new(cache::Cache::open_for(&config)?);
     start_with_cache(config, cache).await
 }
 

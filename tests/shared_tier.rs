@@ -185,3 +185,77 @@ async fn a_manifest_by_digest_one_replica_fetched_is_served_by_another_without_t
     // B keeps a copy in its hot tier.
     assert!(b.stored(&image.manifest_digest).await);
 }
+
+#[tokio::test]
+async fn gc_sweeps_the_shared_store_of_what_no_kept_manifest_refers_to() {
+    use std::time::{Duration, SystemTime};
+    use wharf::cache::gc::GcOptions;
+
+    let fake = Fake::start().await;
+    let shared = Arc::new(MemoryBlobStore::new());
+    let a = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let image = fake.add_image("org/app", "v1", 2, 1000, 9);
+    let (orphan, _) = layer(&fake, 500, 10).await;
+    let mut all = vec![image.manifest_digest.clone(), image.config.clone()];
+    all.extend(image.layers.iter().cloned());
+    for digest in &all[1..] {
+        assert_eq!(get(&a, &format!("/v2/org/app/blobs/{digest}")).await.0, 200);
+    }
+    let path = format!("/v2/org/app/manifests/{}", image.manifest_digest);
+    assert_eq!(get(&a, &path).await.0, 200);
+    assert_eq!(get(&a, &format!("/v2/org/app/blobs/{orphan}")).await.0, 200);
+    a.settled().await;
+    for digest in all.iter().chain([&orphan]) {
+        in_shared(&shared, digest).await;
+    }
+    let retention = Duration::from_secs(90 * 86400);
+    let options = GcOptions {
+        retention,
+        dry_run: false,
+    };
+
+    // Everything was stored just now: within the grace, nothing goes.
+    let report = a.cache().gc(options).await.unwrap();
+    assert!(report.shared.unwrap().removed.is_empty());
+
+    // Two hours later: the orphan goes, the image (stored within the retention) stays.
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+    for digest in all.iter().chain([&orphan]) {
+        shared.backdate(&d(digest), two_hours_ago);
+    }
+    let report = a.cache().gc(options).await.unwrap();
+    let shared_report = report.shared.unwrap();
+    let removed: Vec<String> = shared_report
+        .removed
+        .iter()
+        .map(|i| i.digest.to_string())
+        .collect();
+    assert_eq!(removed, vec![orphan.clone()]);
+    assert_eq!(shared.size(&d(&orphan)).await.unwrap(), None);
+
+    // Stored 100 days ago: a replica that pulled it lately keeps it; one that never did removes
+    // the manifest and everything it alone refers to.
+    let long_ago = SystemTime::now() - Duration::from_secs(100 * 86400);
+    for digest in &all {
+        shared.backdate(&d(digest), long_ago);
+    }
+    let report = a.cache().gc(options).await.unwrap();
+    assert!(report.shared.unwrap().removed.is_empty(), "a uses it");
+    let c = Wharf::with_shared_store(&fake.url(), shared.clone()).await;
+    let dry = c
+        .cache()
+        .gc(GcOptions {
+            retention,
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .shared
+        .unwrap();
+    assert_eq!(dry.removed.len(), all.len());
+    assert!(dry.removed.iter().any(|i| i.manifest));
+    assert_eq!(shared.len(), all.len(), "a dry run removes nothing");
+    let report = c.cache().gc(options).await.unwrap().shared.unwrap();
+    assert_eq!(report.removed.len(), all.len());
+    assert_eq!(shared.len(), 0);
+}

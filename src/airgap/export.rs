@@ -190,6 +190,10 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
         Selection::Images(texts) => {
             for text in texts {
                 let image = parse_image(app, text).map_err(ExportError::Request)?;
+                if let Reference::Digest(d) = &image.reference {
+                    // Another replica may have stored it in the shared object store.
+                    app.cache.promote(d, true).await.map_err(cache_error)?;
+                }
                 let (root, at) = root_of(&image)?.ok_or_else(|| not_cached(&image))?;
                 roots.push((image, root, at, false));
             }
@@ -389,12 +393,31 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
     })
 }
 
+/// A cache failure while reading what the bundle needs.
+fn cache_error(error: crate::cache::FillError) -> ExportError {
+    ExportError::Storage(io::Error::other(error.to_string()))
+}
+
 /// Holds `digest` (so eviction leaves it until the export is written) and returns its stored size.
-async fn hold(app: &App, walked: &mut Walked, digest: Digest) -> Result<Option<u64>, ExportError> {
+/// A blob (or, when `manifest`, a manifest) that only the shared object store has is copied into
+/// the local tier first.
+async fn hold(
+    app: &App,
+    walked: &mut Walked,
+    digest: Digest,
+    manifest: bool,
+) -> Result<Option<u64>, ExportError> {
     if walked.held.insert(digest) {
         walked.holds.push(app.cache.hold(digest).await);
     }
-    Ok(app.cache.index().blob_size(&digest)?)
+    match app.cache.index().blob_size(&digest)? {
+        Some(size) => Ok(Some(size)),
+        None => app
+            .cache
+            .promote(&digest, manifest)
+            .await
+            .map_err(cache_error),
+    }
 }
 
 /// Reads an image's manifests from the store and records what it needs; returns the index entries
@@ -420,14 +443,14 @@ async fn walk(
         if !seen.insert(digest) {
             continue;
         }
-        let size = hold(app, walked, digest)
+        let size = hold(app, walked, digest, true)
             .await?
             .ok_or_else(|| missing(&context, &format!("manifest {digest}")))?;
         let bytes = app
             .cache
             .read_small(&digest)
             .await
-            .map_err(|e| ExportError::Storage(io::Error::other(e.to_string())))?
+            .map_err(cache_error)?
             .ok_or_else(|| missing(&context, &format!("manifest {digest}")))?;
         if Digest::of(&bytes) != digest {
             return Err(ExportError::Corrupt {
@@ -451,7 +474,13 @@ async fn walk(
                 });
                 continue;
             }
-            let cached = app.cache.index().manifest_type(&child.digest)?.is_some();
+            let cached = app.cache.index().manifest_type(&child.digest)?.is_some()
+                || app
+                    .cache
+                    .promote(&child.digest, true)
+                    .await
+                    .map_err(cache_error)?
+                    .is_some();
             if cached {
                 queue.push((child.digest, format!("{platform}: ")));
             } else if lenient {
@@ -475,7 +504,7 @@ async fn walk(
             queue.push((subject.digest, format!("{context}subject: ")));
         }
         for b in &refs.blobs {
-            let size = hold(app, walked, b.digest)
+            let size = hold(app, walked, b.digest, false)
                 .await?
                 .ok_or_else(|| missing(&context, &format!("{} {}", b.field, b.digest)))?;
             walked.blobs.insert(b.digest, size);

@@ -405,13 +405,7 @@ async fn stage<R: AsyncRead + Unpin>(
             .health()
             .check_room(size)
             .map_err(ImportError::Storage)?;
-        Some(
-            app.cache
-                .store()
-                .writer()
-                .await
-                .map_err(ImportError::Storage)?,
-        )
+        Some(app.cache.writer(true).await.map_err(ImportError::Storage)?)
     };
     // Hashing (on the blocking pool) and writing a chunk overlap with reading the next one.
     type Job = (Verifier, Option<Box<dyn BlobWriter>>, io::Result<()>);

@@ -219,6 +219,16 @@ impl Cache {
         Self::open_with(root, &Options::default())
     }
 
+    /// Opens the cache `config` describes: on the local disk under `storage.path` (see
+    /// [`Cache::open_with`]), in front of the shared object store of `[storage.s3]` when
+    /// `storage.backend = "s3"`.
+    ///
+    /// # Errors
+    /// As [`Cache::open_with`].
+    pub fn open_for(config: &crate::Config) -> Result<Self, OpenError> {
+        Self::open_with(&config.storage.path, &Options::from_config(config))
+    }
+
     /// Opens the cache on the local disk under `root`: blobs in `root/blobs`, staging in
     /// `root/tmp`, the sled index in `root/index`. The index is opened (and locked) first, so a
     /// second wharf on the same storage fails before changing anything; see

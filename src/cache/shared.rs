@@ -23,7 +23,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
-use crate::oci::Digest;
+use futures_util::StreamExt;
+
+use super::{Cache, FillError, ToCommit};
+use crate::oci::{media, Digest, Verifier};
 use crate::store::{Blob, BlobStore, BlobWriter, StagedBlob};
 
 /// The longest a lookup in the shared store (a `HEAD`, plus the `GET` of a small blob) may take
@@ -114,6 +117,76 @@ impl Shared {
                 None
             }
         }
+    }
+}
+
+// === impl Cache ===
+
+impl Cache {
+    /// Copies a blob (or, when `manifest`, a manifest) that only the shared store has into the local
+    /// tier, verified; returns its size, or `None` when the shared store does not have it (or there
+    /// is none, or it fails). For work that reads the local tier whole, such as `wharf export`.
+    ///
+    /// # Errors
+    /// Local storage or index failures.
+    pub async fn promote(&self, digest: &Digest, manifest: bool) -> Result<Option<u64>, FillError> {
+        if let Some(size) = self.index().blob_size(digest)? {
+            return Ok(Some(size));
+        }
+        if manifest {
+            let Some(bytes) = self.shared_manifest(digest).await else {
+                return Ok(None);
+            };
+            let Ok(media_type) = media::resolve_manifest_type(&bytes, None) else {
+                return Ok(None);
+            };
+            let len = bytes.len() as u64;
+            let kept = self
+                .put_manifest_in(digest, bytes, media_type, false)
+                .await?;
+            return Ok(kept.then_some(len));
+        }
+        let Some(shared) = self.shared() else {
+            return Ok(None);
+        };
+        let Some(blob) = shared.open(digest).await else {
+            return Ok(None);
+        };
+        let size = blob.size();
+        self.health().check_room(size)?;
+        let mut writer = self.writer(false).await?;
+        let mut verifier = Verifier::new();
+        let mut body = blob.stream_range(0, size);
+        loop {
+            let chunk = match tokio::time::timeout(LOOKUP_TIMEOUT * 10, body.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(None) => break,
+                Ok(Some(Err(error))) => {
+                    shared.failed("reading a blob", &error);
+                    return Ok(None);
+                }
+                Err(_) => {
+                    shared.failed("reading a blob", &"no data within the read timeout");
+                    return Ok(None);
+                }
+            };
+            verifier.update(&chunk);
+            writer.write(&[chunk]).await?;
+        }
+        if let Err(mismatch) = verifier.finish(digest, Some(size)) {
+            warn!(%digest, %mismatch, "the shared object store holds a copy that does not match its digest; not copying it");
+            return Ok(None);
+        }
+        let reservation = self.reserve(size);
+        self.commit_staged(
+            ToCommit::Written(writer),
+            digest,
+            size,
+            None,
+            Some(reservation),
+        )
+        .await?;
+        Ok(Some(size))
     }
 }
 

@@ -25,6 +25,7 @@ use std::fs::File;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,6 +59,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes a committed blob; removing one that is not there is not an error.
     async fn remove(&self, digest: &Digest) -> io::Result<()>;
+
+    /// Lists every committed blob, for `wharf gc` and `wharf check` on a store without
+    /// [`LocalStore`] (a shared object store); `None` (the default) when the store cannot list.
+    async fn list_blobs(&self) -> Option<io::Result<Vec<Listed>>> {
+        None
+    }
 
     /// The housekeeping of a store on the local filesystem; `None` (the default) for a store that
     /// has none, whose callers then skip listing, staging sweeps and free-space checks.
@@ -159,6 +166,17 @@ pub trait LocalStore: Send + Sync {
     /// Bytes free for wharf and total bytes on the store's filesystem; `None` when the OS cannot
     /// say.
     fn free_space(&self) -> Option<(u64, u64)>;
+}
+
+/// A committed blob in [`BlobStore::list_blobs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// When it was committed (last written).
+    pub stored_at: SystemTime,
 }
 
 /// What a store holds, from [`LocalStore::list`].

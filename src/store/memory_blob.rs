@@ -8,16 +8,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 
-use super::blob::{Blob, BlobRead, BlobStore, BlobWriter, StagedBlob};
+use super::blob::{Blob, BlobRead, BlobStore, BlobWriter, Listed, StagedBlob};
 use super::SMALL_BLOB;
 use crate::oci::Digest;
 
-type Blobs = Arc<RwLock<HashMap<Digest, Bytes>>>;
+/// Each blob with when it was committed.
+type Blobs = Arc<RwLock<HashMap<Digest, (Bytes, SystemTime)>>>;
 
 /// The in-memory store.
 #[derive(Debug, Default, Clone)]
@@ -50,6 +52,14 @@ impl MemoryBlobStore {
         Self::default()
     }
 
+    /// Sets when a stored blob counts as committed (tests of what ages out).
+    #[doc(hidden)]
+    pub fn backdate(&self, digest: &Digest, at: SystemTime) {
+        if let Some((_, stored_at)) = self.blobs.write().get_mut(digest) {
+            *stored_at = at;
+        }
+    }
+
     /// How many blobs are stored.
     pub fn len(&self) -> usize {
         self.blobs.read().len()
@@ -64,11 +74,11 @@ impl MemoryBlobStore {
 #[async_trait]
 impl BlobStore for MemoryBlobStore {
     async fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
-        Ok(self.blobs.read().get(digest).map(|b| b.len() as u64))
+        Ok(self.blobs.read().get(digest).map(|(b, _)| b.len() as u64))
     }
 
     async fn open(&self, digest: &Digest) -> io::Result<Option<Blob>> {
-        let Some(bytes) = self.blobs.read().get(digest).cloned() else {
+        let Some(bytes) = self.blobs.read().get(digest).map(|(b, _)| b.clone()) else {
             return Ok(None);
         };
         let size = bytes.len() as u64;
@@ -90,6 +100,18 @@ impl BlobStore for MemoryBlobStore {
     async fn remove(&self, digest: &Digest) -> io::Result<()> {
         self.blobs.write().remove(digest);
         Ok(())
+    }
+
+    async fn list_blobs(&self) -> Option<io::Result<Vec<Listed>>> {
+        let blobs = self.blobs.read();
+        Some(Ok(blobs
+            .iter()
+            .map(|(digest, (bytes, at))| Listed {
+                digest: *digest,
+                size: bytes.len() as u64,
+                stored_at: *at,
+            })
+            .collect()))
     }
 }
 
@@ -143,7 +165,9 @@ impl StagedBlob for MemoryStaged {
     }
 
     async fn commit(self: Box<Self>, digest: &Digest) -> io::Result<()> {
-        self.blobs.write().insert(*digest, self.bytes);
+        self.blobs
+            .write()
+            .insert(*digest, (self.bytes, SystemTime::now()));
         Ok(())
     }
 }

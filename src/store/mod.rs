@@ -22,8 +22,8 @@ pub mod meta;
 pub mod sled_meta;
 
 pub use blob::{
-    Blob, BlobRead, BlobStore, BlobWriter, ByteStream, Listing, LocalStore, StagedBlob, READ_CHUNK,
-    SMALL_BLOB,
+    Blob, BlobRead, BlobStore, BlobWriter, ByteStream, Listed, Listing, LocalStore, StagedBlob,
+    READ_CHUNK, SMALL_BLOB,
 };
 pub use disk::{private_dir_all, FsBlobStore, DIR_MODE, FILE_MODE};
 pub use memory_blob::MemoryBlobStore;
