@@ -419,7 +419,7 @@ impl Manifests {
         }
         let index = self.cache.index();
         let Some(recorded) = index.manifest_type(digest)? else {
-            return self.from_shared(digest).await;
+            return self.read_shared(digest).await;
         };
         let Some(bytes) = self.cache.read_small(digest).await? else {
             return Ok(None);
@@ -450,7 +450,7 @@ impl Manifests {
     ///
     /// # Errors
     /// Index failures.
-    async fn from_shared(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, ManifestError> {
+    async fn read_shared(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, ManifestError> {
         let Some(bytes) = self.cache.shared_manifest(digest).await else {
             return Ok(None);
         };
