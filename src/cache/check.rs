@@ -294,3 +294,113 @@ pub async fn run(
     index.flush().await?;
     Ok(report)
 }
+
+/// What `wharf check` found in the shared object store.
+#[derive(Debug, Clone, Default)]
+pub struct SharedCheck {
+    /// Objects that are fine (hashed, with `verify`; else listed).
+    pub ok: Tally,
+    /// Objects that do not hash to their digest (only with `verify`; removed with `repair`).
+    pub hash_mismatch: Tally,
+}
+
+/// Checks the shared object store: lists it and, with `verify`, reads and hashes every object,
+/// removing (with `repair`) those that do not match their digest. A fill verifies what it reads
+/// from the store anyway; this finds bad copies before a client asks for them.
+///
+/// # Errors
+/// When the store cannot be listed or read.
+pub async fn shared(
+    store: &dyn BlobStore,
+    options: CheckOptions,
+    progress: &dyn Progress,
+) -> Result<SharedCheck, CheckError> {
+    use futures_util::StreamExt;
+
+    let listed = match store.list_blobs().await {
+        Some(listed) => listed?,
+        None => return Ok(SharedCheck::default()),
+    };
+    let mut report = SharedCheck::default();
+    if !options.verify {
+        for object in &listed {
+            report.ok.add(object.size);
+        }
+        return Ok(report);
+    }
+    progress.phase(
+        "hashing the shared store",
+        listed.iter().map(|o| o.size).sum(),
+        true,
+    );
+    for object in listed {
+        let Some(blob) = store.open(&object.digest).await? else {
+            continue; // Removed since the listing.
+        };
+        let mut verifier = crate::oci::Verifier::new();
+        let mut body = blob.stream_range(0, object.size);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            progress.advance(chunk.len() as u64);
+            verifier.update(&chunk);
+        }
+        if verifier.finish(&object.digest, Some(object.size)).is_ok() {
+            report.ok.add(object.size);
+        } else {
+            report.hash_mismatch.add(object.size);
+            if options.repair {
+                store.remove(&object.digest).await?;
+            }
+        }
+    }
+    progress.finish();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::MemoryBlobStore;
+
+    async fn put(store: &MemoryBlobStore, digest: &Digest, bytes: &'static [u8]) {
+        let mut writer = store.writer().await.unwrap();
+        writer.write(&[Bytes::from_static(bytes)]).await.unwrap();
+        writer.finish().await.unwrap().commit(digest).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_verified_check_of_the_shared_store_finds_and_removes_bad_copies() {
+        let store = MemoryBlobStore::new();
+        let good = Digest::of(b"good");
+        let bad = Digest::of(b"bad");
+        put(&store, &good, b"good").await;
+        put(&store, &bad, b"not bad").await;
+
+        let listed = shared(&store, CheckOptions::default(), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.ok.count, 2,
+            "without verify, objects are only listed"
+        );
+
+        let verify = CheckOptions {
+            repair: false,
+            verify: true,
+        };
+        let found = shared(&store, verify, &NoProgress).await.unwrap();
+        assert_eq!((found.ok.count, found.hash_mismatch.count), (1, 1));
+        assert_eq!(store.len(), 2, "nothing removed without repair");
+
+        let repair = CheckOptions {
+            repair: true,
+            verify: true,
+        };
+        let repaired = shared(&store, repair, &NoProgress).await.unwrap();
+        assert_eq!(repaired.hash_mismatch.count, 1);
+        assert_eq!(store.len(), 1);
+        assert!(store.size(&good).await.unwrap().is_some());
+    }
+}
