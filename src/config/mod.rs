@@ -20,6 +20,7 @@
 mod airgap;
 mod auth;
 mod cache;
+mod cluster;
 mod error;
 mod pem;
 mod server;
@@ -34,6 +35,7 @@ use serde::Deserialize;
 pub use self::airgap::{resolve_image, SyncConfig};
 pub use self::auth::AuthConfig;
 pub use self::cache::CacheConfig;
+pub use self::cluster::{ClusterConfig, PeerSource, MIN_SECRET_LEN};
 pub use self::error::{ConfigError, KeyError, TomlError, TomlLocation};
 pub use self::pem::{certified_key, TlsError};
 pub use self::server::{
@@ -46,6 +48,7 @@ pub use self::upstream::UpstreamConfig;
 use self::airgap::{RawPin, RawSync};
 use self::auth::RawAuth;
 use self::cache::RawCache;
+use self::cluster::RawCluster;
 use self::server::{RawLog, RawMetrics, RawServer};
 use self::storage::{RawGc, RawStorage};
 use self::upstream::RawUpstream;
@@ -77,6 +80,8 @@ pub struct Config {
     pub pins: Vec<ImageRef>,
     /// `[[sync]]`: image lists kept fresh in the background while wharf serves.
     pub sync: Vec<SyncConfig>,
+    /// `[cluster]`: the replicas this one shares upstream fetches with; `None` when it runs alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The file as written. Build it with serde (`toml::from_str`) and check it with [`validate`].
@@ -103,6 +108,7 @@ pub struct RawConfig {
     pin: Vec<RawPin>,
     #[serde(default)]
     sync: Vec<RawSync>,
+    cluster: Option<RawCluster>,
 }
 
 /// Where password values come from: the environment and files, abstracted so tests feed a map
@@ -253,6 +259,8 @@ impl Config {
             for u in &mut raw.upstream {
                 u.ca_file = None;
             }
+            // A command that contacts nothing has no use for the peers, nor their secret.
+            raw.cluster = None;
         }
         validate(raw, file, sources)
     }
@@ -311,6 +319,11 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
     let registries: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let pins = airgap::pins(raw.pin, &registries).map_err(in_file)?;
     let sync = airgap::sync(raw.sync, &registries, sources).map_err(in_file)?;
+    let cluster = raw
+        .cluster
+        .map(|c| c.validate(sources))
+        .transpose()
+        .map_err(in_file)?;
     Ok(Config {
         file: file.to_owned(),
         server,
@@ -323,6 +336,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
         gc,
         pins,
         sync,
+        cluster,
     })
 }
 
@@ -405,6 +419,7 @@ mod tests {
             "[gc]\n",
             "[[pin]]\n",
             "[[sync]]\n",
+            "[cluster]\n",
         ] {
             let got = load(&format!("{table}no_such_key = 1\n"))
                 .map(|_| ())

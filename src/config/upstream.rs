@@ -362,7 +362,7 @@ fn min_rate(rate: &str, window: &str, key: &KeyOf<'_>) -> Result<(u64, Duration)
 }
 
 /// An upstream's `ca_file`: PEM certificates, at least one, that all parse.
-fn ca_bundle(path: &Path, sources: &dyn Sources) -> Result<Vec<u8>, String> {
+pub(super) fn ca_bundle(path: &Path, sources: &dyn Sources) -> Result<Vec<u8>, String> {
     use rustls_pki_types::pem::PemObject;
     let fix = "give a PEM file of the CA certificates that sign the registry's certificate";
     let text = sources

@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 use url::Url;
@@ -83,6 +83,17 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// How fast blob bodies must arrive (`min_rate` over `min_rate_window`).
     pace: Pace,
+    /// Adds a signed header to every request sent to the upstream's own origin (a wharf peer).
+    signer: Option<Arc<dyn Signer>>,
+}
+
+/// Signs each request to an upstream with one extra header: how a wharf replica proves to
+/// another that it is a peer (see `crate::cluster`). The header goes only to the upstream's own
+/// origin, never along a redirect to another host.
+pub trait Signer: Send + Sync {
+    /// The header for a request of `method` to `path_and_query` (`/v2/...`, `?query` included
+    /// when there is one), made when the request is sent.
+    fn sign(&self, method: &Method, path_and_query: &str) -> (HeaderName, HeaderValue);
 }
 
 /// The upstream's rate-limit headers, as last seen.
@@ -218,7 +229,20 @@ impl Upstream {
             rate_limit: Mutex::new(None),
             metrics,
             pace: Pace::from_config(config),
+            signer: None,
         })
+    }
+
+    /// The same client, signing every request to its own origin with `signer`.
+    #[must_use]
+    pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Where the upstream is (its configured `url`).
+    pub fn url(&self) -> &Url {
+        &self.base
     }
 
     /// Sends one request, counting it (and its time to headers) in the metrics.
@@ -513,9 +537,16 @@ impl Upstream {
             let mut request = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if let Some(auth) = &auth {
-                if url.origin() == self.base.origin() {
+            if url.origin() == self.base.origin() {
+                if let Some(auth) = &auth {
                     request = request.header(AUTHORIZATION, auth.clone());
+                }
+                if let Some(signer) = &self.signer {
+                    let (name, value) = match url.query() {
+                        Some(q) => signer.sign(method, &format!("{}?{q}", url.path())),
+                        None => signer.sign(method, url.path()),
+                    };
+                    request = request.header(name, value);
                 }
             }
             let response = self.counted(request, method).await.map_err(|e| {

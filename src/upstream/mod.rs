@@ -8,5 +8,5 @@ pub mod rate;
 pub mod redirect;
 pub mod registry;
 
-pub use client::{Upstream, UpstreamError};
+pub use client::{Signer, Upstream, UpstreamError};
 pub use registry::{BlobBody, ManifestHead, ManifestResponse, TagsPage};
