@@ -133,6 +133,12 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
             .collect(),
         config.upstreams.iter().position(|u| u.default),
     );
+    let peer_key = config.cluster.as_ref().map(|c| {
+        let cluster = Arc::new(cluster::Cluster::new(c, &config.upstreams, metrics.clone()));
+        let key = cluster.key().clone();
+        cache.set_cluster(cluster);
+        key
+    });
     let manifests = cache::manifests::Manifests::new(
         cache.clone(),
         cache::manifests::ManifestPolicy {
@@ -151,6 +157,7 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
         access: access::Access::new(config, metrics.clone()).map_err(Error::Htpasswd)?,
         metrics,
         tag_lists: server::tags::tag_lists(config.cache.tag_ttl),
+        peer_key,
     })
 }
 
@@ -168,6 +175,8 @@ pub struct Running {
     background: cache::Background,
     control: Option<airgap::control::Control>,
     sync: Vec<JoinHandle<()>>,
+    /// Resolves `cluster.peers_dns` again and again.
+    peers_dns: Option<JoinHandle<()>>,
 }
 
 /// Opens the cache, builds the upstream clients, binds the listeners and starts serving. Returns
@@ -249,6 +258,14 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
         "wharf is listening"
     );
     let background = app.cache.spawn_background();
+    let peers_dns = match app.cache.cluster() {
+        Some(cluster) => {
+            // The first answer before serving, so the first misses already know the owners.
+            cluster.refresh().await;
+            cluster.spawn_refresh()
+        }
+        None => None,
+    };
     let control = match airgap::control::bind(&config.storage.path) {
         Ok((listener, path)) => Some(airgap::control::spawn(
             listener,
@@ -306,6 +323,7 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
         background,
         control,
         sync,
+        peers_dns,
     })
 }
 
@@ -381,6 +399,9 @@ impl Running {
         }
         if let Some(poller) = &self.poller {
             poller.abort();
+        }
+        if let Some(task) = &self.peers_dns {
+            task.abort();
         }
         if let Some((_, task)) = &self.admin {
             task.abort();

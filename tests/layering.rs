@@ -38,6 +38,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     ("upstream", &["store", "cache", "server", "airgap"]),
     ("cache", &["server", "airgap"]),
+    ("cluster", &["store", "cache", "server", "airgap"]),
 ];
 
 /// The `.rs` files under `dir`, recursively.

@@ -702,8 +702,12 @@ impl Sources<'_> {
                     return Ok(Body::Upstream(body));
                 }
                 Err(error) => {
-                    debug!(%digest, owner = %owner.name(), %error, "the owner replica did not answer; going to the upstream");
-                    // cluster: mark the owner down.
+                    debug!(%digest, owner = %owner.url(), %error, "the owner replica did not answer; going to the upstream");
+                    if crate::cluster::is_down(&error) {
+                        if let Some(cluster) = self.cache.cluster() {
+                            cluster.failed(&owner);
+                        }
+                    }
                     self.owner = None;
                 }
             }
@@ -721,8 +725,9 @@ impl Sources<'_> {
         match self.current {
             Source::Shared => self.shared = false,
             Source::Owner => {
-                // cluster: mark the owner down.
-                self.owner = None;
+                if let (Some(cluster), Some(owner)) = (self.cache.cluster(), self.owner.take()) {
+                    cluster.failed(&owner);
+                }
             }
             Source::Upstream => {}
         }

@@ -53,6 +53,7 @@ pub use background::Background;
 pub use evict::{Budget, EvictReport, Evictions, PinStatus};
 pub use fill::{Fill, FillError, Inflight, Joined};
 
+use crate::cluster::Cluster;
 use crate::oci::{Digest, ImageRef, RepoName};
 use crate::store::{private_dir_all, BlobStore, BlobWriter, FsBlobStore, StagedBlob, DIR_MODE};
 use crate::upstream::Upstream;
@@ -83,6 +84,8 @@ pub struct Cache {
     orphans: Mutex<Vec<Digest>>,
     /// The object store shared by the replicas, behind the local tier, when there is one.
     shared: Option<Arc<Shared>>,
+    /// The other replicas, whose owners fill the blobs they own, when there are any.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 /// How the cache manages its storage (from `[storage]` and `[[pin]]`).
@@ -321,6 +324,7 @@ impl Cache {
             reserved: AtomicU64::new(0),
             orphans: Mutex::new(started.orphans),
             shared: None,
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -331,6 +335,17 @@ impl Cache {
     pub fn with_shared_store(mut self, store: Arc<dyn BlobStore>, pause: Duration) -> Self {
         self.shared = Some(Arc::new(Shared::new(store, pause)));
         self
+    }
+
+    /// Makes this cache one of the replicas of `cluster`: a fill of a blob another replica owns
+    /// asks that replica first. Set once; a second call is ignored.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The replicas, when this cache is one of several.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     /// The shared tier, when there is one.
@@ -575,6 +590,22 @@ impl Cache {
         repo: &RepoName,
         digest: Digest,
     ) -> Result<BlobSource, FillError> {
+        self.blob_with(upstream, repo, digest, true).await
+    }
+
+    /// As [`Cache::blob`]; a new fill asks the replica that owns the digest first only when
+    /// `to_owner` (false for a request from another replica, which is never forwarded again, so
+    /// replicas that disagree about an owner cannot pass a request round).
+    ///
+    /// # Errors
+    /// Storage or index failures.
+    pub async fn blob_with(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: Digest,
+        to_owner: bool,
+    ) -> Result<BlobSource, FillError> {
         if let Some(blob) = self.committed(&digest).await? {
             return Ok(BlobSource::Hit(blob));
         }
@@ -587,8 +618,11 @@ impl Cache {
                 digest,
                 || self.index.blob_size(&digest).map(|s| s.is_some()),
                 || {
-                    // cluster: the upstream of the replica that owns the digest, when not this one.
-                    let owner = None;
+                    // The upstream of the replica that owns the digest, when not this one.
+                    let owner = match self.cluster.get() {
+                        Some(cluster) if to_owner => cluster.owner_upstream(upstream, &digest),
+                        _ => None,
+                    };
                     Fill::spawn(self.clone(), upstream.clone(), owner, repo.clone(), digest)
                 },
             )?;

@@ -47,7 +47,10 @@ pub enum PeerAuthError {
 impl PeerKey {
     /// The key for `secret`.
     pub fn new(secret: &Secret) -> Self {
-        Self(hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()))
+        Self(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            secret.expose().as_bytes(),
+        ))
     }
 
     /// The header value for a request of `method` to `path_and_query`, signed at `now` (unix
@@ -145,7 +148,11 @@ mod tests {
         let k = key(SECRET);
         let value = k.sign_at(1_000_000, &Method::GET, PATH);
         for now in [1_000_000, 1_000_060, 999_940] {
-            assert_eq!(k.verify_at(now, &value, &Method::GET, PATH), Ok(()), "{now}");
+            assert_eq!(
+                k.verify_at(now, &value, &Method::GET, PATH),
+                Ok(()),
+                "{now}"
+            );
         }
         for now in [1_000_061, 999_939] {
             assert_eq!(
@@ -164,9 +171,17 @@ mod tests {
         let k = key(SECRET);
         let value = k.sign_at(1_000_000, &Method::GET, PATH);
         let bad = [
-            (key("another secret of thirty-two bytes!"), Method::GET, PATH),
+            (
+                key("another secret of thirty-two bytes!"),
+                Method::GET,
+                PATH,
+            ),
             (key(SECRET), Method::HEAD, PATH),
-            (key(SECRET), Method::GET, "/v2/library/alpine/blobs/sha256:00"),
+            (
+                key(SECRET),
+                Method::GET,
+                "/v2/library/alpine/blobs/sha256:00",
+            ),
         ];
         for (k, method, path) in &bad {
             assert_eq!(
@@ -187,7 +202,9 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused() {
         let k = key(SECRET);
-        for text in ["", "123", "123.", ".abcd", "12x.abcd", "123.zz", "-1.00", "1.2.3"] {
+        for text in [
+            "", "123", "123.", ".abcd", "12x.abcd", "123.zz", "-1.00", "1.2.3",
+        ] {
             let value = HeaderValue::from_str(text).unwrap();
             let got = k.verify_at(123, &value, &Method::GET, PATH);
             assert!(

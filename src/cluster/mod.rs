@@ -33,7 +33,7 @@ use url::Url;
 use crate::config::{ClusterConfig, PeerSource, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 pub use auth::{PeerAuthError, PeerKey, PEER_HEADER};
 
 /// How long a peer that failed is skipped.
@@ -102,14 +102,15 @@ impl Peer {
 
 /// The owner of `digest` among `peers`: the heaviest, ties (which sha256 makes all but
 /// impossible) broken by origin.
-pub fn rendezvous<'a>(peers: impl IntoIterator<Item = &'a Peer>, digest: &Digest) -> Option<&'a Peer> {
-    peers
-        .into_iter()
-        .max_by(|a, b| {
-            a.weight(digest)
-                .cmp(&b.weight(digest))
-                .then_with(|| a.origin.cmp(&b.origin))
-        })
+pub fn rendezvous<'a>(
+    peers: impl IntoIterator<Item = &'a Peer>,
+    digest: &Digest,
+) -> Option<&'a Peer> {
+    peers.into_iter().max_by(|a, b| {
+        a.weight(digest)
+            .cmp(&b.weight(digest))
+            .then_with(|| a.origin.cmp(&b.origin))
+    })
 }
 
 // === impl Cluster ===
@@ -118,7 +119,11 @@ impl Cluster {
     /// This replica's view of the cluster `config` describes, asking owners for the blobs of
     /// `upstreams`. With `peers_dns`, the list holds only this replica until
     /// [`Cluster::refresh`] first resolves the name.
-    pub fn new(config: &ClusterConfig, upstreams: &[UpstreamConfig], metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &ClusterConfig,
+        upstreams: &[UpstreamConfig],
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let own = Peer::new(&config.own);
         let peers: Vec<Peer> = match &config.peers {
             PeerSource::Static(list) => list.iter().map(Peer::new).collect(),
@@ -236,8 +241,8 @@ impl Cluster {
         }
     }
 
-    /// With `peers_dns`, a task that resolves it every [`DNS_REFRESH`] (the first time at once);
-    /// `None` for a fixed list.
+    /// With `peers_dns`, a task that resolves it again every [`DNS_REFRESH`] (call
+    /// [`Cluster::refresh`] first for the first answer); `None` for a fixed list.
     pub fn spawn_refresh(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         if !matches!(self.source, PeerSource::Dns { .. }) {
             return None;
@@ -245,8 +250,8 @@ impl Cluster {
         let cluster = self.clone();
         Some(tokio::spawn(async move {
             loop {
-                cluster.refresh().await;
                 tokio::time::sleep(DNS_REFRESH).await;
+                cluster.refresh().await;
             }
         }))
     }
@@ -268,6 +273,24 @@ impl Cluster {
             redirect_hosts: Vec::new(),
             ..upstream.clone()
         }
+    }
+}
+
+/// Whether an owner's answer means it is down (no connection, no answer in time, a 5xx, a broken
+/// response, or a refusal of this replica's signature): such a peer is skipped for [`DOWN_FOR`].
+/// A 404 or another client error is about the blob, not the peer.
+pub fn is_down(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Unreachable { .. }
+        | UpstreamError::Timeout { .. }
+        | UpstreamError::Protocol { .. }
+        | UpstreamError::Auth { .. } => true,
+        UpstreamError::Status { status, .. } => {
+            status.is_server_error()
+                || *status == http::StatusCode::UNAUTHORIZED
+                || *status == http::StatusCode::FORBIDDEN
+        }
+        UpstreamError::Offline { .. } | UpstreamError::Busy { .. } => false,
     }
 }
 
@@ -340,7 +363,9 @@ mod tests {
         let ps = peers(4);
         let mut counts = HashMap::new();
         for d in digests(10_000) {
-            *counts.entry(rendezvous(&ps, &d).unwrap().origin.clone()).or_insert(0) += 1;
+            *counts
+                .entry(rendezvous(&ps, &d).unwrap().origin.clone())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 4);
         for (p, n) in counts {
@@ -394,7 +419,10 @@ mod tests {
         assert_eq!(client.url().origin().ascii_serialization(), owner.origin());
         assert_eq!(client.name(), "docker.io");
         // Cached per (owner, upstream).
-        assert!(Arc::ptr_eq(&client, &cluster.owner_upstream(&hub, &d).unwrap()));
+        assert!(Arc::ptr_eq(
+            &client,
+            &cluster.owner_upstream(&hub, &d).unwrap()
+        ));
         cluster.failed(&client);
         let next = cluster.owner(&d);
         assert_ne!(next.as_ref(), Some(&owner));

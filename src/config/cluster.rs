@@ -192,11 +192,12 @@ fn dns_peers(dns: &str, scheme: Option<&str>) -> Result<PeerSource, KeyError> {
     let (host, port) = dns
         .rsplit_once(':')
         .ok_or_else(|| err("cluster.peers_dns", format!("{dns:?} has no port; {fix}")))?;
-    let port = port
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| err("cluster.peers_dns", format!("{dns:?} has no valid port; {fix}")))?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+        err(
+            "cluster.peers_dns",
+            format!("{dns:?} has no valid port; {fix}"),
+        )
+    })?;
     if host.is_empty() || host.contains(['/', ' ', '@', ':']) {
         return Err(err(
             "cluster.peers_dns",
@@ -317,7 +318,9 @@ mod tests {
                 "cluster.self: http://c:5000 is not one of peers",
             ),
             (
-                cluster("peers = [\"http://a:5000\", \"http://a:5000/\"]\nself = \"http://a:5000\"\n"),
+                cluster(
+                    "peers = [\"http://a:5000\", \"http://a:5000/\"]\nself = \"http://a:5000\"\n",
+                ),
                 "cluster.peers[1]",
             ),
             (
@@ -339,7 +342,9 @@ mod tests {
                 "cluster.peers_dns",
             ),
             (
-                cluster("peers_dns = \"w:5000\"\npeer_scheme = \"ftp\"\nself = \"http://a:5000\"\n"),
+                cluster(
+                    "peers_dns = \"w:5000\"\npeer_scheme = \"ftp\"\nself = \"http://a:5000\"\n",
+                ),
                 "cluster.peer_scheme",
             ),
             (
@@ -357,7 +362,9 @@ mod tests {
                 "cluster.secret_file: /pw holds 11 bytes",
             ),
             (
-                format!("{UP}[cluster]\n{peers}self = \"http://a:5000\"\nsecret_file = \"/nope\"\n"),
+                format!(
+                    "{UP}[cluster]\n{peers}self = \"http://a:5000\"\nsecret_file = \"/nope\"\n"
+                ),
                 "cluster.secret_file: cannot read /nope",
             ),
         ];

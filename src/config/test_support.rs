@@ -44,7 +44,10 @@ pub(super) fn fake() -> Fake {
         env: HashMap::from([("PW", "env-secret"), ("EMPTY", "")]),
         files: HashMap::from([
             ("/pw", "file-secret\n".into()),
-            ("/cluster.secret", "0123456789abcdef0123456789abcdef\n".into()),
+            (
+                "/cluster.secret",
+                "0123456789abcdef0123456789abcdef\n".into(),
+            ),
             ("/crlf", "file-secret\r\n".into()),
             ("/bare", "file-secret".into()),
             ("/two", "file-secret\n\n".into()),

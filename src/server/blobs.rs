@@ -38,13 +38,14 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
-/// Serves a blob request.
+/// Serves a blob request; one `from_peer` (another replica) is never forwarded to the owner.
 pub async fn get(
     app: &App,
     route: &Route,
     digest: Digest,
     method: &Method,
     headers: &HeaderMap,
+    from_peer: bool,
 ) -> Result<Response<Body>, ApiError> {
     let head = *method == Method::HEAD;
     let range = headers.get(http::header::RANGE);
@@ -58,7 +59,7 @@ pub async fn get(
     let upstream = &app.upstreams[route.upstream];
     let source = app
         .cache
-        .blob(upstream, &route.name, digest)
+        .blob_with(upstream, &route.name, digest, !from_peer)
         .await
         .map_err(|e| ApiError::from_fill(&e, Area::Blob))?;
     match source {

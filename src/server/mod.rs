@@ -38,6 +38,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::access::{Access, Refusal};
 use crate::cache::manifests::Manifests;
 use crate::cache::Cache;
+use crate::cluster::{PeerKey, PEER_HEADER};
 use crate::metrics::Metrics;
 use crate::oci::ErrorCode;
 use crate::upstream::Upstream;
@@ -63,6 +64,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Tag lists fetched from upstreams, shared and kept briefly.
     pub tag_lists: tags::TagLists,
+    /// The key that checks other replicas' requests (`[cluster]`); `None` when wharf runs alone.
+    pub peer_key: Option<Arc<PeerKey>>,
 }
 
 /// The client's address, put in each request's extensions by the accept loop.
@@ -79,8 +82,23 @@ impl App {
         let uri = request.uri().clone();
         let head = method == Method::HEAD;
         let parsed = route::parse(&method, uri.path(), uri.query(), &self.registries);
-        let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
-        let authenticated = self.access.authenticate(request.headers(), client).await;
+        let from_peer = match self.peer(&method, &uri, request.headers()) {
+            Ok(from_peer) => from_peer,
+            Err(refused) => {
+                let mut response = refused.into_response(head);
+                response.headers_mut().insert(
+                    header::API_VERSION,
+                    HeaderValue::from_static("registry/2.0"),
+                );
+                return response;
+            }
+        };
+        let authenticated = if from_peer {
+            Ok(())
+        } else {
+            let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+            self.access.authenticate(request.headers(), client).await
+        };
         let result = match authenticated {
             Err(refusal) => Err(unauthorized(refusal)),
             Ok(()) => match parsed {
@@ -96,7 +114,10 @@ impl App {
                         ),
                     ))
                 }
-                parsed => self.route(parsed, &method, &uri, request.headers()).await,
+                parsed => {
+                    self.route(parsed, &method, &uri, request.headers(), from_peer)
+                        .await
+                }
             },
         };
         let mut response = result.unwrap_or_else(|e| e.into_response(head));
@@ -119,6 +140,7 @@ impl App {
         method: &Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
+        from_peer: bool,
     ) -> Result<Response<Body>, ApiError> {
         let head = *method == Method::HEAD;
         match parsed {
@@ -139,7 +161,9 @@ impl App {
                 Endpoint::Manifest(reference) => {
                     manifests::get(self, &route, reference, method, headers).await
                 }
-                Endpoint::Blob(digest) => blobs::get(self, &route, *digest, method, headers).await,
+                Endpoint::Blob(digest) => {
+                    blobs::get(self, &route, *digest, method, headers, from_peer).await
+                }
                 Endpoint::Referrers {
                     digest,
                     artifact_type,
@@ -158,6 +182,41 @@ impl App {
                     tags::list(self, &route, &query, method).await
                 }
             },
+        }
+    }
+}
+
+// === impl App: peers ===
+
+impl App {
+    /// Whether the request comes from another replica: its `X-Wharf-Peer` header is valid. A
+    /// request without the header (or any request when wharf runs alone) is an ordinary client's.
+    ///
+    /// # Errors
+    /// A 401 when the header is there and not valid.
+    fn peer(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<bool, ApiError> {
+        let (Some(key), Some(value)) = (&self.peer_key, headers.get(PEER_HEADER)) else {
+            return Ok(false);
+        };
+        let checked = match uri.query() {
+            Some(q) => key.verify(value, method, &format!("{}?{q}", uri.path())),
+            None => key.verify(value, method, uri.path()),
+        };
+        match checked {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                info!(%error, path = %uri.path(), "refused a request with a bad peer header");
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    "peer authentication failed",
+                ))
+            }
         }
     }
 }

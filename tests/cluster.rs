@@ -1,0 +1,407 @@
+//! Replicas (`[cluster]`): each blob digest has an owner among the peers, and a replica that misses
+//! a blob it does not own fetches it through the owner, so N replicas cost the upstream one GET per
+//! blob. Each replica here has its own disk (no shared store: peer forwarding works without one)
+//! and runs in its own runtime on its own thread, so a test can kill one outright (every task and
+//! socket of it gone at once, as with kill -9) while the others go on.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::fake::{random_bytes, Fake, Gate};
+use common::pulls::{d, wait_for};
+use common::{client, config_text, files_under, Up};
+use tempfile::TempDir;
+use url::Url;
+use wharf::cluster::{rendezvous, Peer, PeerKey, PEER_HEADER};
+use wharf::secret::Secret;
+
+const SECRET: &str = "a shared secret of more than thirty-two bytes";
+
+/// One wharf replica in a runtime of its own.
+struct Replica {
+    base: String,
+    dir: TempDir,
+    /// `true` for a graceful shutdown, `false` to kill it.
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Replica {
+    /// Kills the replica: its runtime goes, with every connection and fill it had.
+    fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(false);
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Whether the replica's disk holds the blob (a fill commits it just after its last byte).
+    fn holds(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        files_under(self.dir.path(), hex).iter().any(|p| {
+            let inside = p.strip_prefix(self.dir.path()).unwrap_or(p);
+            inside.starts_with("blobs")
+        })
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free on loopback (bound and released: the replica binds it again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn origin(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+fn peer(port: u16) -> Peer {
+    Peer::new(&Url::parse(&origin(port)).unwrap())
+}
+
+/// The configuration of the replica on `port` among `ports`, in front of `upstream`.
+fn replica_config(dir: &Path, port: u16, ports: &[u16], upstream: &str, secret: &Path) -> String {
+    let up = Up {
+        name: "upstream.test",
+        url: upstream.to_owned(),
+        default: true,
+        extra: "",
+    };
+    let text = config_text(dir, "5m", &[up]).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\""),
+    );
+    let peers = ports
+        .iter()
+        .map(|p| format!("\"{}\"", origin(*p)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{text}[cluster]\npeers = [{peers}]\nself = \"{}\"\nsecret_file = '{}'\nowner_timeout = \"1s\"\n",
+        origin(port),
+        secret.display()
+    )
+}
+
+/// Starts a replica with this configuration, on a thread and runtime of its own.
+fn start_replica(dir: TempDir, text: String) -> Replica {
+    let config = wharf::Config::from_toml(&text, Path::new("replica.toml")).unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<bool>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt.block_on(wharf::start(config)).unwrap();
+        addr_tx.send(running.local_addr()).unwrap();
+        let graceful = rt.block_on(async { stopped.await.unwrap_or(false) });
+        if graceful {
+            rt.block_on(running.shutdown()).unwrap();
+        } else {
+            // Every task of the replica ends here, its sockets with them.
+            rt.shutdown_background();
+            drop(running);
+        }
+    });
+    let addr = addr_rx.recv().unwrap();
+    Replica {
+        base: format!("http://{addr}"),
+        dir,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+/// The cluster's secret file.
+fn secret_file() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    dir
+}
+
+/// `n` replicas in front of `fake`, and their ports.
+fn cluster(fake: &Fake, n: usize, secret: &Path) -> (Vec<Replica>, Vec<u16>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let replicas = ports
+        .iter()
+        .map(|port| {
+            let dir = tempfile::tempdir().unwrap();
+            let text = replica_config(dir.path(), *port, &ports, &fake.url(), secret);
+            start_replica(dir, text)
+        })
+        .collect();
+    (replicas, ports)
+}
+
+/// Which of `ports` owns `digest`.
+fn owner_of(ports: &[u16], digest: &str) -> usize {
+    let peers: Vec<Peer> = ports.iter().map(|p| peer(*p)).collect();
+    let owner = rendezvous(&peers, &d(digest)).unwrap();
+    peers.iter().position(|p| p == owner).unwrap()
+}
+
+/// A blob on the fake of `len` bytes whose owner among `ports` is `owner`.
+/// `salt` tells apart the blobs one test asks for.
+fn blob_owned_by(
+    fake: &Fake,
+    ports: &[u16],
+    owner: usize,
+    len: usize,
+    salt: u64,
+) -> (String, Bytes) {
+    let base = random_bytes(len, salt);
+    for seed in 0..u64::MAX {
+        let mut bytes = base.to_vec();
+        bytes[..8].copy_from_slice(&u64::to_be_bytes(seed));
+        let bytes = Bytes::from(bytes);
+        let digest = common::fake::digest_of(&bytes);
+        if owner_of(ports, &digest) == owner {
+            fake.add_blob(bytes.clone());
+            return (digest, bytes);
+        }
+    }
+    unreachable!()
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/org/app/blobs/{digest}")
+}
+
+/// GETs the blob from the first of `urls` that answers it whole; the body must be `want`.
+async fn pull_from(urls: &[String], want: &Bytes) {
+    for url in urls {
+        let Ok(res) = client().get(url).send().await else {
+            continue;
+        };
+        if res.status() != 200 {
+            continue;
+        }
+        if let Ok(body) = res.bytes().await {
+            assert!(body == *want, "{url}: wrong bytes");
+            return;
+        }
+    }
+    panic!("no replica served the blob whole: {urls:?}");
+}
+
+fn upstream_gets(fake: &Fake, digest: &str) -> usize {
+    fake.count("GET", digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_through_a_non_owner_costs_one_upstream_get_and_the_owner_keeps_it() {
+    let fake = Fake::start().await;
+    let secret = secret_file();
+    let (replicas, ports) = cluster(&fake, 2, &secret.path().join("secret"));
+    let (digest, bytes) = blob_owned_by(&fake, &ports, 0, 1 << 20, 1);
+    let (owner, other) = (&replicas[0], &replicas[1]);
+
+    pull_from(&[other.url(&blob_path(&digest))], &bytes).await;
+    assert_eq!(upstream_gets(&fake, &digest), 1);
+    wait_for("the owner to keep the blob", || async {
+        owner.holds(&digest)
+    })
+    .await;
+    wait_for("the replica to keep the blob", || async {
+        other.holds(&digest)
+    })
+    .await;
+    // Through the owner, and again through the other: hits, nothing more upstream.
+    pull_from(&[owner.url(&blob_path(&digest))], &bytes).await;
+    pull_from(&[other.url(&blob_path(&digest))], &bytes).await;
+    assert_eq!(upstream_gets(&fake, &digest), 1);
+
+    // A blob the replica owns itself goes straight upstream, and the other replica does not get it.
+    let (mine, mine_bytes) = blob_owned_by(&fake, &ports, 1, 64 << 10, 2);
+    pull_from(&[other.url(&blob_path(&mine))], &mine_bytes).await;
+    assert_eq!(upstream_gets(&fake, &mine), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!owner.holds(&mine));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_over_three_replicas_costs_one_upstream_get() {
+    let fake = Fake::start().await;
+    let secret = secret_file();
+    let (replicas, _ports) = cluster(&fake, 3, &secret.path().join("secret"));
+    let bytes = random_bytes(64 << 20, 13);
+    let digest = fake.add_blob(bytes.clone());
+    // Every client asks before the upstream sends more than the first MiB.
+    let gate = Gate::new();
+    fake.knobs()
+        .hold
+        .insert(digest.clone(), (1 << 20, gate.clone()));
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let url = replicas[i % 3].url(&blob_path(&digest));
+        let want = bytes.clone();
+        clients.push(tokio::spawn(async move { pull_from(&[url], &want).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.open();
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(upstream_gets(&fake, &digest), 1, "{:?}", fake.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_fill_costs_no_client_its_bytes() {
+    let fake = Fake::start().await;
+    let secret = secret_file();
+    let (mut replicas, ports) = cluster(&fake, 3, &secret.path().join("secret"));
+    let (digest, bytes) = blob_owned_by(&fake, &ports, 0, 8 << 20, 3);
+    let gate = Gate::new();
+    fake.knobs()
+        .hold
+        .insert(digest.clone(), (1 << 20, gate.clone()));
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| r.url(&blob_path(&digest)))
+        .collect();
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        // Each client falls back to the next replica when its own goes away.
+        let mut mine = urls.clone();
+        mine.rotate_left(i % 3);
+        let want = bytes.clone();
+        clients.push(tokio::spawn(async move { pull_from(&mine, &want).await }));
+    }
+    // The owner's fill is under way (the first MiB sent to every replica), then the owner dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replicas[0].kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.open();
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("a client hung")
+            .unwrap();
+    }
+    // The owner's one GET, then the survivors went to the upstream themselves, from where their
+    // bodies (from the owner) broke off.
+    let gets = upstream_gets(&fake, &digest);
+    assert!((2..=3).contains(&gets), "{gets}: {:?}", fake.seen());
+    let resumed = fake
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains(&digest) && s.range.is_some())
+        .count();
+    assert_eq!(resumed, gets - 1, "{:?}", fake.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_headers_are_checked() {
+    let fake = Fake::start().await;
+    let secret = secret_file();
+    let (replicas, ports) = cluster(&fake, 2, &secret.path().join("secret"));
+    let (digest, bytes) = blob_owned_by(&fake, &ports, 1, 4096, 4);
+    let path = blob_path(&digest);
+    let url = replicas[0].url(&path);
+    let get = |value: http::HeaderValue| client().get(&url).header(PEER_HEADER, value).send();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let wrong = PeerKey::new(&Secret::new("another secret, also thirty-two bytes long"));
+    for value in [
+        http::HeaderValue::from_static("123.abcd"),
+        http::HeaderValue::from_static("garbage"),
+        wrong.sign_at(now, &http::Method::GET, &path),
+    ] {
+        let res = get(value).await.unwrap();
+        assert_eq!(res.status(), 401);
+        let body = res.text().await.unwrap();
+        assert!(body.contains("UNAUTHORIZED"), "{body}");
+        assert!(!body.contains(SECRET));
+    }
+    // Signed for another path: refused.
+    let key = PeerKey::new(&Secret::new(SECRET));
+    let res = get(key.sign_at(now, &http::Method::GET, "/v2/other/blobs/x"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // A valid peer request is served by this replica itself, although replica 1 owns the blob:
+    // a peer's request is never forwarded.
+    let res = get(key.sign_at(now, &http::Method::GET, &path))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.bytes().await.unwrap() == bytes);
+    assert_eq!(upstream_gets(&fake, &digest), 1);
+    wait_for("the replica to keep the blob", || async {
+        replicas[0].holds(&digest)
+    })
+    .await;
+    assert!(!replicas[1].holds(&digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_does_not_answer_costs_about_owner_timeout_once() {
+    let fake = Fake::start().await;
+    let secret = secret_file();
+    // The second peer accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let port = free_port();
+    let ports = [port, silent_port];
+    let dir = tempfile::tempdir().unwrap();
+    let text = replica_config(
+        dir.path(),
+        port,
+        &ports,
+        &fake.url(),
+        &secret.path().join("secret"),
+    );
+    let replica = start_replica(dir, text);
+
+    let (first, first_bytes) = blob_owned_by(&fake, &ports, 1, 64 << 10, 5);
+    let started = Instant::now();
+    pull_from(&[replica.url(&blob_path(&first))], &first_bytes).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(upstream_gets(&fake, &first), 1);
+
+    // The silent peer is skipped now: its next digest goes straight upstream.
+    let (second, second_bytes) = blob_owned_by(&fake, &ports, 1, 64 << 10, 6);
+    let started = Instant::now();
+    pull_from(&[replica.url(&blob_path(&second))], &second_bytes).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(upstream_gets(&fake, &second), 1);
+    drop(replica);
+}
