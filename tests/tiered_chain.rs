@@ -3,7 +3,9 @@
 //! - In process: every request the edge sends a forwarding upstream (manifests by tag and digest,
 //!   the HEAD that revalidates a tag, blobs and their ranged resume, blob HEADs, tag list pages,
 //!   referrers, and the retry after a token) carries `?ns=<name>`; and a name the regional does not
-//!   have is a 502 each time, never a remembered 404 nor the regional's default registry.
+//!   have is a 502 each time, never a remembered 404 nor the regional's default registry; and when
+//!   the regional drops a name, the bodiless 404 of the edge's revalidating HEAD does not end the
+//!   edge's cached tag (it is served stale).
 //! - With real software: two distribution registries holding different images under the same
 //!   repository and tag, a regional wharf in front of both, an edge wharf in front of the regional,
 //!   skopeo through the edge: byte-exact for both; without the flag the edge gets the regional's
@@ -218,6 +220,64 @@ async fn a_name_the_regional_lacks_is_a_502_each_time_not_its_default_nor_a_cach
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+/// A wharf listening on `port` with `ups`.
+async fn wharf_on(port: u16, tag_ttl: &str, ups: &[Up<'_>]) -> Wharf {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(dir.path(), tag_ttl, ups).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    Wharf::start_text(dir, &text).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_that_drops_the_name_leaves_the_edges_cached_tag_served_stale_not_gone() {
+    let registry_b = Fake::start().await;
+    let img = registry_b.add_image("org/app", "1", 1, 1000, 3);
+    let registry_b_up = |name| Up {
+        name,
+        url: registry_b.url(),
+        default: true,
+        extra: "",
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let regional = wharf_on(port, "5m", &[registry_b_up("reg-b")]).await;
+    let edge = Wharf::start(
+        "200ms",
+        &[forwarding(
+            "reg-b",
+            &format!("http://127.0.0.1:{port}"),
+            true,
+        )],
+    )
+    .await;
+    let c = client();
+    let get = || {
+        c.get(edge.url("/v2/reg-b/org/app/manifests/1"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+    };
+    let res = get().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap(), img.manifest);
+    // The regional comes back on the same address without reg-b (renamed "reg-x"): its answer to
+    // the edge's revalidating HEAD is a bodiless 404, which must not end the edge's tag.
+    regional.stop().await;
+    let regional = wharf_on(port, "5m", &[registry_b_up("reg-x")]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 0..2 {
+        let res = get().await.unwrap();
+        assert_eq!(res.status(), 200, "round {round}");
+        assert_eq!(res.headers()["x-cache"], "stale", "round {round}");
+        assert_eq!(res.bytes().await.unwrap(), img.manifest);
+    }
+    drop(regional);
 }
 
 // === With real software ===
