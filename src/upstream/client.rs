@@ -2,14 +2,16 @@
 //!
 //! Every request goes through `Upstream::send` (under the typed operations of [`super::registry`]),
 //! which
-//! 1. attaches a cached token for the request's scope (or Basic credentials once the upstream has
+//! 1. adds `?ns=<name>` to the URL when the upstream is another wharf (`mirror_of_mirror`), so it
+//!    answers from its upstream of that name (redirect targets and token realms are left as sent),
+//! 2. attaches a cached token for the request's scope (or Basic credentials once the upstream has
 //!    asked for them),
-//! 2. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
+//! 3. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
 //!    [`redirect::Policy`] allows (never down from https, never to an internal address other than
 //!    the upstream's own or a listed one, checked on the resolved addresses), sending
 //!    `Authorization` only to the upstream's own origin, so a blob served from a CDN never sees
 //!    the upstream's credentials or token,
-//! 3. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
+//! 4. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
 //!    [`auth::check_realm`] before anything is sent there) or Basic credentials, then retries.
 //!
 //! Tokens are cached per scope in moka until shortly before they expire; concurrent requests for the
