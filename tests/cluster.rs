@@ -80,13 +80,28 @@ fn peer(port: u16) -> Peer {
 
 /// The configuration of the replica on `port` among `ports`, in front of `upstream`.
 fn replica_config(dir: &Path, port: u16, ports: &[u16], upstream: &str, secret: &Path) -> String {
-    let up = Up {
-        name: "upstream.test",
-        url: upstream.to_owned(),
-        default: true,
-        extra: "",
-    };
-    let text = config_text(dir, "5m", &[up]).replace(
+    replica_config_with(dir, port, ports, &[("upstream.test", upstream)], secret)
+}
+
+/// As [`replica_config`], with several upstreams (`(name, url)`, the first the default).
+fn replica_config_with(
+    dir: &Path,
+    port: u16,
+    ports: &[u16],
+    upstreams: &[(&str, &str)],
+    secret: &Path,
+) -> String {
+    let ups: Vec<Up<'_>> = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, (name, url))| Up {
+            name,
+            url: (*url).to_owned(),
+            default: i == 0,
+            extra: "",
+        })
+        .collect();
+    let text = config_text(dir, "5m", &ups).replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\""),
     );
@@ -238,6 +253,36 @@ async fn a_pull_through_a_non_owner_costs_one_upstream_get_and_the_owner_keeps_i
     assert_eq!(upstream_gets(&fake, &mine), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!owner.holds(&mine));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_is_told_which_upstream_the_blob_is_from() {
+    // Two upstreams; the blob is only on the second, which is not the default: the owner must
+    // fetch it from that one (the replica names it with ?ns=), not from its default.
+    let first = Fake::start().await;
+    let second = Fake::start().await;
+    let secret = secret_file();
+    let secret = secret.path().join("secret");
+    let ports = [free_port(), free_port()];
+    let replicas: Vec<Replica> = ports
+        .iter()
+        .map(|port| {
+            let dir = tempfile::tempdir().unwrap();
+            let ups = [("first.test", first.url()), ("second.test", second.url())];
+            let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+            let text = replica_config_with(dir.path(), *port, &ports, &ups, &secret);
+            start_replica(dir, text)
+        })
+        .collect();
+    let (digest, bytes) = blob_owned_by(&second, &ports, 0, 64 << 10, 7);
+    let path = format!("{}?ns=second.test", blob_path(&digest));
+    pull_from(&[replicas[1].url(&path)], &bytes).await;
+    assert_eq!(upstream_gets(&second, &digest), 1);
+    assert_eq!(first.total(), 0, "{:?}", first.seen());
+    wait_for("the owner to keep the blob", || async {
+        replicas[0].holds(&digest)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,9 @@
 //!
 //! A replica that misses a blob it does not own fetches it through the owner, which is just another
 //! upstream to it ([`Cluster::owner_upstream`]): an [`Upstream`] built from the blob's upstream's
-//! configuration with the owner's address, no credentials, `owner_timeout` as its timeout and
-//! every request signed with the shared secret ([`auth`]). The owner's followers stream live, as
+//! configuration with the owner's address, `mirror_of_mirror` (so the owner is told the upstream's
+//! name with `?ns=`), no credentials, `owner_timeout` as its timeout and every request signed with
+//! the shared secret ([`auth`]). The owner's followers stream live, as
 //! for any fill; when the owner does not answer, the fill goes on from the upstream itself.
 //!
 //! This module sits below the cache: the cache asks it for the owner's upstream and tells it when
@@ -271,6 +272,8 @@ impl Cluster {
             ca_pem: self.ca_pem.clone(),
             allow: None,
             redirect_hosts: Vec::new(),
+            // The owner routes by the upstream's name, as any wharf in front of a wharf does.
+            mirror_of_mirror: true,
             ..upstream.clone()
         }
     }
@@ -455,6 +458,7 @@ mod tests {
         assert_eq!(pc.url.as_str(), "http://wharf-1:5000/");
         assert_eq!(pc.timeout, Duration::from_secs(2));
         assert_eq!(pc.name, "docker.io");
+        assert_eq!(pc.forward_ns(), Some("docker.io"));
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 }
