@@ -262,6 +262,7 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
         Some(cluster) => {
             // The first answer before serving, so the first misses already know the owners.
             cluster.refresh().await;
+            info!(own = %cluster.own().origin(), peers = cluster.peers().len(), "one of several replicas: blobs owned by another are fetched through it");
             cluster.spawn_refresh()
         }
         None => None,

@@ -205,8 +205,13 @@ fn blob_path(digest: &str) -> String {
 
 /// GETs the blob from the first of `urls` that answers it whole; the body must be `want`.
 async fn pull_from(urls: &[String], want: &Bytes) {
+    pull_with(&client(), urls, want).await;
+}
+
+/// As [`pull_from`], with this client.
+async fn pull_with(client: &reqwest::Client, urls: &[String], want: &Bytes) {
     for url in urls {
-        let Ok(res) = client().get(url).send().await else {
+        let Ok(res) = client.get(url).send().await else {
             continue;
         };
         if res.status() != 200 {
@@ -279,6 +284,64 @@ async fn the_owner_is_told_which_upstream_the_blob_is_from() {
     pull_from(&[replicas[1].url(&path)], &bytes).await;
     assert_eq!(upstream_gets(&second, &digest), 1);
     assert_eq!(first.total(), 0, "{:?}", first.seen());
+    wait_for("the owner to keep the blob", || async {
+        replicas[0].holds(&digest)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_speak_tls() {
+    let fake = Fake::start().await;
+    let secret = secret_file();
+    let secret = secret.path().join("secret");
+    let pki = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("wharf cluster test CA");
+    let ca_file = pki.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = ca.leaf().write(pki.path(), "");
+    let ports = [free_port(), free_port()];
+    let replicas: Vec<Replica> = ports
+        .iter()
+        .map(|port| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut text = replica_config(dir.path(), *port, &ports, &fake.url(), &secret).replace(
+                "[server]\n",
+                &format!(
+                    "[server]\ntls_cert = '{}'\ntls_key = '{}'\n",
+                    cert.display(),
+                    key.display()
+                ),
+            );
+            for p in ports {
+                text = text.replace(&origin(p), &format!("https://127.0.0.1:{p}"));
+            }
+            text.push_str(&format!("ca_file = '{}'\n", ca_file.display()));
+            let mut replica = start_replica(dir, text);
+            replica.base = replica.base.replace("http://", "https://");
+            replica
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let peers: Vec<Peer> = ports
+        .iter()
+        .map(|p| Peer::new(&Url::parse(&format!("https://127.0.0.1:{p}")).unwrap()))
+        .collect();
+    // A blob the first replica owns, by the https origins.
+    let (digest, bytes) = (0..)
+        .map(|seed| random_bytes(32 << 10, 100 + seed))
+        .find(|b| {
+            let owner = rendezvous(&peers, &d(&common::fake::digest_of(b))).unwrap();
+            *owner == peers[0]
+        })
+        .map(|b| (fake.add_blob(b.clone()), b))
+        .unwrap();
+    pull_with(&client, &[replicas[1].url(&blob_path(&digest))], &bytes).await;
+    assert_eq!(upstream_gets(&fake, &digest), 1);
     wait_for("the owner to keep the blob", || async {
         replicas[0].holds(&digest)
     })
