@@ -204,6 +204,13 @@ impl Collector for Live {
                 gauge(u64::from(health.paused())),
             ),
         ];
+        if let Some(shared) = cache.shared() {
+            gauges.push((
+                "shared_store_paused",
+                "1 while the shared object store is left alone after a failure (misses go to the upstream, fills write the local tier only), else 0",
+                gauge(u64::from(shared.paused())),
+            ));
+        }
         if let Some(budget) = cache.budget() {
             gauges.push((
                 "cache_max_bytes",
@@ -221,7 +228,7 @@ impl Collector for Live {
         for (name, help, value) in gauges {
             value.encode(encoder.encode_descriptor(name, help, None, value.metric_type())?)?;
         }
-        for (name, help, value) in [
+        let mut counters = vec![
             (
                 "evictions",
                 "Blobs and manifests evicted to stay within storage.max_size",
@@ -237,9 +244,35 @@ impl Collector for Live {
                 "Storage writes that failed (disk full, I/O error, read-only filesystem) or found free space at storage.min_free",
                 health.failures(),
             ),
-        ] {
+        ];
+        if let Some(shared) = cache.shared() {
+            let counts = shared.counts();
+            counters.extend([
+                (
+                    "shared_store_reads",
+                    "Blob fills that read from the shared object store instead of the upstream",
+                    counts.reads,
+                ),
+                (
+                    "shared_store_writes",
+                    "Blobs and manifests this replica committed to the shared object store",
+                    counts.writes,
+                ),
+                (
+                    "shared_store_failures",
+                    "Shared object store operations that failed or timed out",
+                    counts.failures,
+                ),
+            ]);
+        }
+        for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
 
         let limits: Vec<_> = self

@@ -21,7 +21,9 @@
 //!
 //! Read at scrape time by `admin::Live`: `fills_in_flight`, `upstream_rate_limit_{remaining,limit}`,
 //! `cache_bytes`, `cache_entries`, `cache_max_bytes`, `evictions_total`, `evicted_bytes_total`,
-//! `storage_free_bytes`, `storage_paused`, `storage_failures_total`.
+//! `storage_free_bytes`, `storage_paused`, `storage_failures_total`; with a shared object store,
+//! `shared_store_paused`, `shared_store_reads_total`, `shared_store_writes_total`,
+//! `shared_store_failures_total`.
 
 use std::time::Duration;
 

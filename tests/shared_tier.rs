@@ -57,6 +57,8 @@ async fn a_blob_fetched_through_one_replica_is_served_by_the_others_without_the_
     }
     b.settled().await;
     assert_eq!(fake.count("GET", "/blobs/"), 2, "no upstream GET from b");
+    assert_eq!(b.cache().shared().unwrap().counts().reads, 2);
+    assert_eq!(a.cache().shared().unwrap().counts().writes, 2);
     // B keeps a copy in its hot tier, and then serves it as a plain hit.
     assert!(b.stored(&big).await);
     let (_, cache, body) = get(&b, &format!("/v2/org/app/blobs/{big}")).await;

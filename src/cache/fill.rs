@@ -681,10 +681,11 @@ impl Sources<'_> {
         from: Option<u64>,
     ) -> Result<Body, FillError> {
         if self.shared {
-            if let Some(blob) = self.cache.shared().map(|s| s.open(digest)) {
-                if let Some(blob) = blob.await {
+            if let Some(shared) = self.cache.shared() {
+                if let Some(blob) = shared.open(digest).await {
                     let (start, size) = (from.unwrap_or(0), blob.size());
                     if start <= size {
+                        shared.read_from();
                         self.current = Source::Shared;
                         return Ok(Body::Stored {
                             size,

@@ -15,6 +15,7 @@
 //! the blob (on any replica) writes it.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,23 @@ pub struct Shared {
     pause: Duration,
     /// Until when it is left alone.
     paused_until: Mutex<Option<Instant>>,
+    /// Fills that read from the store, for metrics.
+    reads: AtomicU64,
+    /// Blobs and manifests committed to the store, for metrics.
+    writes: AtomicU64,
+    /// Failures (errors and timeouts), for metrics.
+    failures: AtomicU64,
+}
+
+/// What the shared tier did since start, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedCounts {
+    /// Fills that read a blob from the shared store.
+    pub reads: u64,
+    /// Blobs and manifests committed to the shared store.
+    pub writes: u64,
+    /// Operations on the shared store that failed or timed out.
+    pub failures: u64,
 }
 
 // === impl Shared ===
@@ -51,7 +69,24 @@ impl Shared {
             store,
             pause,
             paused_until: Mutex::new(None),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
+    }
+
+    /// What the tier did since start.
+    pub fn counts(&self) -> SharedCounts {
+        SharedCounts {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a fill that reads from the store.
+    pub(super) fn read_from(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The store.
@@ -74,6 +109,7 @@ impl Shared {
 
     /// Records a failure of the store: it is left alone for the pause.
     pub fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let mut until = self.paused_until.lock();
         if until.is_none() {
             warn!(%error, what, pause_s = self.pause.as_secs(), "shared object store failed; misses go to the upstream and fills write the local tier only for a while");
@@ -288,7 +324,10 @@ impl StagedBlob for TeeStaged {
         local.commit(digest).await?;
         if let Some(shared) = shared {
             match shared.commit(digest).await {
-                Ok(()) => debug!(%digest, "blob stored in the shared object store"),
+                Ok(()) => {
+                    tier.writes.fetch_add(1, Ordering::Relaxed);
+                    debug!(%digest, "blob stored in the shared object store");
+                }
                 Err(error) => tier.failed("committing an upload", &error),
             }
         }
