@@ -2,8 +2,10 @@
 //!
 //! Each connection runs in its own task (HTTP/1.1, or HTTP/2 by ALPN over TLS or with prior
 //! knowledge, through hyper-util's auto builder); over TLS the handshake runs in that task too,
-//! bounded by [`crate::tls::HANDSHAKE_TIMEOUT`]. Requests are checked by [`crate::access`]
-//! (credentials, then the upstream's allow list), routed by [`route::parse`] and answered by one
+//! bounded by [`crate::tls::HANDSHAKE_TIMEOUT`]. A request from another replica (a valid
+//! `X-Wharf-Peer` header, see [`crate::cluster::auth`]) skips client authentication and is never
+//! forwarded to a third; an invalid one is refused with 401. Requests are checked by
+//! [`crate::access`] (credentials, then the upstream's allow list), routed by [`route::parse`] and answered by one
 //! handler per API area ([`blobs`], [`manifests`], [`tags`]); every error becomes an OCI error
 //! response in [`response`], and every request is logged (and counted) once by [`log`], with its
 //! [`request_id`].
@@ -200,7 +202,11 @@ impl App {
         uri: &http::Uri,
         headers: &http::HeaderMap,
     ) -> Result<bool, ApiError> {
-        let (Some(key), Some(value)) = (&self.peer_key, headers.get(PEER_HEADER)) else {
+        // Without [cluster], not even a header lookup.
+        let Some(key) = &self.peer_key else {
+            return Ok(false);
+        };
+        let Some(value) = headers.get(PEER_HEADER) else {
             return Ok(false);
         };
         let checked = match uri.query() {
