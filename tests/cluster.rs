@@ -366,7 +366,9 @@ async fn a_herd_over_three_replicas_costs_one_upstream_get() {
         let want = bytes.clone();
         clients.push(tokio::spawn(async move { pull_from(&[url], &want).await }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Longer than owner_timeout (1s): the owner answered at once, and a body may then pause as
+    // long as the upstream's may, so no replica gives up on the owner.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     gate.open();
     for c in clients {
         c.await.unwrap();

@@ -12,8 +12,9 @@
 //! A replica that misses a blob it does not own fetches it through the owner, which is just another
 //! upstream to it ([`Cluster::owner_upstream`]): an [`Upstream`] built from the blob's upstream's
 //! configuration with the owner's address, `mirror_of_mirror` (so the owner is told the upstream's
-//! name with `?ns=`), no credentials, `owner_timeout` as its timeout and every request signed with
-//! the shared secret ([`auth`]). The owner's followers stream live, as
+//! name with `?ns=`), no credentials, `owner_timeout` as its deadline until response headers (a
+//! body may then stay silent as long as the upstream's `timeout` allows) and every request signed
+//! with the shared secret ([`auth`]). The owner's followers stream live, as
 //! for any fill; when the owner does not answer, the fill goes on from the upstream itself.
 //!
 //! This module sits below the cache: the cache asks it for the owner's upstream and tells it when
@@ -191,7 +192,11 @@ impl Cluster {
         let config = self.peer_config(&owner, self.upstreams.get(upstream.name())?);
         match Upstream::new(&config, self.metrics.clone()) {
             Ok(client) => {
-                let client = Arc::new(client.with_signer(self.key.clone()));
+                let client = Arc::new(
+                    client
+                        .with_deadline(self.owner_timeout)
+                        .with_signer(self.key.clone()),
+                );
                 Some(self.clients.lock().entry(key).or_insert(client).clone())
             }
             Err(error) => {
@@ -265,8 +270,10 @@ impl Cluster {
             default: false,
             credentials: None,
             token_realms: Vec::new(),
-            connect_timeout: self.owner_timeout,
-            timeout: self.owner_timeout,
+            // The owner must connect and send headers within owner_timeout (the deadline set on
+            // the client); its body may then stay silent as long as the upstream's may, because
+            // the owner streams at its upstream's pace.
+            connect_timeout: self.owner_timeout.min(upstream.connect_timeout),
             offline: false,
             insecure: false,
             ca_pem: self.ca_pem.clone(),
@@ -456,7 +463,8 @@ mod tests {
         let pc = c.peer_config(&peers(2)[1], &upstream_config());
         assert!(pc.credentials.is_none() && !pc.insecure && !pc.default);
         assert_eq!(pc.url.as_str(), "http://wharf-1:5000/");
-        assert_eq!(pc.timeout, Duration::from_secs(2));
+        assert_eq!(pc.connect_timeout, Duration::from_secs(2));
+        assert_eq!(pc.timeout, Duration::from_secs(60));
         assert_eq!(pc.name, "docker.io");
         assert_eq!(pc.forward_ns(), Some("docker.io"));
         assert!(!format!("{c:?}").contains("0123456789abcdef"));

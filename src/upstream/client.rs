@@ -245,6 +245,15 @@ impl Upstream {
         self
     }
 
+    /// The same client with another overall deadline until a response's headers (and for a small
+    /// document whole); how long a blob body may stay silent is still the configured `timeout`.
+    /// A wharf peer must answer within `owner_timeout`, but then streams at its upstream's pace.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.timeout = deadline;
+        self
+    }
+
     /// Where the upstream is (its configured `url`).
     pub fn url(&self) -> &Url {
         &self.base
