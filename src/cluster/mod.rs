@@ -457,6 +457,36 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn peers_dns_resolves_to_one_peer_per_address_and_keeps_this_one() {
+        let mut c = config(0, 1);
+        c.peers = PeerSource::Dns {
+            host: "localhost".into(),
+            port: 5000,
+            scheme: "https".into(),
+        };
+        c.own = Url::parse("https://10.9.9.9:5000").unwrap();
+        let cluster = Cluster::new(&c, &[], Arc::new(Metrics::new()));
+        // Before the first answer: this replica alone, owner of everything.
+        assert_eq!(cluster.peers().len(), 1);
+        assert!(cluster.owner(&Digest::of(b"x")).is_none());
+        cluster.refresh().await;
+        let peers = cluster.peers();
+        let origins: Vec<&str> = peers.iter().map(Peer::origin).collect();
+        assert!(origins.contains(&"https://127.0.0.1:5000"), "{origins:?}");
+        assert!(origins.contains(&"https://10.9.9.9:5000"), "{origins:?}");
+        // A name that does not resolve keeps the last list.
+        let mut gone = c.clone();
+        gone.peers = PeerSource::Dns {
+            host: "no-such-host.invalid".into(),
+            port: 5000,
+            scheme: "http".into(),
+        };
+        let cluster = Cluster::new(&gone, &[], Arc::new(Metrics::new()));
+        cluster.refresh().await;
+        assert_eq!(cluster.peers().len(), 1);
+    }
+
     #[test]
     fn the_peer_client_has_no_credentials_and_the_owner_timeout() {
         let c = Cluster::new(&config(0, 2), &[], Arc::new(Metrics::new()));

@@ -305,6 +305,22 @@ mod tests {
     }
 
     #[test]
+    fn commands_that_contact_nothing_skip_the_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wharf.toml");
+        let text = format!(
+            "{UP}[cluster]\npeers = [\"http://a:5000\"]\nself = \"http://a:5000\"\nsecret_file = \"/nonexistent/cluster.secret\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = super::super::Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("cluster.secret_file"), "{e}");
+        assert!(super::super::Config::load_offline(&path)
+            .unwrap()
+            .cluster
+            .is_none());
+    }
+
+    #[test]
     fn refusals() {
         let peers = "peers = [\"http://a:5000\", \"http://b:5000\"]\n";
         let cases: Vec<(String, &str)> = vec![
