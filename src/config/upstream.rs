@@ -63,6 +63,10 @@ pub struct UpstreamConfig {
     pub min_rate: u64,
     /// The window `min_rate` is measured over (`min_rate_window`, default `30s`).
     pub min_rate_window: Duration,
+    /// This upstream is another wharf (`mirror_of_mirror`, default false): every request sent to
+    /// it carries `?ns=<name>`, so the other wharf routes it to its upstream of the same name
+    /// rather than to its default one. See [`UpstreamConfig::forward_ns`].
+    pub mirror_of_mirror: bool,
 }
 
 /// One `[[upstream]]` as written. It holds no secret: only where the password is.
@@ -98,6 +102,8 @@ pub(super) struct RawUpstream {
     pub(super) min_rate: String,
     #[serde(default = "default_min_rate_window")]
     pub(super) min_rate_window: String,
+    #[serde(default)]
+    pub(super) mirror_of_mirror: bool,
 }
 
 // === impl UpstreamConfig ===
@@ -106,6 +112,13 @@ impl UpstreamConfig {
     /// Whether this is Docker Hub, whose one-segment repository names get `library/`.
     pub fn is_docker_hub(&self) -> bool {
         self.name == "docker.io"
+    }
+
+    /// The registry name to send as `?ns=` on every request to this upstream: its own name when
+    /// it is another wharf (`mirror_of_mirror = true`), which routes by that name; `None` for a
+    /// plain registry, which is sent no extra query.
+    pub fn forward_ns(&self) -> Option<&str> {
+        self.mirror_of_mirror.then_some(self.name.as_str())
     }
 }
 
@@ -234,6 +247,7 @@ impl RawUpstream {
             redirect_hosts,
             min_rate,
             min_rate_window,
+            mirror_of_mirror: u.mirror_of_mirror,
         })
     }
 }
@@ -554,6 +568,17 @@ mod tests {
     }
 
     #[test]
+    fn mirror_of_mirror_forwards_the_name() {
+        let plain = load(UP).unwrap();
+        assert!(!plain.upstreams[0].mirror_of_mirror);
+        assert_eq!(plain.upstreams[0].forward_ns(), None);
+        let tiered = load(&format!("{UP}mirror_of_mirror = true\n")).unwrap();
+        let u = &tiered.upstreams[0];
+        assert!(u.mirror_of_mirror);
+        assert_eq!(u.forward_ns(), Some(u.name.as_str()));
+    }
+
+    #[test]
     fn registry_names() {
         for (name, ok) in [
             ("docker.io", true),
@@ -679,6 +704,10 @@ mod tests {
                 "upstream[0].url: \"http://a.io\" is plain HTTP, so pulls and credentials would cross the network unencrypted; use https://, or set insecure = true",
             ),
             (format!("{UP}insecure = \"yes\"\n"), "upstream[0].insecure: is a string, expected a boolean"),
+            (
+                format!("{UP}mirror_of_mirror = \"yes\"\n"),
+                "upstream[0].mirror_of_mirror: is a string, expected a boolean",
+            ),
             (format!("{UP}ca_file = \"/missing\"\n"), "upstream[0].ca_file: cannot read /missing (no such file)"),
             (format!("{UP}ca_file = \"/pw\"\n"), "upstream[0].ca_file: /pw holds no certificate"),
             (format!("{UP}allow = []\n"), "upstream[0].allow: lists no pattern"),

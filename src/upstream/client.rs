@@ -2,14 +2,16 @@
 //!
 //! Every request goes through `Upstream::send` (under the typed operations of [`super::registry`]),
 //! which
-//! 1. attaches a cached token for the request's scope (or Basic credentials once the upstream has
+//! 1. adds `?ns=<name>` to the URL when the upstream is another wharf (`mirror_of_mirror`), so it
+//!    answers from its upstream of that name (redirect targets and token realms are left as sent),
+//! 2. attaches a cached token for the request's scope (or Basic credentials once the upstream has
 //!    asked for them),
-//! 2. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
+//! 3. follows redirects itself, at most [`MAX_REDIRECTS`] hops and only where the upstream's
 //!    [`redirect::Policy`] allows (never down from https, never to an internal address other than
 //!    the upstream's own or a listed one, checked on the resolved addresses), sending
 //!    `Authorization` only to the upstream's own origin, so a blob served from a CDN never sees
 //!    the upstream's credentials or token,
-//! 3. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
+//! 4. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
 //!    [`auth::check_realm`] before anything is sent there) or Basic credentials, then retries.
 //!
 //! Tokens are cached per scope in moka until shortly before they expire; concurrent requests for the
@@ -53,6 +55,8 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 pub struct Upstream {
     name: String,
     base: Url,
+    /// The `?ns=` every request carries when the upstream is another wharf (`mirror_of_mirror`).
+    forward_ns: Option<String>,
     /// The client for the upstream's own origin, its token realms and the `redirect_hosts`.
     http: reqwest::Client,
     /// The client for every other redirect target: its resolver refuses internal addresses.
@@ -198,6 +202,7 @@ impl Upstream {
         Ok(Self {
             name: config.name.clone(),
             base: config.url.clone(),
+            forward_ns: config.forward_ns().map(str::to_owned),
             http,
             checked,
             redirects: redirect::Policy::new(
@@ -329,9 +334,7 @@ impl Upstream {
                 retry_after: Some(HeaderValue::from(wait.as_secs().max(1))),
             });
         }
-        let url = self
-            .base
-            .join(path_and_query)
+        let url = request_url(&self.base, path_and_query, self.forward_ns.as_deref())
             .map_err(|e| self.protocol(format!("bad request path: {e}")))?;
         let started = Instant::now();
         let auth = self.cached_auth(scope).await;
@@ -621,18 +624,35 @@ impl Upstream {
 
     /// Classifies a non-success response, reading (a bounded part of) its body for the OCI code,
     /// for at most the upstream's `timeout`.
+    ///
+    /// From another wharf (`mirror_of_mirror`), a `404` saying it has no registry of this
+    /// upstream's name is a [`UpstreamError::Protocol`]: a configuration mismatch between the two,
+    /// not an answer about the content, so it must not be remembered as "no such tag".
     pub(super) async fn status_error(&self, response: reqwest::Response) -> UpstreamError {
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let body = tokio::time::timeout(self.timeout, read_bounded(response, MAX_ERROR_BODY))
             .await
             .unwrap_or_default();
+        if let Some(ns) = &self.forward_ns {
+            if status == StatusCode::NOT_FOUND && names_unknown_registry(&body, ns) {
+                warn!(upstream = %self.name, ns = %ns, "the upstream wharf has no registry of this name");
+                return self.protocol(format!(
+                    "the upstream wharf has no registry named {ns:?}; give it an [[upstream]] of that name, or rename this one"
+                ));
+            }
+        }
         UpstreamError::Status {
             upstream: self.name.clone(),
             status,
             code: ErrorEnvelope::first_code(&body),
             retry_after,
         }
+    }
+
+    /// Whether this upstream is another wharf, asked with `?ns=` (`mirror_of_mirror`).
+    pub(super) fn forwards(&self) -> bool {
+        self.forward_ns.is_some()
     }
 
     /// Maps a transport error (connect, timeout, broken body) to an [`UpstreamError`].
@@ -708,6 +728,40 @@ enum ReadError {
     TooLarge,
     /// The transport failed (or timed out) under it.
     Transport(reqwest::Error),
+}
+
+/// The URL of `path_and_query` (`/v2/...`, with an optional query) at `base`, with `ns=<ns>`
+/// (form-encoded) added to whatever query the path already has when the upstream is another
+/// wharf.
+fn request_url(base: &Url, path_and_query: &str, ns: Option<&str>) -> Result<Url, url::ParseError> {
+    let mut url = base.join(path_and_query)?;
+    if let Some(ns) = ns {
+        url.query_pairs_mut().append_pair("ns", ns);
+    }
+    Ok(url)
+}
+
+/// Whether an error body is another wharf's refusal of `?ns=<ns>` as a registry it does not have
+/// (`NAME_UNKNOWN`, `registry "<ns>" is not configured on this mirror`, as its router words it),
+/// rather than a registry's "no such repository" relayed.
+fn names_unknown_registry(body: &[u8], ns: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        errors: Vec<WireInfo>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WireInfo {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let Ok(wire) = serde_json::from_slice::<Wire>(body) else {
+        return false;
+    };
+    let refusal = format!("registry {ns:?} is not configured");
+    wire.errors
+        .first()
+        .is_some_and(|e| e.code == "NAME_UNKNOWN" && e.message.starts_with(&refusal))
 }
 
 async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
@@ -831,6 +885,78 @@ mod tests {
         for (value, want) in cases {
             let header = value.map(|v| HeaderValue::from_str(v).unwrap());
             assert_eq!(retry_after(header.as_ref(), now), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn request_urls_carry_ns_when_forwarding() {
+        let base: Url = "https://regional.example:5000".parse().unwrap();
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let manifest = "/v2/org/app/manifests/1.0";
+        let blob = format!("/v2/library/nginx/blobs/{d}");
+        let referrers = format!("/v2/org/app/referrers/{d}");
+        let cases: Vec<(&str, Option<&str>, String)> = vec![
+            (
+                manifest,
+                None,
+                format!("https://regional.example:5000{manifest}"),
+            ),
+            (
+                manifest,
+                Some("reg-b"),
+                format!("https://regional.example:5000{manifest}?ns=reg-b"),
+            ),
+            (
+                &blob,
+                Some("localhost:5001"),
+                format!("https://regional.example:5000{blob}?ns=localhost%3A5001"),
+            ),
+            (
+                "/v2/org/app/tags/list?n=2&last=b",
+                Some("docker.io"),
+                "https://regional.example:5000/v2/org/app/tags/list?n=2&last=b&ns=docker.io".into(),
+            ),
+            (
+                "/v2/org/app/tags/list?n=2",
+                None,
+                "https://regional.example:5000/v2/org/app/tags/list?n=2".into(),
+            ),
+            (
+                &referrers,
+                Some("ghcr.io"),
+                format!("https://regional.example:5000/v2/org/app/referrers/{d}?ns=ghcr.io"),
+            ),
+        ];
+        for (path, ns, want) in cases {
+            let url = request_url(&base, path, ns).unwrap();
+            assert_eq!(url.as_str(), want, "{path} {ns:?}");
+        }
+        // The other wharf reads back exactly the name sent.
+        let url = request_url(&base, manifest, Some("a-b.io:5001")).unwrap();
+        let ns: Vec<_> = url.query_pairs().filter(|(k, _)| k == "ns").collect();
+        assert_eq!(ns.len(), 1);
+        assert_eq!(ns[0].1, "a-b.io:5001");
+    }
+
+    #[test]
+    fn unknown_registry_refusals() {
+        let refusal =
+            br#"{"errors":[{"code":"NAME_UNKNOWN","message":"registry \"reg-b\" is not configured on this mirror"}]}"#;
+        assert!(names_unknown_registry(refusal, "reg-b"));
+        assert!(!names_unknown_registry(refusal, "reg-a"));
+        for body in [
+            &br#"{"errors":[{"code":"NAME_UNKNOWN","message":"not found at upstream reg-b"}]}"#[..],
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"registry \"reg-b\" is not configured on this mirror"}]}"#,
+            br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
+            br#"{"errors":[]}"#,
+            b"",
+            b"<html>",
+        ] {
+            assert!(
+                !names_unknown_registry(body, "reg-b"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -120,16 +120,24 @@ impl Upstream {
         reference: &Reference,
         accept: &str,
     ) -> Result<ManifestHead, UpstreamError> {
+        let path = manifest_path(repo, reference);
+        let scope = auth::pull_scope(repo.as_str());
         let response = self
-            .send(
-                Method::HEAD,
-                &manifest_path(repo, reference),
-                accept_header(accept),
-                &auth::pull_scope(repo.as_str()),
-            )
+            .send(Method::HEAD, &path, accept_header(accept), &scope)
             .await?;
         if !response.status().is_success() {
-            return Err(self.status_error(response).await);
+            let status = response.status();
+            let error = self.status_error(response).await;
+            if status == StatusCode::NOT_FOUND && self.forwards() {
+                // A HEAD has no body to tell "no such manifest" from "no such registry" (a
+                // mismatch that must not be remembered as a missing tag): a GET's error says.
+                return Err(self
+                    .get_small(&path, accept_header(accept), &scope, MAX_MANIFEST)
+                    .await
+                    .err()
+                    .unwrap_or(error));
+            }
+            return Err(error);
         }
         let headers = response.headers();
         Ok(ManifestHead {
