@@ -40,7 +40,7 @@ pub use self::server::{
     level_directives, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsFiles,
     LIBRARY_DIRECTIVES,
 };
-pub use self::storage::{GcConfig, StorageConfig};
+pub use self::storage::{Backend, GcConfig, S3Config, StorageConfig};
 pub use self::upstream::UpstreamConfig;
 
 use self::airgap::{RawPin, RawSync};
@@ -301,7 +301,7 @@ impl Sources for System {
 pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Config, ConfigError> {
     let in_file = |e: KeyError| e.in_file(file);
     let server = raw.server.validate(sources).map_err(in_file)?;
-    let storage = raw.storage.validate().map_err(in_file)?;
+    let storage = raw.storage.validate(sources).map_err(in_file)?;
     let gc = raw.gc.validate().map_err(in_file)?;
     let cache = raw.cache.validate().map_err(in_file)?;
     let upstreams = upstream::validate_all(raw.upstream, sources).map_err(in_file)?;
