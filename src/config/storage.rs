@@ -291,7 +291,8 @@ impl RawS3 {
                 ),
             ));
         }
-        if !self.prefix.is_empty() && (!self.prefix.ends_with('/') || self.prefix.starts_with('/')) {
+        if !self.prefix.is_empty() && (!self.prefix.ends_with('/') || self.prefix.starts_with('/'))
+        {
             return Err(err(
                 "storage.s3.prefix",
                 format!(
@@ -365,8 +366,7 @@ impl RawS3 {
 fn endpoint(text: &str, allow_http: bool) -> Result<Url, KeyError> {
     let key = "storage.s3.endpoint";
     let example = "e.g. endpoint = \"https://s3.example:3900\"";
-    let url = Url::parse(text)
-        .map_err(|e| err(key, format!("is not a URL ({e}); {example}")))?;
+    let url = Url::parse(text).map_err(|e| err(key, format!("is not a URL ({e}); {example}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(err(
             key,
@@ -374,7 +374,10 @@ fn endpoint(text: &str, allow_http: bool) -> Result<Url, KeyError> {
         ));
     }
     if url.host_str().is_none() || !matches!(url.scheme(), "http" | "https") {
-        return Err(err(key, format!("{text:?} is not an http(s) URL with a host; {example}")));
+        return Err(err(
+            key,
+            format!("{text:?} is not an http(s) URL with a host; {example}"),
+        ));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         return Err(err(
@@ -612,12 +615,21 @@ mod tests {
         assert_eq!(s3.endpoint, None);
         assert_eq!(s3.region, "us-east-1");
         assert!(!s3.path_style);
-        assert_eq!(s3.access_key_id.as_ref().map(Secret::expose), Some("env-secret"));
-        assert_eq!(s3.secret_access_key.as_ref().map(Secret::expose), Some("file-secret"));
+        assert_eq!(
+            s3.access_key_id.as_ref().map(Secret::expose),
+            Some("env-secret")
+        );
+        assert_eq!(
+            s3.secret_access_key.as_ref().map(Secret::expose),
+            Some("file-secret")
+        );
         assert_eq!(s3.timeout, Duration::from_secs(30));
         assert_eq!(s3.connect_timeout, Duration::from_secs(3));
         let printed = format!("{s3:?}");
-        assert!(!printed.contains("env-secret") && !printed.contains("file-secret"), "{printed}");
+        assert!(
+            !printed.contains("env-secret") && !printed.contains("file-secret"),
+            "{printed}"
+        );
 
         let text = format!(
             r#"
@@ -645,7 +657,11 @@ mod tests {
         assert_eq!(s3.timeout, Duration::from_secs(5));
         assert_eq!(s3.connect_timeout, Duration::from_millis(500));
 
-        for endpoint in ["http://localhost:9000", "http://[::1]:9000", "https://s3.example:3900"] {
+        for endpoint in [
+            "http://localhost:9000",
+            "http://[::1]:9000",
+            "https://s3.example:3900",
+        ] {
             let text = format!(
                 "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"wharf\"\nendpoint = \"{endpoint}\"\n{UP}"
             );
@@ -704,15 +720,21 @@ mod tests {
             assert!(!got.contains('\n'), "{got:?} is more than one line");
             assert!(got.contains("; "), "{got:?} has no fix");
             assert!(
-                !got.contains("hunter2") && !got.contains("file-secret") && !got.contains("env-secret"),
+                !got.contains("hunter2")
+                    && !got.contains("file-secret")
+                    && !got.contains("env-secret"),
                 "{got:?} leaks a secret"
             );
         }
-        let got = load(&s3("access_key_id_env = \"PW\"\nsecret_access_key_env = \"wJalr/K7MDENG\""))
+        let got = load(&s3(
+            "access_key_id_env = \"PW\"\nsecret_access_key_env = \"wJalr/K7MDENG\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!got.contains("wJalr"), "{got}");
+        let got = load(&s3("endpoint = \"https://k:hunter2@s3.example\""))
             .unwrap_err()
             .to_string();
-        assert!(!got.contains("wJalr"), "{got}");
-        let got = load(&s3("endpoint = \"https://k:hunter2@s3.example\"")).unwrap_err().to_string();
         assert!(!got.contains("hunter2"), "{got}");
     }
 }

@@ -30,6 +30,6 @@ pub use blob::{
 pub use disk::{private_dir_all, FsBlobStore, DIR_MODE, FILE_MODE};
 pub use memory_blob::MemoryBlobStore;
 pub use memory_meta::MemoryMeta;
-pub use s3::S3BlobStore;
 pub use meta::{BlobIter, IndexError, MetaError, MetaStore, PinSource, TagEntry, Usage};
+pub use s3::S3BlobStore;
 pub use sled_meta::SledMeta;

@@ -28,12 +28,12 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use parking_lot::Mutex;
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, PutMode,
     PutOptions, PutPayload, RetryConfig,
 };
+use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
 use super::blob::{Blob, BlobRead, BlobStore, BlobWriter, ByteStream, StagedBlob};
@@ -379,7 +379,9 @@ impl S3Read {
                             let seen = seen + chunk.len() as u64;
                             Some((Ok(chunk), (body, seen, false)))
                         }
-                        Some(Err(e)) => Some((Err(inner.error(key.as_ref(), e)), (body, seen, true))),
+                        Some(Err(e)) => {
+                            Some((Err(inner.error(key.as_ref(), e)), (body, seen, true)))
+                        }
                         None if seen == expected => None,
                         None => Some((
                             Err(io::Error::new(

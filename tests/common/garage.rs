@@ -156,8 +156,16 @@ impl Garage {
                 "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "wharf",
             ],
         );
-        std::fs::write(garage.dir.path().join("key-id"), format!("{}\n", garage.key_id)).unwrap();
-        std::fs::write(garage.dir.path().join("secret"), format!("{}\n", garage.secret)).unwrap();
+        std::fs::write(
+            garage.dir.path().join("key-id"),
+            format!("{}\n", garage.key_id),
+        )
+        .unwrap();
+        std::fs::write(
+            garage.dir.path().join("secret"),
+            format!("{}\n", garage.secret),
+        )
+        .unwrap();
         garage.wait_s3();
         garage
     }
