@@ -38,6 +38,8 @@ pub struct StorageConfig {
 }
 
 /// The blob backend: `[storage] backend`.
+// One value per configuration, read once at start: the size of the disk variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Backend {
     /// Blobs on the local disk under `path` only (`backend = "disk"`, the default).
