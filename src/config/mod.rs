@@ -122,6 +122,12 @@ pub trait Sources {
     fn read_secret(&self, path: &Path) -> std::io::Result<String> {
         self.read(path)
     }
+    /// An environment variable that even the offline commands need (the object store's
+    /// credentials: `wharf gc` and `check` list the bucket); the same as [`Sources::env`] unless
+    /// passwords are not wanted.
+    fn env_always(&self, name: &str) -> Option<String> {
+        self.env(name)
+    }
 }
 
 /// The real process environment and filesystem.
@@ -143,6 +149,10 @@ impl Sources for NoSecrets {
 
     fn read_secret(&self, _: &Path) -> std::io::Result<String> {
         Ok("unused".into())
+    }
+
+    fn env_always(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 

@@ -451,7 +451,7 @@ fn secret(
                     "is not an environment variable name; give the variable's name (letters, digits and _), not the value".into(),
                 ));
             }
-            let value = sources.env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            let value = sources.env_always(var).filter(|v| !v.is_empty()).ok_or_else(|| {
                 err(
                     &key,
                     format!("environment variable {var} is not set or empty; set it in wharf's environment (e.g. an EnvironmentFile= in the systemd unit)"),
@@ -738,5 +738,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!got.contains("hunter2"), "{got}");
+    }
+
+    #[test]
+    fn offline_commands_read_the_object_store_credentials() {
+        // `wharf gc` and `check` list the bucket: unlike upstream passwords, these are read.
+        let dir = tempfile::tempdir().unwrap();
+        let (id, secret) = (dir.path().join("id"), dir.path().join("secret"));
+        std::fs::write(&id, "GK123\n").unwrap();
+        std::fs::write(&secret, "s3-secret-value\n").unwrap();
+        let file = dir.path().join("wharf.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"wharf\"\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n{UP}",
+                id.display(),
+                secret.display()
+            ),
+        )
+        .unwrap();
+        let c = crate::Config::load_offline(&file).unwrap();
+        let Backend::S3(s3) = c.storage.backend else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.access_key_id.as_ref().map(Secret::expose), Some("GK123"));
+        assert_eq!(
+            s3.secret_access_key.as_ref().map(Secret::expose),
+            Some("s3-secret-value")
+        );
     }
 }
