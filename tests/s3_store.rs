@@ -179,6 +179,26 @@ async fn uncommitted_multipart_leaves_nothing_and_list_skips_strays() {
         store.list().await.unwrap(),
         vec![(Digest::of(&small), small.len() as u64)]
     );
+
+    // What a crash between completing an upload and copying it leaves under staging/ is swept;
+    // young staging objects (an upload in progress elsewhere) are kept.
+    let leftover = S3BlobStore::new(&s3_config(&garage, "drop/staging/crashed/")).unwrap();
+    stage(&leftover, &small)
+        .await
+        .commit(&Digest::of(&small))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sweep_staging(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    assert_eq!(store.sweep_staging(Duration::ZERO).await.unwrap(), (1, 5));
+    assert_eq!(store.sweep_staging(Duration::ZERO).await.unwrap(), (0, 0));
+    assert_eq!(leftover.size(&Digest::of(&small)).await.unwrap(), None);
+    assert_eq!(store.list().await.unwrap().len(), 1, "blobs are not swept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

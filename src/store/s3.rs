@@ -194,6 +194,44 @@ impl S3BlobStore {
         Ok(blobs)
     }
 
+    /// Removes the objects under `<prefix>staging/` older than `older_than`: what a process killed
+    /// between completing an upload and copying it under its digest left (never visible under a
+    /// digest key, but paid for). Uploads never completed are not objects; the store expires them
+    /// (an `AbortIncompleteMultipartUpload` lifecycle rule on AWS, `garage bucket
+    /// cleanup-incomplete-uploads` on Garage). Returns the count and bytes removed.
+    ///
+    /// # Errors
+    /// When the bucket cannot be listed or an object cannot be removed.
+    pub async fn sweep_staging(&self, older_than: Duration) -> io::Result<(u64, u64)> {
+        let inner = &self.inner;
+        let dir = format!("{}staging", inner.prefix);
+        let prefix = Path::from(dir.as_str());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cutoff = i64::try_from(now.saturating_sub(older_than.as_secs())).unwrap_or(i64::MAX);
+        let old: Vec<_> = inner
+            .store
+            .list(Some(&prefix))
+            .try_filter(|meta| {
+                futures_util::future::ready(meta.last_modified.timestamp() <= cutoff)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| inner.error(&dir, e))?;
+        let (mut count, mut bytes) = (0, 0);
+        for meta in old {
+            match inner.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    count += 1;
+                    bytes += meta.size;
+                }
+                Err(e) => return Err(inner.error(meta.location.as_ref(), e)),
+            }
+        }
+        Ok((count, bytes))
+    }
+
     /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.inner.bucket
