@@ -11,6 +11,7 @@ use url::Url;
 
 use super::error::{io_reason, KeyError};
 use super::{duration, err, Sources};
+pub use crate::bucket::S3Config;
 use crate::secret::Secret;
 use crate::size::parse_size;
 
@@ -47,32 +48,6 @@ pub enum Backend {
     Disk,
     /// Blobs in an S3-compatible object store (`backend = "s3"` with `[storage.s3]`).
     S3(S3Config),
-}
-
-/// `[storage.s3]`: the bucket of an S3-compatible object store (AWS S3, MinIO, Ceph RGW, Garage).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Config {
-    /// The bucket (`bucket`).
-    pub bucket: String,
-    /// Prepended to every object key (`prefix`, optional; empty, or ending with `/`).
-    pub prefix: String,
-    /// The service's URL (`endpoint`); `None` for AWS itself. `http://` only for a loopback host or
-    /// with `allow_http = true`.
-    pub endpoint: Option<Url>,
-    /// The signing region (`region`, default `"us-east-1"`).
-    pub region: String,
-    /// Path-style requests (`https://host/bucket/key`) instead of virtual-hosted ones
-    /// (`path_style`, default false; MinIO and Garage want true).
-    pub path_style: bool,
-    /// The access key id (`access_key_id_file` or `access_key_id_env`); `None` with the secret
-    /// also `None`: the usual AWS environment variables or instance role.
-    pub access_key_id: Option<Secret>,
-    /// The secret access key (`secret_access_key_file` or `secret_access_key_env`).
-    pub secret_access_key: Option<Secret>,
-    /// The most one request may take (`timeout`, default `30s`).
-    pub timeout: Duration,
-    /// The most connecting may take (`connect_timeout`, default `3s`).
-    pub connect_timeout: Duration,
 }
 
 /// `[gc]`.

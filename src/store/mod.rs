@@ -13,7 +13,7 @@
 //!   memory.
 //!
 //! Nothing here knows about cache policy, HTTP or registries: this module imports only from
-//! [`crate::oci`] (and [`crate::config`] for the object store's settings).
+//! [`crate::oci`] (and [`crate::bucket`], the object store's settings, and [`crate::secret`]).
 
 pub mod blob;
 pub mod disk;

@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 
 use super::blob::{Blob, BlobRead, BlobStore, BlobWriter, ByteStream, StagedBlob};
 use super::SMALL_BLOB;
-use crate::config::S3Config;
+use crate::bucket::S3Config;
 use crate::oci::Digest;
 
 /// The size of one part of a multipart upload, and the most a writer buffers: above S3's 5 MiB

@@ -119,6 +119,10 @@ impl Garage {
         for node in &mut garage.nodes {
             node.spawn(&bin);
         }
+        // `node id` reads a local file: first wait until every node answers RPC.
+        for node in &garage.nodes {
+            garage.cli_until_ok(node, &["status"]);
+        }
         // Every node knows the others, then one layout with all of them.
         let ids: Vec<String> = garage
             .nodes
