@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs all of wharf's tests: unit, integration (in-process fake upstream) and end-to-end (the real
-# distribution registry, skopeo, htpasswd and systemd-analyze from Debian). Installs those tools with
-# apt-get when missing, so it works on a fresh machine; the end-to-end tests fail (never skip)
-# without them.
+# distribution registry, skopeo, htpasswd and systemd-analyze from Debian, Garage from crates.io).
+# Installs those tools when missing, so it works on a fresh machine; the end-to-end tests fail
+# (never skip) without them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +21,14 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# Garage, a real S3-compatible object store, for the S3 blob store's tests (tests/s3_store.rs).
+# Debian has no package: build it from crates.io into ~/.cargo/bin. That takes about 10 minutes
+# once; the binary is reused by every later run (and found on PATH or in ~/.cargo/bin).
+if ! command -v garage >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
+  echo "installing garage (cargo install garage --locked; about 10 minutes, once)"
+  cargo install garage --locked
+fi
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 cargo test --locked "$@"

@@ -10,14 +10,15 @@
 //! manifests and tags, fills and their coalescing, verification, the size budget and eviction, pins,
 //! crash repair, `wharf check` and `wharf gc`), which keeps bytes and records in [`store`] (the
 //! `BlobStore` and `MetaStore` traits: disk and sled, or memory) and fetches through [`upstream`]
-//! (the typed registry client: paths, auth, redirects, resume). [`config`] (the operator's file)
-//! and [`oci`] (pure protocol types) are at the bottom. [`airgap`] fills a wharf ahead of time and
+//! (the typed registry client: paths, auth, redirects, resume). [`config`] (the operator's file),
+//! [`bucket`] (where an object store is) and [`oci`] (pure protocol types) are at the bottom. [`airgap`] fills a wharf ahead of time and
 //! carries its content to an air-gapped one in a bundle, through the cache's API. `main.rs` only
 //! wires these together.
 
 pub mod access;
 pub mod admin;
 pub mod airgap;
+pub mod bucket;
 pub mod cache;
 pub mod cli;
 pub mod cluster;

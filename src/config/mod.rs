@@ -42,7 +42,7 @@ pub use self::server::{
     level_directives, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsFiles,
     LIBRARY_DIRECTIVES,
 };
-pub use self::storage::{GcConfig, StorageConfig};
+pub use self::storage::{Backend, GcConfig, S3Config, StorageConfig};
 pub use self::upstream::UpstreamConfig;
 
 use self::airgap::{RawPin, RawSync};
@@ -128,6 +128,12 @@ pub trait Sources {
     fn read_secret(&self, path: &Path) -> std::io::Result<String> {
         self.read(path)
     }
+    /// An environment variable that even the offline commands need (the object store's
+    /// credentials: `wharf gc` and `check` list the bucket); the same as [`Sources::env`] unless
+    /// passwords are not wanted.
+    fn env_always(&self, name: &str) -> Option<String> {
+        self.env(name)
+    }
 }
 
 /// The real process environment and filesystem.
@@ -149,6 +155,10 @@ impl Sources for NoSecrets {
 
     fn read_secret(&self, _: &Path) -> std::io::Result<String> {
         Ok("unused".into())
+    }
+
+    fn env_always(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 
@@ -309,7 +319,7 @@ impl Sources for System {
 pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Config, ConfigError> {
     let in_file = |e: KeyError| e.in_file(file);
     let server = raw.server.validate(sources).map_err(in_file)?;
-    let storage = raw.storage.validate().map_err(in_file)?;
+    let storage = raw.storage.validate(sources).map_err(in_file)?;
     let gc = raw.gc.validate().map_err(in_file)?;
     let cache = raw.cache.validate().map_err(in_file)?;
     let upstreams = upstream::validate_all(raw.upstream, sources).map_err(in_file)?;
@@ -411,6 +421,7 @@ mod tests {
             "",
             "[server]\n",
             "[storage]\n",
+            "[storage.s3]\n",
             "[cache]\n",
             "[[upstream]]\n",
             "[auth]\n",
@@ -431,8 +442,12 @@ mod tests {
                     documented.contains(&format!("[{key}]"))
                         || documented.contains(&format!("[[{key}]]"))
                 } else {
+                    // A key that is a table of its own (`[storage] s3`) is shown as its header.
+                    let header = format!("[{}.{key}]", table.trim().trim_matches(['[', ']']));
                     documented.contains(&format!("\n{key} = "))
                         || documented.contains(&format!("\n# {key} = "))
+                        || documented.contains(&format!("\n{header}"))
+                        || documented.contains(&format!("\n# {header}"))
                 };
                 assert!(written, "config.toml does not show {table:?} key {key}");
             }

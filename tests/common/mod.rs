@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod garage;
 pub mod hostile;
 pub mod images;
 pub mod pki;
