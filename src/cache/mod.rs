@@ -229,7 +229,18 @@ impl Cache {
     /// # Errors
     /// As [`Cache::open_with`].
     pub fn open_for(config: &crate::Config) -> Result<Self, OpenError> {
-        Self::open_with(&config.storage.path, &Options::from_config(config))
+        let cache = Self::open_with(&config.storage.path, &Options::from_config(config))?;
+        match &config.storage.backend {
+            crate::config::Backend::Disk => Ok(cache),
+            crate::config::Backend::S3(s3) => {
+                let store =
+                    crate::store::S3BlobStore::new(s3).map_err(|source| OpenError::Storage {
+                        path: format!("s3://{}/{}", s3.bucket, s3.prefix),
+                        source,
+                    })?;
+                Ok(cache.with_shared_store(Arc::new(store), config.storage.write_error_pause))
+            }
+        }
     }
 
     /// Opens the cache on the local disk under `root`: blobs in `root/blobs`, staging in

@@ -36,7 +36,7 @@ use object_store::{
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use super::blob::{Blob, BlobRead, BlobStore, BlobWriter, ByteStream, StagedBlob};
+use super::blob::{Blob, BlobRead, BlobStore, BlobWriter, ByteStream, Listed, StagedBlob};
 use super::SMALL_BLOB;
 use crate::bucket::S3Config;
 use crate::oci::Digest;
@@ -173,7 +173,7 @@ impl S3BlobStore {
     ///
     /// # Errors
     /// When the bucket cannot be listed.
-    pub async fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
+    pub async fn list(&self) -> io::Result<Vec<Listed>> {
         let inner = &self.inner;
         let dir = format!("{}blobs/sha256", inner.prefix);
         let prefix = Path::from(dir.as_str());
@@ -187,7 +187,11 @@ impl S3BlobStore {
                 .and_then(|rest| rest.strip_prefix('/'))
                 .and_then(|hex| Digest::from_hex(hex).ok());
             match digest {
-                Some(digest) => blobs.push((digest, meta.size)),
+                Some(digest) => blobs.push(Listed {
+                    digest,
+                    size: meta.size,
+                    stored_at: meta.last_modified.into(),
+                }),
                 None => tracing::debug!(bucket = %inner.bucket, key, "not a blob key; skipped"),
             }
         }
@@ -249,6 +253,10 @@ impl fmt::Debug for S3BlobStore {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
+    async fn list_blobs(&self) -> Option<io::Result<Vec<Listed>>> {
+        Some(self.list().await)
+    }
+
     async fn size(&self, digest: &Digest) -> io::Result<Option<u64>> {
         let path = self.inner.blob_path(digest);
         match self.inner.store.head(&path).await {
