@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::fake::{random_bytes, Fake, Gate};
 use common::pulls::{d, wait_for};
-use common::{client, config_text, files_under, Up};
+use common::{client, config_text, files_under, free_port, Up};
 use tempfile::TempDir;
 use url::Url;
 use wharf::cluster::{rendezvous, Peer, PeerKey, PEER_HEADER};
@@ -59,15 +59,6 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A port free on loopback (bound and released: the replica binds it again at once).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn origin(port: u16) -> String {

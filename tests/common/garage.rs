@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::free_port;
+
 /// The bucket every Garage of the tests holds.
 pub const BUCKET: &str = "wharf";
 
@@ -34,14 +36,6 @@ pub struct Garage {
     nodes: Vec<Node>,
     key_id: String,
     secret: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn random_hex(bytes: usize) -> String {
