@@ -126,7 +126,13 @@ pub async fn check(config: &crate::Config, options: CheckOptions) -> ExitCode {
             tally.bytes
         );
     }
-    let problems = report.problems();
+    let mut problems = report.problems();
+    if let crate::config::Backend::S3(s3) = &config.storage.backend {
+        match check_shared(s3, options, &bar).await {
+            Some(n) => problems += n,
+            None => return ExitCode::FAILURE,
+        }
+    }
     match (problems, options.repair) {
         (0, _) => {
             println!("no problems found");
@@ -141,6 +147,54 @@ pub async fn check(config: &crate::Config, options: CheckOptions) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The shared object store's part of `wharf check`: lists the bucket (and with `--verify` hashes
+/// every object, removing bad ones with `--repair`) and prints its lines; the problems found, or
+/// `None` (after printing why) when the store cannot be read.
+async fn check_shared(
+    s3: &crate::config::S3Config,
+    options: CheckOptions,
+    bar: &Bar,
+) -> Option<u64> {
+    let store = match crate::store::S3BlobStore::new(s3) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!(
+                "wharf: shared store s3://{}/{}: {}",
+                s3.bucket,
+                s3.prefix,
+                chain(&e)
+            );
+            return None;
+        }
+    };
+    let report = match check::shared(&store, options, bar).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!(
+                "wharf: shared store s3://{}/{}: {}",
+                s3.bucket,
+                s3.prefix,
+                chain(&e)
+            );
+            return None;
+        }
+    };
+    println!("shared store s3://{}/{}", s3.bucket, s3.prefix);
+    let mut lines = vec![("ok", report.ok)];
+    if options.verify {
+        lines.push(("hash mismatches", report.hash_mismatch));
+    }
+    for (what, tally) in lines {
+        println!(
+            "{what:<18} {:>9} {:>10}  ({} bytes)",
+            tally.count,
+            format_size(tally.bytes),
+            tally.bytes
+        );
+    }
+    Some(report.hash_mismatch.count)
 }
 
 /// `wharf gc`: removes manifests unpulled for the retention and the blobs nothing refers to

@@ -317,3 +317,93 @@ async fn three_garage_nodes_share_the_bucket() {
         .unwrap();
     assert!(all.concat() == big[..]);
 }
+
+/// Runs the wharf binary with these arguments and `--config config`; its exit code, and its stdout
+/// followed by its stderr.
+fn wharf_cli(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// The count on the `what` line after the `section` heading of `wharf check`'s report.
+fn count(out: &str, section: &str, what: &str) -> u64 {
+    let line = out
+        .lines()
+        .skip_while(|l| !l.starts_with(section))
+        .find(|l| l.starts_with(what))
+        .unwrap_or_else(|| panic!("no {what} under {section}: {out}"));
+    line[what.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wharf_check_hashes_the_bucket_and_repairs_bad_copies() {
+    let garage = Garage::start(1);
+    let prefix = "check/";
+    let store = store(&garage, prefix);
+    let good = data(3 << 20, 40);
+    let good_digest = Digest::of(&good);
+    stage(&store, &good)
+        .await
+        .commit(&good_digest)
+        .await
+        .unwrap();
+    // An object under a digest key it does not hash to: what a bucket written by something
+    // else, or damaged, may hold. The store does not check (the cache does, before commit).
+    let bad_digest = Digest::of(b"what the key says");
+    stage(&store, &data(1000, 41))
+        .await
+        .commit(&bad_digest)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = '{}'\nbackend = \"s3\"\n{}\n[[upstream]]\nname = \"docker.io\"\nurl = \"https://127.0.0.1:9\"\ndefault = true\n",
+            dir.path().join("data").display(),
+            garage.storage_toml(prefix)
+        ),
+    )
+    .unwrap();
+    // A storage directory as `wharf serve` leaves it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let parsed = wharf::Config::from_toml(&text, &config).unwrap();
+    drop(wharf::cache::Cache::open_for(&parsed).unwrap());
+
+    // Listing only: both objects are there, nothing hashed, nothing to report.
+    let (code, out) = wharf_cli(&config, &["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("shared store s3://wharf/check/"), "{out}");
+    assert_eq!(count(&out, "shared store", "ok"), 2, "{out}");
+
+    // Hashing finds the bad copy and fails, without removing it.
+    let (code, out) = wharf_cli(&config, &["check", "--verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(count(&out, "shared store", "hash mismatches"), 1, "{out}");
+    assert!(store.size(&bad_digest).await.unwrap().is_some());
+
+    // Repair removes it and keeps the good one.
+    let (code, out) = wharf_cli(&config, &["check", "--verify", "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(store.size(&bad_digest).await.unwrap(), None);
+    assert_eq!(
+        store.size(&good_digest).await.unwrap(),
+        Some(good.len() as u64)
+    );
+    let (code, out) = wharf_cli(&config, &["check", "--verify"]);
+    assert_eq!(code, 0, "{out}");
+}
