@@ -9,6 +9,7 @@ pub mod images;
 pub mod pki;
 pub mod pulls;
 pub mod real;
+pub mod replicas;
 pub mod served;
 pub mod slow_auth;
 
