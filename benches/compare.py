@@ -108,13 +108,16 @@ class Server:
             self.proc = None
 
 
-def registry_cmd(proxy_of=None):
+def registry_cmd(proxy_of=None, access_log=False):
+    """A docker-registry (a proxy of `proxy_of` if given); with `access_log`, its log has a line per
+    request, to count what reached it."""
     def make(state, port):
         config = os.path.join(state, "config.yml")
         proxy = f"proxy:\n  remoteurl: {proxy_of}\n" if proxy_of else ""
+        accesslog = "" if access_log else "  accesslog:\n    disabled: true\n"
         with open(config, "w") as f:
             f.write(
-                f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+                f"version: 0.1\nlog:\n  level: error\n{accesslog}"
                 f"storage:\n  filesystem:\n    rootdirectory: {state}/data\n"
                 f"http:\n  addr: 127.0.0.1:{port}\n{proxy}"
             )

@@ -25,25 +25,12 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (ACCEPT, SERVERS, Server, free_port, make_image, median, wait_http)  # noqa: E402
+from compare import (ACCEPT, SERVERS, Server, free_port, make_image, median, registry_cmd,
+                     wait_http)  # noqa: E402
 
 REPS = int(os.environ.get("REPS", "3"))
 HERD = int(os.environ.get("HERD", "30"))
 BIG = 256 * 1024 * 1024
-
-
-def registry_with_log():
-    """A docker-registry whose access log counts the upstream's blob GETs."""
-    def make(state, port):
-        config = os.path.join(state, "config.yml")
-        with open(config, "w") as f:
-            f.write(
-                f"version: 0.1\nlog:\n  level: error\n"
-                f"storage:\n  filesystem:\n    rootdirectory: {state}/data\n"
-                f"http:\n  addr: 127.0.0.1:{port}\n"
-            )
-        return ["docker-registry", "serve", config]
-    return make
 
 
 def blob_gets(upstream, digest):
@@ -185,7 +172,7 @@ def run():
     with open(secret_file, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     garage = Garage(work)
-    upstream = Server("upstream", work, registry_with_log())
+    upstream = Server("upstream", work, registry_cmd(access_log=True))
     upstream.start(fresh=True)
     print("generating and pushing images (256 MiB layer, 50 small layers)...", flush=True)
     images = {

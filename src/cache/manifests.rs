@@ -458,16 +458,28 @@ impl Manifests {
             debug!(%digest, "the shared store's blob is not a manifest wharf serves; asking the upstream");
             return Ok(None);
         };
+        Ok(Some(self.keep(*digest, bytes, media_type, false).await?))
+    }
+
+    /// Stores a verified manifest (in the shared store too, with `to_shared`) and puts it in the
+    /// hot map.
+    async fn keep(
+        &self,
+        digest: Digest,
+        bytes: Bytes,
+        media_type: &'static str,
+        to_shared: bool,
+    ) -> Result<Arc<Manifest>, ManifestError> {
         self.cache
-            .put_manifest_in(digest, bytes.clone(), media_type, false)
+            .put_manifest_in(&digest, bytes.clone(), media_type, to_shared)
             .await?;
         let manifest = Arc::new(Manifest {
-            digest: *digest,
+            digest,
             media_type,
             bytes,
         });
-        self.hot.insert(*digest, manifest.clone());
-        Ok(Some(manifest))
+        self.hot.insert(digest, manifest.clone());
+        Ok(manifest)
     }
 
     /// `GET`s a manifest from the upstream, verifies it (against the digest, when asked by digest)
@@ -499,16 +511,7 @@ impl Manifests {
                     reason,
                 }
             })?;
-        self.cache
-            .put_manifest(&digest, bytes.clone(), media_type)
-            .await?;
-        let manifest = Arc::new(Manifest {
-            digest,
-            media_type,
-            bytes,
-        });
-        self.hot.insert(digest, manifest.clone());
-        Ok(manifest)
+        self.keep(digest, bytes, media_type, true).await
     }
 }
 
