@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::error::{io_reason, KeyError};
+use super::error::KeyError;
 use super::upstream::ca_bundle;
-use super::{duration, err, Sources};
+use super::{duration, err, secret_file, Sources};
 use crate::secret::Secret;
 
 /// The shortest shared secret accepted, in bytes.
@@ -227,21 +227,9 @@ fn secret(path: Option<PathBuf>, sources: &dyn Sources) -> Result<Secret, KeyErr
             format!("is missing; create a file of at least {MIN_SECRET_LEN} random bytes shared by every replica (e.g. openssl rand -hex 32 > /etc/wharf/cluster.secret) and set secret_file to it"),
         )
     })?;
-    let text = sources.read_secret(&path).map_err(|e| {
-        err(
-            "cluster.secret_file",
-            format!(
-                "cannot read {} ({}); create it, readable by wharf only",
-                path.display(),
-                io_reason(&e)
-            ),
-        )
-    })?;
-    // One trailing line ending, as `echo` and editors write it.
-    let text = text
-        .strip_suffix("\r\n")
-        .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
+    let secret = secret_file::from_file(sources.read_secret(&path), &path, "secret")
+        .map_err(|reason| err("cluster.secret_file", reason))?;
+    let text = secret.expose();
     if text.len() < MIN_SECRET_LEN {
         return Err(err(
             "cluster.secret_file",
@@ -252,7 +240,7 @@ fn secret(path: Option<PathBuf>, sources: &dyn Sources) -> Result<Secret, KeyErr
             ),
         ));
     }
-    Ok(Secret::new(text))
+    Ok(secret)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod cache;
 mod cluster;
 mod error;
 mod pem;
+mod secret_file;
 mod server;
 mod storage;
 mod upstream;

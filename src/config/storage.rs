@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::error::{io_reason, KeyError};
-use super::{duration, err, Sources};
+use super::error::KeyError;
+use super::{duration, err, secret_file, Sources};
 pub use crate::bucket::S3Config;
 use crate::secret::Secret;
 use crate::size::parse_size;
@@ -394,32 +394,14 @@ fn secret(
             format!("both {name}_file and {name}_env are set; keep one"),
         )),
         (Some(path), None) => {
-            let key = format!("storage.s3.{name}_file");
             // Read even by the offline commands (`wharf gc` and `check` list the bucket).
-            let text = sources.read(path).map_err(|e| {
-                err(
-                    &key,
-                    format!(
-                        "cannot read {} ({}); create it with the value on one line, readable by wharf only",
-                        path.display(),
-                        io_reason(&e)
-                    ),
-                )
-            })?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(err(
-                    &key,
-                    format!("{} is empty; put the {name} in it", path.display()),
-                ));
-            }
-            Ok(Some(Secret::new(text)))
+            let secret = secret_file::from_file(sources.read(path), path, name)
+                .map_err(|reason| err(&format!("storage.s3.{name}_file"), reason))?;
+            Ok(Some(secret))
         }
         (None, Some(var)) => {
             let key = format!("storage.s3.{name}_env");
-            let is_name = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !is_name {
+            if !secret_file::is_env_name(var) {
                 // Likely the value itself pasted into the wrong key: do not echo it.
                 return Err(err(
                     &key,
