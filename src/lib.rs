@@ -167,7 +167,7 @@ pub struct Running {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    task: JoinHandle<server::Drained>,
     app: Arc<server::App>,
     grace: Duration,
     admin: Option<(Arc<admin::AdminState>, JoinHandle<()>)>,
@@ -367,12 +367,14 @@ impl Running {
     }
 
     /// Stops accepting, waits up to the shutdown grace for open responses and blob fills, stops the
-    /// background tasks, and flushes access times and the index.
+    /// background tasks, and flushes access times and the index. The last line it logs is
+    /// `stopped`, with how long all that took and what it waited for.
     ///
     /// # Errors
     /// When the index cannot be flushed.
     pub async fn shutdown(self) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + self.grace;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.grace;
         if let Some((state, _)) = &self.admin {
             state
                 .draining
@@ -387,9 +389,10 @@ impl Running {
             task.abort();
         }
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        let drained = self.task.await.unwrap_or_default();
         // Fills whose clients have gone still finish, so the cache keeps what was paid for.
         let fills = self.app.cache.inflight();
+        let fills_waited_for = fills.len();
         if tokio::time::timeout_at(deadline, fills.idle())
             .await
             .is_err()
@@ -413,6 +416,13 @@ impl Running {
             warn!(%error, "cannot write the last access times to the index");
         }
         self.app.cache.index().flush().await?;
+        info!(
+            drain_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            waited_for = drained.waited_for,
+            abandoned = drained.abandoned,
+            fills = fills_waited_for,
+            "stopped"
+        );
         Ok(())
     }
 }

@@ -182,6 +182,89 @@ async fn sigterm_during_a_download_stops_accepting_lets_it_finish_and_exits_0() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_line_after_sigterm_says_stopped_and_what_the_drain_waited_for() {
+    let up = Fake::start().await;
+    const SIZE: usize = 4 << 20;
+    let gate = Gate::new();
+    let mut blobs = Vec::new();
+    for seed in [81, 82] {
+        let data = fake::random_bytes(SIZE, seed);
+        let digest = up.add_blob(data.clone());
+        up.knobs()
+            .hold
+            .insert(digest.clone(), (SIZE / 2, gate.clone()));
+        blobs.push((digest, data));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), &up.url(), "shutdown_grace = \"60s\"\n");
+    let notify = Notify::bind(dir.path());
+    let wharf = start(&config, &[("NOTIFY_SOCKET", &notify.path)]);
+    assert!(notify.next().await.starts_with("READY=1"));
+
+    // Two responses in progress, on two connections, each held half-way by the upstream; and an
+    // idle keep-alive connection, which the drain does not wait for.
+    let idle = common::client();
+    let res = idle
+        .get(format!("http://{}/v2/", wharf.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    let mut downloads = Vec::new();
+    for (digest, _) in &blobs {
+        let mut res = common::client()
+            .get(format!("http://{}/v2/org/app/blobs/{digest}", wharf.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let mut got = Vec::with_capacity(SIZE);
+        while got.len() < 1 << 20 {
+            got.extend_from_slice(&res.chunk().await.unwrap().unwrap());
+        }
+        downloads.push((res, got));
+    }
+
+    wharf.signal("TERM");
+    assert!(notify.next().await.starts_with("STOPPING=1"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&wharf.addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "wharf still accepts after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.open();
+    for ((mut res, mut got), (_, data)) in downloads.into_iter().zip(&blobs) {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+        assert!(
+            got == data[..],
+            "each download completed with the right bytes"
+        );
+    }
+
+    let (code, log) = wharf.wait().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("waiting for open responses waiting_for=2"),
+        "{log}"
+    );
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(" INFO ") && last.contains("stopped drain_ms="),
+        "the last line says wharf stopped: {last:?}\n{log}"
+    );
+    assert!(
+        last.contains(" waited_for=2 abandoned=0 fills="),
+        "it waited for the two responses and abandoned none: {last:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_request_id_version_and_client() {
     let dir = tempfile::tempdir().unwrap();
     let config = base_config(dir.path(), "http://127.0.0.1:9", "");

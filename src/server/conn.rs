@@ -20,6 +20,8 @@
 //!   client that stops reading releases its blob.
 //! - [`Active`] marks a request in progress, from the moment hyper hands it over until its response
 //!   body is dropped (sent, failed or abandoned).
+//! - [`OpenConns`] is the accept loop's list of open connections, so a shutdown can say how many
+//!   responses it waits for without a counter shared by every request.
 //!
 //! hyper's own `header_read_timeout` is not used: since hyper 1.4 it also runs between keep-alive
 //! requests, so it cannot be shorter than the idle timeout (hyperium/hyper#3828).
@@ -30,7 +32,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -103,6 +105,17 @@ pub struct Guarded<I> {
     write_stalled: Option<Instant>,
     read_timer: Pin<Box<Sleep>>,
     write_timer: Pin<Box<Sleep>>,
+}
+
+/// The connections the accept loop opened, for counting the requests in progress at shutdown.
+///
+/// Only the accept loop touches it (no lock), once per connection and never per request. Ended
+/// connections are dropped from the list whenever it has doubled since they were last dropped, so
+/// it holds at most about twice the connections open at once.
+#[derive(Debug, Default)]
+pub struct OpenConns {
+    conns: Vec<Weak<ConnState>>,
+    prune_at: usize,
 }
 
 /// A response body that keeps its request [`Active`] until it is dropped.
@@ -207,6 +220,11 @@ impl ConnState {
         self.in_flight.load(Ordering::Acquire) > 0
     }
 
+    /// How many requests are in progress on this connection (more than one only over HTTP/2).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     /// When the connection last became idle: `None` if no request has finished yet.
     fn idle_since(&self) -> Option<Instant> {
         match self.idle_since.load(Ordering::Acquire) {
@@ -224,6 +242,41 @@ impl Drop for Active {
                 .min(u64::MAX - 1);
             self.state.idle_since.store(nanos, Ordering::Release);
         }
+    }
+}
+
+// === impl OpenConns ===
+
+impl OpenConns {
+    /// The list is pruned no more often than at this length.
+    const MIN_PRUNE: usize = 64;
+
+    /// Adds a connection the accept loop just opened.
+    pub fn push(&mut self, state: &Arc<ConnState>) {
+        if self.conns.len() >= self.prune_at.max(Self::MIN_PRUNE) {
+            self.conns.retain(|c| c.strong_count() > 0);
+            self.prune_at = self.conns.len() * 2;
+        }
+        self.conns.push(Arc::downgrade(state));
+    }
+
+    /// How many requests are in progress on the connections still open.
+    pub fn requests(&self) -> usize {
+        self.conns
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.in_flight())
+            .sum()
+    }
+
+    /// How many entries the list holds (open connections and ended ones not yet pruned).
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
     }
 }
 
@@ -618,5 +671,43 @@ mod tests {
     fn mapped_addresses_count_as_ipv4() {
         let peer: SocketAddr = "[::ffff:192.0.2.1]:5000".parse().unwrap();
         assert_eq!(client_ip(peer), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn open_conns_count_requests_in_progress_on_open_connections() {
+        let mut open = OpenConns::default();
+        let (a, b, c) = (ConnState::new(), ConnState::new(), ConnState::new());
+        for state in [&a, &b, &c] {
+            open.push(state);
+        }
+        assert_eq!(
+            open.requests(),
+            0,
+            "idle keep-alive connections wait for nothing"
+        );
+        let first = a.begin();
+        let _second = b.begin();
+        let _third = b.begin(); // HTTP/2: two streams on one connection
+        assert_eq!(open.requests(), 3);
+        drop(first);
+        assert_eq!(open.requests(), 2);
+        // A connection that ended (its task dropped its state) with a request's guard gone too.
+        drop(c);
+        assert_eq!(open.requests(), 2);
+    }
+
+    #[test]
+    fn open_conns_prune_ended_connections() {
+        let mut open = OpenConns::default();
+        let kept: Vec<_> = (0..10).map(|_| ConnState::new()).collect();
+        for state in &kept {
+            open.push(state);
+        }
+        let _busy = kept[0].begin();
+        for _ in 0..10_000 {
+            open.push(&ConnState::new()); // opened and ended at once
+        }
+        assert!(open.len() <= 2 * OpenConns::MIN_PRUNE, "{}", open.len());
+        assert_eq!(open.requests(), 1);
     }
 }

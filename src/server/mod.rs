@@ -254,6 +254,15 @@ pub struct ServeOptions {
     pub limits: Arc<conn::Limits>,
 }
 
+/// What the drain at shutdown waited for; [`serve`] returns it once the drain is over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Responses in progress when wharf stopped accepting connections.
+    pub waited_for: usize,
+    /// Responses still open when the shutdown grace ran out, left unfinished.
+    pub abandoned: usize,
+}
+
 /// Accept failures (usually EMFILE or ENFILE: the file table is full) in a row: logged once when
 /// they start and once when accepting works again, with a growing pause in between so the loop
 /// neither spins nor floods the log, while open connections go on being served by their tasks.
@@ -294,13 +303,13 @@ impl AcceptFailures {
 }
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting and waits (up
-/// to `options.grace`) for open responses to finish.
+/// to `options.grace`) for open responses to finish; returns how many it waited for.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Drained {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // conn::Guarded bounds reading a request and idling; hyper's header timer would also cut
@@ -315,6 +324,7 @@ pub async fn serve(
     let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
     let limits = options.limits;
     let mut failures = AcceptFailures::default();
+    let mut open = conn::OpenConns::default();
     tokio::pin!(shutdown);
     loop {
         // At max_connections, wait here: new clients queue in the kernel's listen backlog.
@@ -350,11 +360,12 @@ pub async fn serve(
         // Watched from now on, so a shutdown also waits for (bounded) handshakes in progress.
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let state = conn::ConnState::new();
+        open.push(&state);
         tokio::spawn(async move {
             let _places = (slot, ip_slot);
             let metrics = app.metrics.clone();
             metrics.connections_open.inc();
-            let state = conn::ConnState::new();
             match tls {
                 None => {
                     let io = conn::Guarded::new(stream, state.clone(), timeouts);
@@ -380,12 +391,22 @@ pub async fn serve(
         });
     }
     drop(listener);
-    info!("shutting down: no new connections; waiting for open responses");
+    let waited_for = open.requests();
+    info!(
+        waiting_for = waited_for,
+        "shutting down: no new connections; waiting for open responses"
+    );
+    let mut abandoned = 0;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(options.grace) => {
-            warn!("responses still open after the {} s shutdown grace; closing them", options.grace.as_secs());
+            abandoned = open.requests();
+            warn!(abandoned, "responses still open after the {} s shutdown grace; closing them", options.grace.as_secs());
         }
+    }
+    Drained {
+        waited_for,
+        abandoned,
     }
 }
 
