@@ -320,6 +320,96 @@ fn stamp(files: &[PathBuf]) -> Stamp {
 mod tests {
     use super::*;
     use parking_lot::Mutex;
+    use std::path::Path;
+
+    /// `extra` appended to a config with two upstreams, `a.test` (default) and `b.test`.
+    fn config(server: &str, upstreams: &str, extra: &str) -> Config {
+        let text = format!(
+            "[server]\n{server}\n[storage]\npath = \"/tmp/wharf-reload-unit\"\n{upstreams}{extra}"
+        );
+        Config::from_toml(&text, Path::new("wharf.toml")).unwrap()
+    }
+
+    const TWO: &str = "[[upstream]]\nname = \"a.test\"\nurl = \"https://a.test\"\ndefault = true\n\
+                       [[upstream]]\nname = \"b.test\"\nurl = \"https://b.test\"\n";
+
+    #[test]
+    fn compare_names_what_changed_and_nothing_else() {
+        let old = config("", TWO, "");
+        assert_eq!(compare(&old, &old.clone()).unwrap(), Changes::default());
+        assert_eq!(Changes::default().to_string(), "nothing");
+
+        let new = config(
+            "",
+            &format!(
+                "[[upstream]]\nname = \"c.test\"\nurl = \"https://c.test\"\n\
+                 [[upstream]]\nname = \"a.test\"\nurl = \"https://a.test\"\ndefault = true\n\
+                 allow = [\"org/*\"]\n"
+            ),
+            "[cache]\ntag_ttl = \"1m\"\n[[pin]]\nimage = \"a.test/org/app:1\"\n",
+        );
+        let changes = compare(&old, &new).unwrap();
+        assert_eq!(changes.added, ["c.test"]);
+        assert_eq!(changes.removed, ["b.test"]);
+        assert_eq!(changes.changed, ["a.test"]);
+        assert_eq!(changes.keys, ["cache.tag_ttl", "pin"]);
+        assert!(changes.upstreams() && changes.has("pin") && !changes.has("sync"));
+        assert_eq!(
+            changes.to_string(),
+            "upstreams added [c.test]; upstreams removed [b.test]; upstreams changed [a.test]; keys [cache.tag_ttl, pin]"
+        );
+
+        // A new place in the list alone is no change: routing is rebuilt on every reload.
+        let swapped = config(
+            "",
+            "[[upstream]]\nname = \"b.test\"\nurl = \"https://b.test\"\n\
+             [[upstream]]\nname = \"a.test\"\nurl = \"https://a.test\"\ndefault = true\n",
+            "",
+        );
+        assert!(compare(&old, &swapped).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_bound_at_start_are_refused_by_name() {
+        let old = config("", TWO, "");
+        for (server, extra, key) in [
+            ("listen = \"127.0.0.1:5001\"", "", "server.listen"),
+            ("idle_timeout = \"5s\"", "", "server.idle_timeout"),
+            ("max_connections = 5000", "", "server.max_connections"),
+            ("", "max_size = \"1GiB\"\n", "storage.max_size"),
+            ("", "[metrics]\nlisten = \"127.0.0.1:9100\"\n", "metrics.listen"),
+            ("", "[log]\nformat = \"json\"\n", "log.format"),
+        ] {
+            // [storage] keys go in the [storage] table.
+            let new = if extra.starts_with("max_size") {
+                let text = format!(
+                    "[server]\n[storage]\npath = \"/tmp/wharf-reload-unit\"\n{extra}{TWO}"
+                );
+                Config::from_toml(&text, Path::new("wharf.toml")).unwrap()
+            } else {
+                config(server, TWO, extra)
+            };
+            let error = compare(&old, &new).unwrap_err();
+            assert!(
+                matches!(&error, ReloadError::NotLive { key: k, .. } if *k == key),
+                "{key}: {error}"
+            );
+            let line = error.to_string();
+            assert!(
+                line.starts_with("wharf.toml: ") && line.contains(key) && !line.contains('\n'),
+                "{line}"
+            );
+        }
+        let mut moved = old.clone();
+        moved.storage.path = "/elsewhere".into();
+        assert!(matches!(
+            compare(&old, &moved),
+            Err(ReloadError::NotLive {
+                key: "storage.path",
+                ..
+            })
+        ));
+    }
 
     struct Counting {
         file: PathBuf,
