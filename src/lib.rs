@@ -528,6 +528,9 @@ impl Running {
                 .map_err(|e| failed(format!("pin: the index refused the pins: {e}")))?;
         }
         self.apps.store(app.clone());
+        if changes.has("log.level") && !telemetry::set_level(config.log.filter.as_deref()) {
+            info!("[log] level changed, but RUST_LOG decides the log filter: it stays as it is");
+        }
         if changes.has("auth.htpasswd") {
             let mut watched: Vec<Arc<dyn reload::Reloadable>> = Vec::new();
             if let Some(certs) = &self.certs {

@@ -4,13 +4,14 @@
 //! **The configuration file.** [`compare`] sets the file as it is now against the configuration
 //! in use and says what changed ([`Changes`]), or which key cannot change while wharf runs: the
 //! listener (`server.*`: address, certificate paths, timeouts, connection caps), the storage
-//! (`storage.*`), `metrics.listen`, `log.*` and `[cluster]` are bound when wharf starts (a socket,
-//! an open index and store, the process's log subscriber, the replicas' shared key), so a change
+//! (`storage.*`), `metrics.listen`, `log.format` and `[cluster]` are bound when wharf starts (a
+//! socket, an open index and store, the log's writer, the replicas' shared key), so a change
 //! there is refused with one line naming the key ([`ReloadError::NotLive`]), and so is a file that
 //! does not load ([`ReloadError::Invalid`], the same line `wharf serve` prints). Either way the
 //! configuration in use stays. Everything else applies to the requests that start after the
 //! reload: upstreams added, removed or changed (credentials, URL, timeouts, fill limits, allow
-//! lists), `[cache]` TTLs, `[auth] htpasswd`, `[[pin]]`, `[[sync]]`. The caller (`crate::Running`)
+//! lists), `[cache]` TTLs, `[auth] htpasswd`, `[[pin]]`, `[[sync]]`, `[log] level` (unless
+//! `RUST_LOG` decides the filter). The caller (`crate::Running`)
 //! builds the new [`crate::server::App`] and swaps it in; requests and fills in flight keep the
 //! one they started with.
 //!
@@ -191,10 +192,9 @@ pub fn compare(old: &Config, new: &Config) -> Result<Changes, ReloadError> {
             a.write_error_pause == b.write_error_pause,
         ),
     ];
-    let others: [(&'static str, bool); 4] = [
+    let others: [(&'static str, bool); 3] = [
         ("metrics.listen", old.metrics == new.metrics),
         ("log.format", old.log.format == new.log.format),
-        ("log.level", old.log.filter == new.log.filter),
         ("cluster", old.cluster == new.cluster),
     ];
     if let Some((key, _)) = server
@@ -226,6 +226,7 @@ pub fn compare(old: &Config, new: &Config) -> Result<Changes, ReloadError> {
         ("cache.negative_ttl", a.negative_ttl == b.negative_ttl),
         ("auth.htpasswd", old.auth == new.auth),
         ("gc.manifest_retention", old.gc == new.gc),
+        ("log.level", old.log.filter == new.log.filter),
         ("pin", old.pins == new.pins),
         ("sync", old.sync == new.sync),
     ] {

@@ -319,3 +319,32 @@ fn check_config_validates_a_file_and_touches_nothing() {
     assert!(out.stdout.is_empty());
     assert!(!dir.path().join("data").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_changes_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Fake::start().await;
+    let blob = up.add_blob(fake::random_bytes(1000, 8));
+    let entry = upstream("upstream.test", &up.url(), "default = true");
+    // Request lines (wharf::server::log, info) off at first.
+    let quiet = format!("{entry}[log]\nlevel = \"info,wharf::server::log=warn\"\n");
+    let config = write_config(dir.path(), "127.0.0.1:0", &quiet);
+    let mut command = Served::command(&config);
+    command.env_remove("RUST_LOG");
+    let wharf = Served::spawn(command);
+    let client = common::client();
+    let path = format!("/v2/org/app/blobs/{blob}");
+    let marker = |n: u32| format!("{path}?n={n}");
+    assert_eq!(get(&client, &wharf, &marker(1)).await.0, 200);
+
+    write_config(dir.path(), "127.0.0.1:0", &format!("{entry}[log]\nlevel = \"info\"\n"));
+    wharf.signal("HUP");
+    let log = log_has(&wharf, "configuration reloaded", 1).await;
+    assert!(log.contains("keys [log.level]"), "{log}");
+    assert_eq!(get(&client, &wharf, &marker(2)).await.0, 200);
+    let log = log_has(&wharf, "query=\"n=2\"", 1).await;
+    assert!(
+        !log.contains("query=\"n=1\""),
+        "no request line before the reload:\n{log}"
+    );
+}
