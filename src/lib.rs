@@ -470,6 +470,7 @@ impl Running {
             Ok(config) => self.reload_config(config).await,
             Err(error) => {
                 let error = reload::ReloadError::from(error);
+                self.apps.load().metrics.reloaded("configuration", false);
                 error!(%error, "configuration reload refused");
                 Err(error)
             }
@@ -495,6 +496,10 @@ impl Running {
         }
         let mut live = self.live.lock().await;
         let result = self.apply(&mut live, config).await;
+        self.apps
+            .load()
+            .metrics
+            .reloaded("configuration", result.is_ok());
         match &result {
             Ok(changes) => info!(changed = %changes, "configuration reloaded"),
             Err(error) => error!(%error, "configuration reload refused"),
