@@ -522,9 +522,8 @@ impl Running {
             return Ok(changes);
         }
         let old = self.apps.load();
-        let app = Arc::new(
-            reloaded_app(&old, &live.config, &config).map_err(|e| failed(e.to_string()))?,
-        );
+        let app =
+            Arc::new(reloaded_app(&old, &live.config, &config).map_err(|e| failed(e.to_string()))?);
         if changes.has("pin") {
             let (cache, pins) = (self.cache.clone(), config.pins.clone());
             tokio::task::spawn_blocking(move || cache.index().sync_config_pins(&pins))
@@ -547,7 +546,10 @@ impl Running {
         }
         // Sync runs hold the app they started with: restart them on one that knows the new
         // upstreams and rules.
-        if changes.has("sync") || changes.upstreams() || changes.keys.iter().any(|k| k.starts_with("cache.")) {
+        if changes.has("sync")
+            || changes.upstreams()
+            || changes.keys.iter().any(|k| k.starts_with("cache."))
+        {
             for task in live.sync.drain(..) {
                 task.abort();
             }
@@ -638,7 +640,9 @@ pub async fn run_with(config: Config, options: RunOptions) -> Result<(), Error> 
     let status = format!("STATUS=serving on {}", running.local_addr());
     systemd::notify(&format!("READY=1\n{status}"));
     while let Signal::Reload = signals.next().await {
-        info!("SIGHUP: reloading the configuration file, the TLS certificate and the htpasswd file");
+        info!(
+            "SIGHUP: reloading the configuration file, the TLS certificate and the htpasswd file"
+        );
         systemd::notify("RELOADING=1");
         // Refusals are logged; the files below are reloaded either way.
         let _ = running.reload_file().await;

@@ -167,13 +167,19 @@ pub fn compare(old: &Config, new: &Config) -> Result<Changes, ReloadError> {
     let server: [(&'static str, bool); 7] = [
         ("server.listen", a.listen == b.listen),
         ("server.tls_cert", a.tls == b.tls),
-        ("server.shutdown_grace", a.shutdown_grace == b.shutdown_grace),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace == b.shutdown_grace,
+        ),
         (
             "server.header_read_timeout",
             a.header_read_timeout == b.header_read_timeout,
         ),
         ("server.idle_timeout", a.idle_timeout == b.idle_timeout),
-        ("server.max_connections", a.max_connections == b.max_connections),
+        (
+            "server.max_connections",
+            a.max_connections == b.max_connections,
+        ),
         (
             "server.max_connections_per_ip",
             a.max_connections_per_ip == b.max_connections_per_ip,
@@ -184,7 +190,10 @@ pub fn compare(old: &Config, new: &Config) -> Result<Changes, ReloadError> {
         ("storage.path", a.path == b.path),
         ("storage.backend", a.backend == b.backend),
         ("storage.max_size", a.max_size == b.max_size),
-        ("storage.high_watermark", a.high_watermark == b.high_watermark),
+        (
+            "storage.high_watermark",
+            a.high_watermark == b.high_watermark,
+        ),
         ("storage.low_watermark", a.low_watermark == b.low_watermark),
         ("storage.min_free", a.min_free == b.min_free),
         (
@@ -259,9 +268,10 @@ impl Reloader {
         self.entries = items
             .into_iter()
             .map(|item| {
-                match old.iter().position(|e| {
-                    std::ptr::addr_eq(Arc::as_ptr(&e.item), Arc::as_ptr(&item))
-                }) {
+                match old
+                    .iter()
+                    .position(|e| std::ptr::addr_eq(Arc::as_ptr(&e.item), Arc::as_ptr(&item)))
+                {
                     Some(n) => old.swap_remove(n),
                     None => Entry {
                         seen: stamp(&item.files()),
@@ -342,11 +352,9 @@ mod tests {
 
         let new = config(
             "",
-            &format!(
-                "[[upstream]]\nname = \"c.test\"\nurl = \"https://c.test\"\n\
+            "[[upstream]]\nname = \"c.test\"\nurl = \"https://c.test\"\n\
                  [[upstream]]\nname = \"a.test\"\nurl = \"https://a.test\"\ndefault = true\n\
-                 allow = [\"org/*\"]\n"
-            ),
+                 allow = [\"org/*\"]\n",
             "[cache]\ntag_ttl = \"1m\"\n[[pin]]\nimage = \"a.test/org/app:1\"\n",
         );
         let changes = compare(&old, &new).unwrap();
@@ -378,14 +386,17 @@ mod tests {
             ("idle_timeout = \"5s\"", "", "server.idle_timeout"),
             ("max_connections = 5000", "", "server.max_connections"),
             ("", "max_size = \"1GiB\"\n", "storage.max_size"),
-            ("", "[metrics]\nlisten = \"127.0.0.1:9100\"\n", "metrics.listen"),
+            (
+                "",
+                "[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+                "metrics.listen",
+            ),
             ("", "[log]\nformat = \"json\"\n", "log.format"),
         ] {
             // [storage] keys go in the [storage] table.
             let new = if extra.starts_with("max_size") {
-                let text = format!(
-                    "[server]\n[storage]\npath = \"/tmp/wharf-reload-unit\"\n{extra}{TWO}"
-                );
+                let text =
+                    format!("[server]\n[storage]\npath = \"/tmp/wharf-reload-unit\"\n{extra}{TWO}");
                 Config::from_toml(&text, Path::new("wharf.toml")).unwrap()
             } else {
                 config(server, TWO, extra)

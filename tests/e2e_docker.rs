@@ -207,15 +207,14 @@ async fn docker_pulls_by_tag_and_by_digest_through_wharf() {
 
     // By tag.
     if let Err(e) = dockerd.docker(&["pull", "wharfe2e:1"]).await {
-        panic!("{e}\nwharf:\n{}\ndockerd:\n{}", wharf.log.lock(), dockerd.log());
+        panic!(
+            "{e}\nwharf:\n{}\ndockerd:\n{}",
+            wharf.log.lock(),
+            dockerd.log()
+        );
     }
     let repo_digests = dockerd
-        .docker(&[
-            "inspect",
-            "--format",
-            "{{json .RepoDigests}}",
-            "wharfe2e:1",
-        ])
+        .docker(&["inspect", "--format", "{{json .RepoDigests}}", "wharfe2e:1"])
         .await
         .unwrap();
     assert_eq!(
@@ -244,7 +243,11 @@ async fn docker_pulls_by_tag_and_by_digest_through_wharf() {
     dockerd.docker(&["rmi", "wharfe2e:1"]).await.unwrap();
     let by_digest = format!("wharfe2e@{digest}");
     if let Err(e) = dockerd.docker(&["pull", &by_digest]).await {
-        panic!("{e}\nwharf:\n{}\ndockerd:\n{}", wharf.log.lock(), dockerd.log());
+        panic!(
+            "{e}\nwharf:\n{}\ndockerd:\n{}",
+            wharf.log.lock(),
+            dockerd.log()
+        );
     }
     let repo_digests = dockerd
         .docker(&["inspect", "--format", "{{json .RepoDigests}}", &by_digest])
@@ -263,5 +266,10 @@ async fn docker_pulls_by_tag_and_by_digest_through_wharf() {
         .iter()
         .filter(|(method, path)| method == "GET" && path.contains("/blobs/"))
         .count();
-    assert_eq!(upstream_blob_gets, 2, "{:?}", registry.requests_since(pushed));
+    assert_eq!(
+        upstream_blob_gets,
+        2,
+        "{:?}",
+        registry.requests_since(pushed)
+    );
 }

@@ -138,7 +138,11 @@ async fn sighup_reloads_the_configuration_under_load_without_an_error() {
         assert!(Instant::now() < deadline, "the clients did not all start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(big_up.count("GET", &big_digest), 1, "one fill for 20 clients");
+    assert_eq!(
+        big_up.count("GET", &big_digest),
+        1,
+        "one fill for 20 clients"
+    );
 
     // Before: no such upstream; org/other allowed.
     let second_path = format!("/v2/second.test/org/x/blobs/{second_blob}");
@@ -188,7 +192,10 @@ async fn sighup_reloads_the_configuration_under_load_without_an_error() {
     assert!(refusal.contains("cache.tag_ttl"), "{refusal}");
     wharf.signal("HUP");
     let log = log_has(&wharf, "configuration reload refused", 1).await;
-    assert!(log.contains(&refusal), "the refusal is logged as is:\n{log}");
+    assert!(
+        log.contains(&refusal),
+        "the refusal is logged as is:\n{log}"
+    );
     assert_eq!(get(&client, &wharf, &second_path).await.0, 200);
     assert_eq!(get(&client, &wharf, &other_path).await.0, 403);
     assert_eq!(get(&client, &wharf, &app_path).await.0, 200);
@@ -244,7 +251,11 @@ async fn a_changed_listen_address_is_refused_and_the_old_one_keeps_serving() {
     let port = common::free_port();
     // With a new upstream too: a refused file changes nothing at all.
     let other = upstream("other.test", &up.url(), "");
-    write_config(dir.path(), &format!("127.0.0.1:{port}"), &format!("{entry}{other}"));
+    write_config(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &format!("{entry}{other}"),
+    );
     wharf.signal("HUP");
     let log = log_has(&wharf, "configuration reload refused", 1).await;
     let line = log
@@ -257,9 +268,13 @@ async fn a_changed_listen_address_is_refused_and_the_old_one_keeps_serving() {
     );
     assert_eq!(get(&client, &wharf, &path).await.0, 200);
     assert_ne!(
-        get(&client, &wharf, &format!("/v2/other.test/org/app/blobs/{blob}"))
-            .await
-            .0,
+        get(
+            &client,
+            &wharf,
+            &format!("/v2/other.test/org/app/blobs/{blob}")
+        )
+        .await
+        .0,
         200
     );
     assert!(
@@ -272,9 +287,13 @@ async fn a_changed_listen_address_is_refused_and_the_old_one_keeps_serving() {
     wharf.signal("HUP");
     log_has(&wharf, "configuration reloaded", 1).await;
     assert_eq!(
-        get(&client, &wharf, &format!("/v2/other.test/org/app/blobs/{blob}"))
-            .await
-            .0,
+        get(
+            &client,
+            &wharf,
+            &format!("/v2/other.test/org/app/blobs/{blob}")
+        )
+        .await
+        .0,
         200
     );
 }
@@ -337,7 +356,11 @@ async fn the_log_level_changes_on_sighup() {
     let marker = |n: u32| format!("{path}?n={n}");
     assert_eq!(get(&client, &wharf, &marker(1)).await.0, 200);
 
-    write_config(dir.path(), "127.0.0.1:0", &format!("{entry}[log]\nlevel = \"info\"\n"));
+    write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!("{entry}[log]\nlevel = \"info\"\n"),
+    );
     wharf.signal("HUP");
     let log = log_has(&wharf, "configuration reloaded", 1).await;
     assert!(log.contains("keys [log.level]"), "{log}");
