@@ -521,9 +521,14 @@ impl Running {
             live.config = config;
             return Ok(changes);
         }
-        let old = self.apps.load();
-        let app =
-            Arc::new(reloaded_app(&old, &live.config, &config).map_err(|e| failed(e.to_string()))?);
+        // Building upstream clients reads the system's certificates and a new htpasswd file: off
+        // the async workers.
+        let (old, old_config, new_config) = (self.apps.load(), live.config.clone(), config.clone());
+        let app = tokio::task::spawn_blocking(move || reloaded_app(&old, &old_config, &new_config))
+            .await
+            .map_err(|e| failed(format!("the reload task failed: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let app = Arc::new(app);
         if changes.has("pin") {
             let (cache, pins) = (self.cache.clone(), config.pins.clone());
             tokio::task::spawn_blocking(move || cache.index().sync_config_pins(&pins))

@@ -371,3 +371,47 @@ async fn the_log_level_changes_on_sighup() {
         "no request line before the reload:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_and_sync_entries_added_by_a_reload_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Fake::start().await;
+    up.add_image("org/synced", "1", 1, 1000, 9);
+    let entry = upstream("upstream.test", &up.url(), "default = true");
+    let config = write_config(dir.path(), "127.0.0.1:0", &entry);
+    let wharf = Served::spawn(Served::command(&config));
+    let pins = || {
+        let out = Command::new(BIN)
+            .args(["pins", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!pins().contains("org/pinned"));
+    assert_eq!(up.count("GET", "/v2/org/synced/manifests/1"), 0);
+
+    write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!(
+            "{entry}[[pin]]\nimage = \"upstream.test/org/pinned:1\"\n\
+             [[sync]]\nimages = [\"upstream.test/org/synced:1\"]\ninterval = \"1h\"\n"
+        ),
+    );
+    wharf.signal("HUP");
+    let log = log_has(&wharf, "configuration reloaded", 1).await;
+    assert!(log.contains("keys [pin, sync]"), "{log}");
+    assert!(pins().contains("upstream.test/org/pinned:1"), "{}", pins());
+    // The new sync entry runs at once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.count("GET", "/v2/org/synced/manifests/1") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sync entry did not run:\n{}",
+            wharf.log.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
