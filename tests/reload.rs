@@ -415,3 +415,70 @@ async fn pins_and_sync_entries_added_by_a_reload_take_effect() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_auth_turned_on_by_a_reload_and_its_file_then_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Fake::start().await;
+    let blob = up.add_blob(fake::random_bytes(1000, 10));
+    let entry = upstream("upstream.test", &up.url(), "default = true");
+    let config = write_config(dir.path(), "127.0.0.1:0", &entry);
+    let wharf = Served::spawn(Served::command(&config));
+    let client = common::client();
+    let path = format!("/v2/org/app/blobs/{blob}");
+    let url = format!("http://{}{path}", wharf.addr);
+    let status = |user: &'static str, pass: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(url)
+                .basic_auth(user, Some(pass))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get(&client, &wharf, &path).await.0, 200);
+
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("pw-one-7c1", 4).unwrap()),
+    )
+    .unwrap();
+    write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!("{entry}[auth]\nhtpasswd = \"{}\"\n", htpasswd.display()),
+    );
+    wharf.signal("HUP");
+    let log = log_has(&wharf, "configuration reloaded", 1).await;
+    assert!(log.contains("keys [auth.htpasswd]"), "{log}");
+    let (code, body) = get(&client, &wharf, &path).await;
+    assert_eq!(code, 401);
+    assert_eq!(oci_code(&body), "UNAUTHORIZED");
+    assert_eq!(status("alice", "pw-one-7c1").await, 200);
+
+    // The new file is watched like the one named at start: a new password without a SIGHUP.
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("pw-two-7c1", 4).unwrap()),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status("alice", "pw-two-7c1").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the htpasswd file was not reloaded:\n{}",
+            wharf.log.lock()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = wharf.log.lock().clone();
+    assert!(
+        !log.contains("pw-one-7c1") && !log.contains("pw-two-7c1"),
+        "{log}"
+    );
+}
