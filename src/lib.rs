@@ -564,8 +564,8 @@ impl Running {
         Ok(changes)
     }
 
-    /// Loads the TLS certificate and the htpasswd file again (what SIGHUP does). What fails to load
-    /// is logged and left as it was.
+    /// Loads the TLS certificate and the htpasswd file again (what SIGHUP does after
+    /// [`Running::reload_file`]). What fails to load is logged and left as it was.
     pub async fn reload(&self) -> Vec<reload::Outcome> {
         let r = self.reloader.clone();
         tokio::task::spawn_blocking(move || r.lock().check(true))
