@@ -14,6 +14,8 @@ command -v skopeo >/dev/null || missing+=(skopeo)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v curl >/dev/null || missing+=(curl)
+# The Docker daemon is the client of tests/e2e_docker.rs (a private dockerd, started by the test).
+command -v dockerd >/dev/null || missing+=(docker.io)
 # umoci checks that an exported air-gap bundle is a standard OCI image layout.
 command -v umoci >/dev/null || missing+=(umoci)
 if ((${#missing[@]})); then

@@ -27,12 +27,12 @@ use tracing::debug;
 
 use crate::metrics;
 use crate::oci::Digest;
-use crate::server::App;
+use crate::server::{App, Current};
 
 /// What the admin listener reads.
 pub struct AdminState {
-    /// The mirror.
-    pub app: Arc<App>,
+    /// The mirror, as the configuration in use makes it.
+    apps: Arc<Current>,
     /// The storage's staging directory, where `/readyz` tries a write.
     pub tmp: PathBuf,
     /// Set when a shutdown begins.
@@ -48,10 +48,15 @@ pub struct Live {
 // === impl AdminState ===
 
 impl AdminState {
+    /// The mirror as the configuration in use makes it.
+    pub fn app(&self) -> Arc<App> {
+        self.apps.load()
+    }
+
     /// The state for `app`, whose storage is at `storage`.
-    pub fn new(app: Arc<App>, storage: &std::path::Path) -> Self {
+    pub fn new(apps: Arc<Current>, storage: &std::path::Path) -> Self {
         Self {
-            app,
+            apps,
             // FsBlobStore's staging directory: the one place wharf writes new files.
             tmp: storage.join("tmp"),
             draining: AtomicBool::new(false),
@@ -65,7 +70,7 @@ impl AdminState {
             return Err("shutting down".into());
         }
         let any = Digest::from_bytes([0; 32]);
-        self.app
+        self.app()
             .cache
             .index()
             .blob_size(&any)
@@ -133,9 +138,8 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
     }
     match request.uri().path() {
         "/metrics" => {
-            let body = state.app.metrics.encode(Live {
-                app: state.app.clone(),
-            });
+            let app = state.app();
+            let body = app.metrics.encode(Live { app: app.clone() });
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -37,13 +37,14 @@ pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::Config;
 
@@ -109,8 +110,76 @@ pub fn app(config: &Config) -> Result<server::App, Error> {
 /// When an upstream client or the htpasswd file cannot be set up.
 pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<server::App, Error> {
     let metrics = Arc::new(metrics::Metrics::new());
+    let upstreams = upstream_clients(config, &metrics, None)?;
+    let registries = registry_table(config);
+    let peer_key = config.cluster.as_ref().map(|c| {
+        let cluster = Arc::new(cluster::Cluster::new(c, &config.upstreams, metrics.clone()));
+        let key = cluster.key().clone();
+        cache.set_cluster(cluster);
+        key
+    });
+    let manifests = cache::manifests::Manifests::new(cache.clone(), manifest_policy(config));
+    Ok(server::App {
+        registries,
+        upstreams,
+        cache,
+        manifests,
+        hot_blobs: server::blobs::hot_blobs(HOT_BLOB_BYTES),
+        access: access::Access::new(config, metrics.clone()).map_err(Error::Htpasswd)?,
+        metrics,
+        tag_lists: server::tags::tag_lists(config.cache.tag_ttl),
+        peer_key,
+    })
+}
+
+/// The app for `config`, a reload of `old`'s configuration (`old_config`): the cache, the hot
+/// manifests and blobs, the metrics, the htpasswd state and the client of every upstream whose
+/// settings did not change are `old`'s; only added and changed upstreams get a new client. The
+/// peer key is `old`'s ([`reload::compare`] refuses a changed `[cluster]`).
+///
+/// # Errors
+/// When a new upstream client or a newly named htpasswd file cannot be set up.
+pub fn reloaded_app(
+    old: &server::App,
+    old_config: &Config,
+    config: &Config,
+) -> Result<server::App, Error> {
+    let upstreams = upstream_clients(config, &old.metrics, Some((old_config, &old.upstreams)))?;
+    Ok(server::App {
+        registries: registry_table(config),
+        upstreams,
+        cache: old.cache.clone(),
+        manifests: old.manifests.with_policy(manifest_policy(config)),
+        hot_blobs: old.hot_blobs.clone(),
+        access: old
+            .access
+            .with_config(config, old.metrics.clone())
+            .map_err(Error::Htpasswd)?,
+        metrics: old.metrics.clone(),
+        // Keyed by the upstream's place in the list, which a reload may change.
+        tag_lists: server::tags::tag_lists(config.cache.tag_ttl),
+        peer_key: old.peer_key.clone(),
+    })
+}
+
+/// One client per upstream in `config`, in order; with `reuse` (the previous configuration and
+/// its clients), an upstream whose settings are unchanged keeps its client (and so its
+/// connections, tokens and rate-limit state).
+fn upstream_clients(
+    config: &Config,
+    metrics: &Arc<metrics::Metrics>,
+    reuse: Option<(&Config, &[Arc<upstream::Upstream>])>,
+) -> Result<Vec<Arc<upstream::Upstream>>, Error> {
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
+        let kept = reuse.and_then(|(old, clients)| {
+            let n = old.upstreams.iter().position(|o| o == u)?;
+            clients.get(n).cloned()
+        });
+        if let Some(client) = kept {
+            upstreams.push(client);
+            continue;
+        }
         // An offline upstream is never contacted, so how it would be is not worth a warning.
         if u.insecure && !u.offline {
             warn!(
@@ -126,40 +195,29 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
             })?;
         upstreams.push(Arc::new(client));
     }
-    let registries = server::route::RegistryTable::new(
+    Ok(upstreams)
+}
+
+/// The upstream names requests are routed by.
+fn registry_table(config: &Config) -> server::route::RegistryTable {
+    server::route::RegistryTable::new(
         config
             .upstreams
             .iter()
             .map(|u| (u.name.clone(), u.is_docker_hub()))
             .collect(),
         config.upstreams.iter().position(|u| u.default),
-    );
-    let peer_key = config.cluster.as_ref().map(|c| {
-        let cluster = Arc::new(cluster::Cluster::new(c, &config.upstreams, metrics.clone()));
-        let key = cluster.key().clone();
-        cache.set_cluster(cluster);
-        key
-    });
-    let manifests = cache::manifests::Manifests::new(
-        cache.clone(),
-        cache::manifests::ManifestPolicy {
-            tag_ttl: config.cache.tag_ttl,
-            serve_stale: config.cache.serve_stale,
-            negative_ttl: config.cache.negative_ttl,
-            hot_bytes: HOT_MANIFEST_BYTES,
-        },
-    );
-    Ok(server::App {
-        registries,
-        upstreams,
-        cache,
-        manifests,
-        hot_blobs: server::blobs::hot_blobs(HOT_BLOB_BYTES),
-        access: access::Access::new(config, metrics.clone()).map_err(Error::Htpasswd)?,
-        metrics,
-        tag_lists: server::tags::tag_lists(config.cache.tag_ttl),
-        peer_key,
-    })
+    )
+}
+
+/// `[cache]`'s manifest policy.
+fn manifest_policy(config: &Config) -> cache::manifests::ManifestPolicy {
+    cache::manifests::ManifestPolicy {
+        tag_ttl: config.cache.tag_ttl,
+        serve_stale: config.cache.serve_stale,
+        negative_ttl: config.cache.negative_ttl,
+        hot_bytes: HOT_MANIFEST_BYTES,
+    }
 }
 
 /// A wharf that is serving; see [`start`].
@@ -168,16 +226,38 @@ pub struct Running {
     metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<server::Drained>,
-    app: Arc<server::App>,
+    /// The app in use; a configuration reload swaps it.
+    apps: Arc<server::Current>,
+    cache: Arc<cache::Cache>,
     grace: Duration,
     admin: Option<(Arc<admin::AdminState>, JoinHandle<()>)>,
     reloader: Arc<Mutex<reload::Reloader>>,
-    poller: Option<JoinHandle<()>>,
+    /// The listener's certificate, watched by `reloader`.
+    certs: Option<Arc<tls::CertStore>>,
+    poller: JoinHandle<()>,
     background: cache::Background,
     control: Option<airgap::control::Control>,
-    sync: Vec<JoinHandle<()>>,
+    /// The configuration in use and the `[[sync]]` tasks started from it; held through a whole
+    /// reload, so two reloads never interleave.
+    live: tokio::sync::Mutex<Live>,
+    /// Started with `--offline`: every configuration reloaded is made offline too.
+    offline: bool,
     /// Resolves `cluster.peers_dns` again and again.
     peers_dns: Option<JoinHandle<()>>,
+}
+
+/// The configuration a [`Running`] wharf uses, and what runs from it.
+struct Live {
+    config: Config,
+    sync: Vec<JoinHandle<()>>,
+}
+
+/// How [`run_with`] runs wharf.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// `--offline`: every upstream offline, in the configuration at start and in every one
+    /// reloaded.
+    pub offline: bool,
 }
 
 /// Opens the cache, builds the upstream clients, binds the listeners and starts serving. Returns
@@ -197,7 +277,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 /// # Errors
 /// As [`start`], but for opening the cache.
 pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Result<Running, Error> {
-    let app = Arc::new(app_with_cache(&config, cache)?);
+    let app = Arc::new(app_with_cache(&config, cache.clone())?);
+    let apps = Arc::new(server::Current::new(app.clone()));
     let certs = match &config.server.tls {
         Some(files) => Some(Arc::new(tls::CertStore::open(files)?)),
         None => None,
@@ -219,7 +300,7 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
     let admin = match config.metrics.listen {
         Some(at) => {
             let (listener, local) = bind(at, "metrics.listen").await?;
-            let state = Arc::new(admin::AdminState::new(app.clone(), &config.storage.path));
+            let state = Arc::new(admin::AdminState::new(apps.clone(), &config.storage.path));
             let task = admin::spawn(listener, state.clone());
             Some((local, state, task))
         }
@@ -238,16 +319,23 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
         watched,
         app.metrics.clone(),
     )));
-    let poller = (!reloader.lock().is_empty()).then(|| {
+    // Always running: a configuration reload may name an htpasswd file to watch.
+    let poller = {
         let reloader = reloader.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(reload::POLL_INTERVAL).await;
                 let r = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || r.lock().check(false)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut r = r.lock();
+                    if !r.is_empty() {
+                        r.check(false);
+                    }
+                })
+                .await;
             }
         })
-    });
+    };
 
     info!(
         %addr,
@@ -272,7 +360,7 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
         Ok((listener, path)) => Some(airgap::control::spawn(
             listener,
             path,
-            app.clone(),
+            apps.clone(),
             &config.storage.path,
             &config.file,
         )),
@@ -309,7 +397,7 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
             },
         ),
     };
-    let task = tokio::spawn(server::serve(listener, app.clone(), options, async {
+    let task = tokio::spawn(server::serve(listener, apps.clone(), options, async {
         let _ = stopped.await;
     }));
     Ok(Running {
@@ -317,14 +405,17 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
         metrics_addr,
         stop,
         task,
-        app,
+        apps,
+        cache,
         grace: config.server.shutdown_grace,
         admin: admin.map(|(_, state, task)| (state, task)),
         reloader,
+        certs,
         poller,
         background,
         control,
-        sync,
+        live: tokio::sync::Mutex::new(Live { config, sync }),
+        offline: false,
         peers_dns,
     })
 }
@@ -344,21 +435,137 @@ impl Running {
 
     /// Resolves once no blob fill is running (every verified blob is committed or dropped).
     pub async fn fills_settled(&self) {
-        self.app.cache.inflight().idle().await;
+        self.cache.inflight().idle().await;
     }
 
     /// How many blob fills are running.
     pub fn fills_in_flight(&self) -> usize {
-        self.app.cache.inflight().len()
+        self.cache.inflight().len()
     }
 
     /// The cache (usage, evictions, pins, access times): for metrics, tests and embedders.
     pub fn cache(&self) -> &Arc<cache::Cache> {
-        &self.app.cache
+        &self.cache
     }
 
-    /// Loads the TLS certificate and the htpasswd file again (what SIGHUP does). What fails to load
-    /// is logged and left as it was.
+    /// The app the requests that start now are answered by.
+    pub fn app(&self) -> Arc<server::App> {
+        self.apps.load()
+    }
+
+    /// Reads the configuration file again (the one wharf started with) and puts it in use, as
+    /// [`Running::reload_config`] does. What SIGHUP does, with [`Running::reload`].
+    ///
+    /// # Errors
+    /// As [`Running::reload_config`], and when the file does not load.
+    pub async fn reload_file(&self) -> Result<reload::Changes, reload::ReloadError> {
+        let file = self.live.lock().await.config.file.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&file))
+            .await
+            .map_err(|e| reload::ReloadError::Apply {
+                file: PathBuf::new(),
+                problem: format!("the reload task failed: {e}"),
+            })?;
+        match loaded {
+            Ok(config) => self.reload_config(config).await,
+            Err(error) => {
+                let error = reload::ReloadError::from(error);
+                self.apps.load().metrics.reloaded("configuration", false);
+                error!(%error, "configuration reload refused");
+                Err(error)
+            }
+        }
+    }
+
+    /// Puts `config` in use for the requests that start from now on: upstreams added, removed or
+    /// changed, allow lists, `[cache]` TTLs, `[auth] htpasswd`, pins and `[[sync]]` entries.
+    /// Connections, responses and blob fills in flight go on with what they started with (a fill
+    /// from a removed upstream finishes). Logs one line naming what changed (never a value), or
+    /// why the configuration was refused.
+    ///
+    /// # Errors
+    /// [`reload::ReloadError::NotLive`] when a key that is bound at start changed (see
+    /// [`reload::compare`]), [`reload::ReloadError::Apply`] when the new configuration cannot be
+    /// put in use. Either way the configuration in use stays.
+    pub async fn reload_config(
+        &self,
+        mut config: Config,
+    ) -> Result<reload::Changes, reload::ReloadError> {
+        if self.offline {
+            config.set_offline();
+        }
+        let mut live = self.live.lock().await;
+        let result = self.apply(&mut live, config).await;
+        self.apps
+            .load()
+            .metrics
+            .reloaded("configuration", result.is_ok());
+        match &result {
+            Ok(changes) => info!(changed = %changes, "configuration reloaded"),
+            Err(error) => error!(%error, "configuration reload refused"),
+        }
+        result
+    }
+
+    async fn apply(
+        &self,
+        live: &mut Live,
+        config: Config,
+    ) -> Result<reload::Changes, reload::ReloadError> {
+        let changes = reload::compare(&live.config, &config)?;
+        let failed = |problem: String| reload::ReloadError::Apply {
+            file: config.file.clone(),
+            problem,
+        };
+        if changes.is_empty() {
+            live.config = config;
+            return Ok(changes);
+        }
+        // Building upstream clients reads the system's certificates and a new htpasswd file: off
+        // the async workers.
+        let (old, old_config, new_config) = (self.apps.load(), live.config.clone(), config.clone());
+        let app = tokio::task::spawn_blocking(move || reloaded_app(&old, &old_config, &new_config))
+            .await
+            .map_err(|e| failed(format!("the reload task failed: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let app = Arc::new(app);
+        if changes.has("pin") {
+            let (cache, pins) = (self.cache.clone(), config.pins.clone());
+            tokio::task::spawn_blocking(move || cache.index().sync_config_pins(&pins))
+                .await
+                .map_err(|e| failed(format!("pin: {e}")))?
+                .map_err(|e| failed(format!("pin: the index refused the pins: {e}")))?;
+        }
+        self.apps.store(app.clone());
+        if changes.has("log.level") && !telemetry::set_level(config.log.filter.as_deref()) {
+            info!("[log] level changed, but RUST_LOG decides the log filter: it stays as it is");
+        }
+        if changes.has("auth.htpasswd") {
+            let mut watched: Vec<Arc<dyn reload::Reloadable>> = Vec::new();
+            if let Some(certs) = &self.certs {
+                watched.push(certs.clone());
+            }
+            watched.extend(app.access.reloadable());
+            let reloader = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.lock().watch(watched)).await;
+        }
+        // Sync runs hold the app they started with: restart them on one that knows the new
+        // upstreams and rules.
+        if changes.has("sync")
+            || changes.upstreams()
+            || changes.keys.iter().any(|k| k.starts_with("cache."))
+        {
+            for task in live.sync.drain(..) {
+                task.abort();
+            }
+            live.sync = airgap::sync::spawn(&app, &config.sync, &config.upstreams);
+        }
+        live.config = config;
+        Ok(changes)
+    }
+
+    /// Loads the TLS certificate and the htpasswd file again (what SIGHUP does after
+    /// [`Running::reload_file`]). What fails to load is logged and left as it was.
     pub async fn reload(&self) -> Vec<reload::Outcome> {
         let r = self.reloader.clone();
         tokio::task::spawn_blocking(move || r.lock().check(true))
@@ -385,13 +592,13 @@ impl Running {
         if let Some(control) = self.control {
             control.stop();
         }
-        for task in &self.sync {
+        for task in &self.live.lock().await.sync {
             task.abort();
         }
         let _ = self.stop.send(());
         let drained = self.task.await.unwrap_or_default();
         // Fills whose clients have gone still finish, so the cache keeps what was paid for.
-        let fills = self.app.cache.inflight();
+        let fills = self.cache.inflight();
         let fills_waited_for = fills.len();
         if tokio::time::timeout_at(deadline, fills.idle())
             .await
@@ -402,9 +609,7 @@ impl Running {
                 "blob downloads still running at the end of the shutdown grace; abandoning them"
             );
         }
-        if let Some(poller) = &self.poller {
-            poller.abort();
-        }
+        self.poller.abort();
         if let Some(task) = &self.peers_dns {
             task.abort();
         }
@@ -412,10 +617,10 @@ impl Running {
             task.abort();
         }
         self.background.stop().await;
-        if let Err(error) = self.app.cache.flush_access() {
+        if let Err(error) = self.cache.flush_access() {
             warn!(%error, "cannot write the last access times to the index");
         }
-        self.app.cache.index().flush().await?;
+        self.cache.index().flush().await?;
         info!(
             drain_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             waited_for = drained.waited_for,
@@ -427,22 +632,35 @@ impl Running {
     }
 }
 
-/// Runs wharf until SIGINT or SIGTERM, then shuts down gracefully. SIGHUP reloads the TLS
-/// certificate and the htpasswd file. Under systemd (`Type=notify`) it reports readiness, reloads
-/// and the shutdown.
+/// Runs wharf until SIGINT or SIGTERM, then shuts down gracefully. SIGHUP reloads the
+/// configuration file ([`Running::reload_file`]), the TLS certificate and the htpasswd file. Under
+/// systemd (`Type=notify`) it reports readiness, reloads and the shutdown.
 ///
 /// # Errors
 /// As [`start`] and [`Running::shutdown`].
 pub async fn run(config: Config) -> Result<(), Error> {
+    run_with(config, RunOptions::default()).await
+}
+
+/// As [`run`], with `options` from the command line.
+///
+/// # Errors
+/// As [`start`] and [`Running::shutdown`].
+pub async fn run_with(config: Config, options: RunOptions) -> Result<(), Error> {
     // Before READY: a SIGHUP that follows READY at once must find its handler, not the default
     // action (which ends the process).
     let mut signals = Signals::new();
-    let running = start(config).await?;
+    let mut running = start(config).await?;
+    running.offline = options.offline;
     let status = format!("STATUS=serving on {}", running.local_addr());
     systemd::notify(&format!("READY=1\n{status}"));
     while let Signal::Reload = signals.next().await {
-        info!("SIGHUP: reloading the TLS certificate and the htpasswd file");
+        info!(
+            "SIGHUP: reloading the configuration file, the TLS certificate and the htpasswd file"
+        );
         systemd::notify("RELOADING=1");
+        // Refusals are logged; the files below are reloaded either way.
+        let _ = running.reload_file().await;
         running.reload().await;
         systemd::notify(&format!("READY=1\n{status}"));
     }

@@ -53,7 +53,9 @@ enum Command {
     /// A bad configuration is refused before anything starts, with one line on stderr naming the
     /// file, the key and the fix, and exit code 64. On SIGINT or SIGTERM wharf stops accepting
     /// connections, lets open responses and downloads finish (up to [server] shutdown_grace),
-    /// flushes its index and exits 0. SIGHUP reloads the TLS certificate and the htpasswd file.
+    /// flushes its index and exits 0. SIGHUP reloads the configuration file (upstreams, allow
+    /// lists, TTLs, pins, sync; a change to the listener or the storage is refused and logged),
+    /// the TLS certificate and the htpasswd file.
     /// Under systemd (Type=notify) it reports readiness through $NOTIFY_SOCKET.
     #[command(after_help = AFTER_HELP)]
     Serve {
@@ -64,6 +66,20 @@ enum Command {
         /// every [[upstream]]). For air-gapped sites, or to ride out an upstream outage.
         #[arg(long)]
         offline: bool,
+    },
+    /// Check a configuration file as `wharf serve` would load it, without starting anything.
+    ///
+    /// Reads and validates the file and everything it names (password files and variables, the
+    /// TLS certificate and key, the htpasswd file, CA files, sync lists), touching no storage and
+    /// no running wharf. Prints "FILE: ok" and exits 0, or prints the one-line error `wharf serve`
+    /// would print and exits 64. For CI, and for systemd's ExecReload before the SIGHUP. Keys that
+    /// a running wharf cannot change (listen address, storage, ...) are only refused by the reload
+    /// itself, which compares with the configuration in use.
+    #[command(name = "check-config", after_help = AFTER_HELP)]
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, short, value_name = "PATH", default_value = "./config.toml")]
+        config: PathBuf,
     },
     /// Check that the cache's index and files agree, and optionally repair them.
     ///
@@ -240,6 +256,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config, offline } => serve(&config, offline),
+        Command::CheckConfig { config } => check_config(&config),
         Command::Check {
             config,
             repair,
@@ -319,6 +336,19 @@ fn main() -> ExitCode {
     }
 }
 
+fn check_config(path: &Path) -> ExitCode {
+    match wharf::Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
 fn serve(path: &Path, offline: bool) -> ExitCode {
     let mut config = match wharf::Config::load(path) {
         Ok(config) => config,
@@ -344,7 +374,7 @@ fn serve(path: &Path, offline: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(wharf::run(config)) {
+    match runtime.block_on(wharf::run_with(config, wharf::RunOptions { offline })) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wharf: {}", chain(&e));

@@ -16,7 +16,8 @@
 //!   and token requests included); `status` is the HTTP status or `error` for transport failures.
 //! - `upstream_request_duration_seconds{upstream,method}`: time to the upstream's response headers.
 //! - `client_auth_failures_total`: requests with wrong or malformed credentials.
-//! - `reloads_total{what,result}`: certificate and htpasswd reloads, `ok` or `error`.
+//! - `reloads_total{what,result}`: configuration (`what="configuration"`), certificate and
+//!   htpasswd reloads, `ok` or `error`.
 //! - `build_info{version}`: always 1.
 //!
 //! Read at scrape time by `admin::Live`: `fills_in_flight`, `upstream_rate_limit_{remaining,limit}`,

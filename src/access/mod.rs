@@ -159,6 +159,24 @@ impl Access {
         })
     }
 
+    /// The rules in `config`, for a configuration reload: the allow lists are `config`'s; the
+    /// htpasswd file's users, remembered checks and back-offs are kept when `config` names the
+    /// same file (the file watch reloads its contents), and read afresh when it names another.
+    ///
+    /// # Errors
+    /// When a newly named htpasswd file cannot be read or parsed.
+    pub fn with_config(&self, config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let basic = match (&config.auth.htpasswd, &self.basic) {
+            (None, _) => None,
+            (Some(file), Some(basic)) if basic.file == *file => Some(basic.clone()),
+            (Some(file), _) => Some(Arc::new(BasicAuth::open(file, metrics)?)),
+        };
+        Ok(Self {
+            basic,
+            allow: config.upstreams.iter().map(|u| u.allow.clone()).collect(),
+        })
+    }
+
     /// Whether requests need credentials.
     pub fn requires_auth(&self) -> bool {
         self.basic.is_some()

@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{export, import, pins, prefetch};
 use crate::server::response::Body;
-use crate::server::App;
+use crate::server::{App, Current};
 
 /// The socket's name in the storage directory.
 pub const SOCKET: &str = "admin.sock";
@@ -95,7 +95,7 @@ pub struct Control {
 }
 
 struct State {
-    app: Arc<App>,
+    apps: Arc<Current>,
     storage: PathBuf,
     config_file: String,
     /// The user the socket belongs to: peers must be this user or root.
@@ -141,14 +141,14 @@ pub fn bind(storage: &Path) -> io::Result<(UnixListener, PathBuf)> {
 pub fn spawn(
     listener: UnixListener,
     path: PathBuf,
-    app: Arc<App>,
+    apps: Arc<Current>,
     storage: &Path,
     config_file: &Path,
 ) -> Control {
     let tasks = Arc::new(Mutex::new(JoinSet::new()));
     let owner = std::fs::metadata(&path).map_or(0, |m| m.uid());
     let state = Arc::new(State {
-        app,
+        apps,
         storage: storage.to_owned(),
         config_file: config_file.display().to_string(),
         owner,
@@ -203,6 +203,15 @@ fn spawn_task(
     // Reap what finished, so the set does not grow with every connection.
     while set.try_join_next().is_some() {}
     set.spawn(task);
+}
+
+// === impl State ===
+
+impl State {
+    /// The mirror as the configuration in use makes it (a reload may have changed it).
+    fn app(&self) -> Arc<App> {
+        self.apps.load()
+    }
 }
 
 // === impl Control ===
@@ -267,17 +276,17 @@ async fn answer(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
             Ok(req) => {
                 let mut images = Vec::with_capacity(req.images.len());
                 for text in &req.images {
-                    match export::parse_image(&state.app, text) {
+                    match export::parse_image(&state.app(), text) {
                         Ok(image) => images.push(image),
                         Err(e) => return error(StatusCode::BAD_REQUEST, e),
                     }
                 }
-                let out = pins::pin(&state.app.cache, &images, req.pin, &state.config_file).await;
+                let out = pins::pin(&state.app().cache, &images, req.pin, &state.config_file).await;
                 json(StatusCode::OK, &out)
             }
             Err(r) => r,
         },
-        (&Method::GET, "/pins") => json(StatusCode::OK, &pins::list(&state.app.cache).await),
+        (&Method::GET, "/pins") => json(StatusCode::OK, &pins::list(&state.app().cache).await),
         _ => error(
             StatusCode::NOT_FOUND,
             "no such request; this wharf knows POST /prefetch, /export, /import, /pin and GET /pins",
@@ -288,14 +297,14 @@ async fn answer(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
 fn prefetch_stream(state: &Arc<State>, req: PrefetchRequest) -> Response<Body> {
     let mut images = Vec::with_capacity(req.images.len());
     for text in &req.images {
-        match export::parse_image(&state.app, text) {
+        match export::parse_image(&state.app(), text) {
             Ok(image) => images.push(image),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         }
     }
     let (events, mut rx) = prefetch::Events::channel(256);
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Result<Bytes, io::Error>>(256);
-    let app = state.app.clone();
+    let app = state.app();
     info!(images = images.len(), "control socket: prefetch");
     spawn_task(&state.tasks, async move {
         let run = prefetch::run(app, images, req.options, events);
@@ -335,7 +344,7 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 async fn export_stream(state: &Arc<State>, req: export::Request) -> Response<Body> {
-    let plan = match export::plan(&state.app, &req, &state.storage).await {
+    let plan = match export::plan(&state.app(), &req, &state.storage).await {
         Ok(plan) => plan,
         Err(e @ (export::ExportError::Request(_) | export::ExportError::NotCached(_))) => {
             return error(StatusCode::BAD_REQUEST, e.to_string())
@@ -357,7 +366,7 @@ async fn export_stream(state: &Arc<State>, req: export::Request) -> Response<Bod
     );
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
-    let app = state.app.clone();
+    let app = state.app();
     spawn_task(&state.tasks, async move {
         let result = export::write(&app, &plan, writer, |_| {}).await;
         match &result {
@@ -406,7 +415,7 @@ async fn import_body(state: &Arc<State>, body: Incoming, pin: bool) -> Response<
     info!("control socket: import");
     let stream = body.into_data_stream().map_err(io::Error::other);
     let mut reader = StreamReader::new(stream);
-    let result = import::run(&state.app, &mut reader, import::Options { pin }).await;
+    let result = import::run(&state.app(), &mut reader, import::Options { pin }).await;
     match result {
         Ok(report) => {
             info!(

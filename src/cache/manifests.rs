@@ -210,6 +210,15 @@ impl From<FillError> for ManifestError {
     }
 }
 
+/// The cache of tags the upstream said do not exist, kept `ttl`.
+fn negative_cache(ttl: Duration) -> moka::future::Cache<(String, RepoName, Tag), ()> {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        // moka refuses a zero TTL; with negative_ttl = 0 nothing is inserted anyway.
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
+}
+
 // === impl Manifests ===
 
 impl Manifests {
@@ -219,15 +228,35 @@ impl Manifests {
             cache,
             policy,
             flights: moka::future::Cache::builder().max_capacity(10_000).build(),
-            negative: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                // moka refuses a zero TTL; with negative_ttl = 0 nothing is inserted anyway.
-                .time_to_live(policy.negative_ttl.max(Duration::from_millis(1)))
-                .build(),
+            negative: negative_cache(policy.negative_ttl),
             hot: moka::sync::Cache::builder()
                 .max_capacity(policy.hot_bytes)
                 .weigher(|_, m: &Arc<Manifest>| u32::try_from(m.bytes.len()).unwrap_or(u32::MAX))
                 .build(),
+        }
+    }
+
+    /// The same flights and hot manifests under `policy`: what a configuration reload builds, so
+    /// requests in flight are still joined and nothing hot is lost. The remembered "no such tag"
+    /// answers are kept too, unless `negative_ttl` changed (moka fixes the time to live when the
+    /// cache is built): then they start empty, and the upstream is asked again.
+    #[must_use]
+    pub fn with_policy(&self, policy: ManifestPolicy) -> Self {
+        let negative = if policy.negative_ttl == self.policy.negative_ttl {
+            self.negative.clone()
+        } else {
+            negative_cache(policy.negative_ttl)
+        };
+        Self {
+            cache: self.cache.clone(),
+            policy: ManifestPolicy {
+                // The memory budget is the process's, not the file's.
+                hot_bytes: self.policy.hot_bytes,
+                ..policy
+            },
+            flights: self.flights.clone(),
+            negative,
+            hot: self.hot.clone(),
         }
     }
 

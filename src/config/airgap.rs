@@ -12,7 +12,7 @@ use super::{default_true, duration, err, Sources, UpstreamConfig};
 use crate::oci::{image_list, ImageRef, Platform};
 
 /// One `[[sync]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
     /// The images listed in the entry (`images`), each naming a configured upstream (Docker Hub
     /// short names accepted).

@@ -9,7 +9,7 @@ use super::error::{io_reason, KeyError};
 use super::{err, Sources};
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuthConfig {
     /// An htpasswd file of bcrypt entries (`htpasswd`): when set, every `/v2/` request needs HTTP
     /// Basic credentials from it. The file was read and checked.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::error::KeyError;
 use super::{default_true, duration, err};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     /// How long a tag's digest is trusted before the upstream is asked again (`tag_ttl`, default
     /// `5m`); never zero.

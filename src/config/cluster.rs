@@ -18,7 +18,7 @@ use crate::secret::Secret;
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// The validated `[cluster]` section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     /// Where the peers are.
     pub peers: PeerSource,

@@ -18,7 +18,7 @@ pub const LIBRARY_DIRECTIVES: &str =
     "sled=warn,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn";
 
 /// `[server]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// The address to listen on (`listen`, default `0.0.0.0:5000`).
     pub listen: SocketAddr,
@@ -53,7 +53,7 @@ pub struct TlsFiles {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`listen`); `None` (the key left out,
     /// or `"off"`) serves none of them.
@@ -61,7 +61,7 @@ pub struct MetricsConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Human-readable lines or JSON objects (`format`, default `"text"`).
     pub format: LogFormat,

@@ -15,7 +15,7 @@ pub use crate::bucket::S3Config;
 use crate::secret::Secret;
 use crate::size::parse_size;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
     /// The directory holding blobs, staging files and the index (`path`, default `./data`). A relative
     /// path is relative to the process's working directory, not to the configuration file.
@@ -51,7 +51,7 @@ pub enum Backend {
 }
 
 /// `[gc]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GcConfig {
     /// `wharf gc` removes manifests not pulled for this long (`manifest_retention`, default `90d`,
     /// more than zero).

@@ -18,7 +18,7 @@ use crate::size::parse_size;
 /// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
 const MAX_FILLS: usize = 4096;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `localhost:5001`): lower-case
     /// `host[:port]`, unique among the upstreams.

@@ -70,9 +70,33 @@ pub struct App {
     pub peer_key: Option<Arc<PeerKey>>,
 }
 
+/// The [`App`] in use. A configuration reload builds a new one and swaps it in whole; each request
+/// loads it once (a few nanoseconds, no lock), so it sees one configuration from start to end, and
+/// what it holds (its upstream client, the fill it started) lives until it is done.
+pub struct Current(arc_swap::ArcSwap<App>);
+
 /// The client's address, put in each request's extensions by the accept loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+// === impl Current ===
+
+impl Current {
+    /// `app` in use.
+    pub fn new(app: Arc<App>) -> Self {
+        Self(arc_swap::ArcSwap::new(app))
+    }
+
+    /// The app in use now.
+    pub fn load(&self) -> Arc<App> {
+        self.0.load_full()
+    }
+
+    /// Puts `app` in use for the requests that start from now on.
+    pub fn store(&self, app: Arc<App>) {
+        self.0.store(app);
+    }
+}
 
 // === impl App ===
 
@@ -306,7 +330,7 @@ impl AcceptFailures {
 /// to `options.grace`) for open responses to finish; returns how many it waited for.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<Current>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
@@ -350,7 +374,7 @@ pub async fn serve(
         };
         let Some(ip_slot) = limits.admit(conn::client_ip(peer)) else {
             debug!(%peer, "connection refused: this address holds server.max_connections_per_ip");
-            app.metrics.connection_refused();
+            app.load().metrics.connection_refused();
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -364,7 +388,7 @@ pub async fn serve(
         open.push(&state);
         tokio::spawn(async move {
             let _places = (slot, ip_slot);
-            let metrics = app.metrics.clone();
+            let metrics = app.load().metrics.clone();
             metrics.connections_open.inc();
             match tls {
                 None => {
@@ -416,13 +440,13 @@ async fn connection<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<conn::ConnState>,
-    app: Arc<App>,
+    app: Arc<Current>,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |mut request: Request<Incoming>| {
-        let app = app.clone();
+        let app = app.load();
         let active = state.begin();
         async move {
             let started = Instant::now();
