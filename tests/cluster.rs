@@ -6,7 +6,11 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use common::fake::{random_bytes, Fake, Gate};
 use common::pulls::{d, wait_for};
@@ -163,6 +167,31 @@ async fn a_herd_over_three_replicas_costs_one_upstream_get() {
     assert_eq!(upstream_gets(&fake, &digest), 1, "{:?}", fake.seen());
 }
 
+/// As [`pull_from`], counting in `reached` once the first replica's body has given `mark` bytes.
+async fn pull_reporting(urls: &[String], want: &Bytes, reached: &AtomicUsize, mark: usize) {
+    use futures_util::StreamExt;
+
+    if let Ok(res) = client().get(&urls[0]).send().await {
+        if res.status() == 200 {
+            let mut body = res.bytes_stream();
+            let mut got = Vec::new();
+            let mut counted = false;
+            while let Some(Ok(chunk)) = body.next().await {
+                got.extend_from_slice(&chunk);
+                if !counted && got.len() >= mark {
+                    counted = true;
+                    reached.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            if got.len() == want.len() {
+                assert!(got == *want, "{}: wrong bytes", urls[0]);
+                return;
+            }
+        }
+    }
+    pull_from(&urls[1..], want).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_mid_fill_costs_no_client_its_bytes() {
     let fake = Fake::start().await;
@@ -177,16 +206,23 @@ async fn the_owner_killed_mid_fill_costs_no_client_its_bytes() {
         .iter()
         .map(|r| r.url(&blob_path(&digest)))
         .collect();
+    let reached = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for i in 0..12 {
         // Each client falls back to the next replica when its own goes away.
         let mut mine = urls.clone();
         mine.rotate_left(i % 3);
-        let want = bytes.clone();
-        clients.push(tokio::spawn(async move { pull_from(&mine, &want).await }));
+        let (want, reached) = (bytes.clone(), reached.clone());
+        clients.push(tokio::spawn(async move {
+            pull_reporting(&mine, &want, &reached, 1 << 20).await;
+        }));
     }
-    // The owner's fill is under way (the first MiB sent to every replica), then the owner dies.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The owner's fill is under way: every client has the first MiB (which the other replicas
+    // got from the owner). Then the owner dies.
+    wait_for("every client to have the first MiB", || async {
+        reached.load(Ordering::SeqCst) == 12
+    })
+    .await;
     replicas[0].kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
     gate.open();
