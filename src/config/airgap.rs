@@ -26,6 +26,71 @@ pub struct SyncConfig {
     pub platforms: Option<Vec<Platform>>,
     /// Pin the images (`pin`, default true), as `wharf prefetch` does.
     pub pin: bool,
+    /// Fetch the images' referrers, signatures, SBOMs and attestations (`referrers`, default true).
+    pub referrers: bool,
+    /// Only referrers of these artifact types (`referrers_types`); empty for all.
+    pub referrers_types: Vec<String>,
+}
+
+/// `[import]`: what `wharf import` accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportConfig {
+    /// Public keys whose signatures an import accepts (`trusted_keys`); when there are any, an
+    /// unsigned, foreign or altered bundle is refused.
+    pub trusted_keys: Vec<TrustedKeyFile>,
+}
+
+/// A trusted public key, read and checked when the configuration was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKeyFile {
+    /// The PEM file.
+    pub path: PathBuf,
+    /// Its 32 Ed25519 public key bytes.
+    pub key: [u8; 32],
+}
+
+/// `[import]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImport {
+    #[serde(default)]
+    pub(super) trusted_keys: Vec<PathBuf>,
+}
+
+// === impl RawImport ===
+
+impl RawImport {
+    /// Reads and checks every trusted key file through `sources`.
+    ///
+    /// # Errors
+    /// The first file that cannot be read or holds no Ed25519 public key.
+    pub(super) fn validate(self, sources: &dyn Sources) -> Result<ImportConfig, KeyError> {
+        let mut trusted_keys = Vec::with_capacity(self.trusted_keys.len());
+        for (i, path) in self.trusted_keys.into_iter().enumerate() {
+            let key = format!("import.trusted_keys[{i}]");
+            let text = sources.read(&path).map_err(|e| {
+                err(
+                    &key,
+                    format!(
+                        "cannot read {} ({}); give the .pub file `wharf keygen --out PREFIX` wrote",
+                        path.display(),
+                        io_reason(&e)
+                    ),
+                )
+            })?;
+            let public = super::pem::ed25519_public_key(text.as_bytes()).map_err(|e| {
+                err(
+                    &key,
+                    format!(
+                        "{} {e}; give the .pub file `wharf keygen --out PREFIX` wrote",
+                        path.display()
+                    ),
+                )
+            })?;
+            trusted_keys.push(TrustedKeyFile { path, key: public });
+        }
+        Ok(ImportConfig { trusted_keys })
+    }
 }
 
 /// One `[[pin]]` as written.
@@ -46,6 +111,10 @@ pub(super) struct RawSync {
     pub(super) platforms: Option<Vec<String>>,
     #[serde(default = "default_true")]
     pub(super) pin: bool,
+    #[serde(default = "default_true")]
+    pub(super) referrers: bool,
+    #[serde(default)]
+    pub(super) referrers_types: Vec<String>,
 }
 
 // === impl RawPin ===
@@ -168,6 +237,8 @@ impl RawSync {
             interval,
             platforms,
             pin: s.pin,
+            referrers: s.referrers,
+            referrers_types: s.referrers_types,
         })
     }
 }
