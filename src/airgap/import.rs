@@ -405,6 +405,17 @@ pub async fn run<R: AsyncRead + Unpin>(
     }
     index.flush().await?;
     drop(checked.holds);
+    if options.trusted.is_empty() {
+        warn!(
+            signer = report
+                .signature
+                .as_ref()
+                .and_then(Verdict::signer)
+                .unwrap_or("none"),
+            images = report.images.len(),
+            "imported a bundle whose signature was not checked: no [import] trusted_keys or --trusted-key"
+        );
+    }
     Ok(report)
 }
 
@@ -425,10 +436,7 @@ fn check_signature(
     };
     let verdict = sign::verify(json, small.get(BUNDLE_SIG).map(|b| &b[..]), trusted);
     if trusted.is_empty() {
-        warn!(
-            signer = verdict.signer().unwrap_or("none"),
-            "importing a bundle whose signature is not checked: no [import] trusted_keys or --trusted-key"
-        );
+        // Said once the import is done (a refused bundle gets its one line, nothing more).
         return Ok(verdict);
     }
     match verdict.refusal(trusted) {
