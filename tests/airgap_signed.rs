@@ -704,6 +704,32 @@ async fn a_bundle_that_is_not_signed_by_a_trusted_key_is_refused_and_nothing_is_
             "{what}: the store is unchanged"
         );
     }
+    // The same through a running wharf (the command sends the keys over the control socket).
+    let w = wharf::start(wharf::Config::load(&c2).unwrap())
+        .await
+        .unwrap();
+    let (code, out, err) = wharf(&["import", unsigned.to_str().unwrap()], &c2).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not signed"), "{err}");
+    let (code, out, err) = wharf(
+        &[
+            "import",
+            "--trusted-key",
+            other.to_str().unwrap(),
+            signed.to_str().unwrap(),
+        ],
+        &c3,
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not a trusted key"), "{err}");
+    w.shutdown().await.unwrap();
+    assert_eq!(
+        snapshot(&data, &s.img.manifest_digest),
+        before,
+        "through the server: unchanged"
+    );
+
     // The right key on the command line, the configuration trusting none: imported.
     let fresh = tempfile::tempdir().unwrap();
     let c4 = write_config(fresh.path(), &nowhere.url(), "offline = true", "");
