@@ -437,7 +437,7 @@ mod tests {
         let other = dir.path().join("other");
         keygen(&other).unwrap();
         let other = TrustedKey::read(&dir.path().join("other.pub")).unwrap();
-        let v = verify(json, Some(&bytes), &[other.clone()]);
+        let v = verify(json, Some(&bytes), std::slice::from_ref(&other));
         assert_eq!(v, Verdict::UnknownKey { key_id: id.clone() });
         assert!(v.refusal(&[other]).unwrap().contains("not a trusted key"));
         assert!(matches!(
