@@ -1,6 +1,11 @@
 //! `wharf import`: reads a bundle into the cache, so that nothing of it is visible until all of it
 //! has been checked.
 //!
+//! 0. **Verify.** With trusted keys ([`Options::trusted`]), the signature of `wharf-bundle.json`
+//!    (the first entry; `wharf-bundle.sig` the second, see [`super::sign`]) is checked before the
+//!    first blob is staged: an unsigned bundle, another signer or a changed `wharf-bundle.json` is
+//!    refused there. Since that file names every other one with its sha256 and size, anything
+//!    changed after signing is then refused by the checks below.
 //! 1. **Stage.** The tar is streamed entry by entry. Each blob is hashed while it is written to a
 //!    staging file in `tmp/` (closed right after, so a bundle of many blobs does not exhaust file
 //!    descriptors); a blob the store already has is hashed but not written. A blob whose bytes do
@@ -13,6 +18,8 @@
 //!    (config, layers, index entries, subject) is in the bundle or already in the store, except
 //!    index entries the bundle lists as left out. Blobs already in the store are held, so eviction
 //!    cannot remove them before the import is done.
+//!    Manifests with a `subject` are noted, to record them as referrers of it (per upstream and
+//!    repository) when committed.
 //! 3. **Commit.** Only then: blobs are committed (fsync, rename, index record), manifests after
 //!    everything they refer to, then tags are set (last, so a tag never points at anything
 //!    incomplete), then the images are pinned.

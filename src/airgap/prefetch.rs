@@ -31,7 +31,7 @@ use super::refs::Platform;
 use crate::cache::manifests::{Manifest, ManifestStatus};
 use crate::cache::BlobSource;
 use crate::cache::ByteStream;
-use crate::oci::{media, Digest, ErrorCode, ImageRef, Reference};
+use crate::oci::{media, referrer, Digest, ErrorCode, ImageRef, Reference};
 use crate::server::response::{ApiError, Area, CacheStatus};
 use crate::server::route::{self, Parsed};
 use crate::server::{manifests, App};
@@ -456,6 +456,21 @@ async fn resolve(
             root = false;
         }
         if depth.is_some() {
+            // Recorded under its subject in this repository even when it was cached already (by
+            // an older wharf, or through another repository), so export and an offline referrers
+            // API find it.
+            if let Some(r) = referrer::of_manifest(body) {
+                app.cache
+                    .index()
+                    .add_referrer(
+                        &image.registry,
+                        &image.repo,
+                        &r.subject,
+                        &digest,
+                        &r.descriptor,
+                    )
+                    .map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+            }
             stats.referrers += 1;
             found.push(ImageRef {
                 registry: image.registry.clone(),
