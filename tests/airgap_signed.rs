@@ -409,6 +409,28 @@ async fn referrers_travel_signed_and_are_served_offline_byte_exact() {
         "the offline wharf never connected"
     );
 
+    // Referrers were pinned with their image; --pinned carries them as referrers, not as images.
+    let pinned = connected.path().join("pinned.tar");
+    let (code, out, err) = wharf(
+        &["export", "--out", pinned.to_str().unwrap(), "--pinned"],
+        &c1,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let m: serde_json::Value = serde_json::from_slice(&entries(&pinned)[0].1).unwrap();
+    let listed: Vec<(String, Option<String>)> = m["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["reference"].as_str().unwrap().to_owned(),
+                i["referrerOf"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(listed, images, "the same images, the same way");
+
     // Only some types, or none.
     let only = connected.path().join("only.tar");
     let (code, out, err) = wharf(

@@ -276,6 +276,26 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
             }
         }
     }
+    // Pinned by digest because a prefetch found it as a referrer: it goes along with its image.
+    if request.referrers.enabled && !matches!(request.selection, Selection::Images(_)) {
+        let mut kept = Vec::with_capacity(roots.len());
+        for root in roots {
+            let referrer = match &root.0.reference {
+                Reference::Digest(d) => app
+                    .cache
+                    .read_small(d)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| referrer::of_manifest(&b).is_some()),
+                Reference::Tag(_) => false,
+            };
+            if !referrer {
+                kept.push(root);
+            }
+        }
+        roots = kept;
+    }
     let mut seen = HashSet::new();
     roots.retain(|(image, ..)| seen.insert(image.to_string()));
     if !matches!(request.selection, Selection::Images(_)) {
