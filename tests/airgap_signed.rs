@@ -138,7 +138,7 @@ fn snapshot(data: &Path, subject: &str) -> (BTreeMap<PathBuf, u64>, Vec<String>)
     let repo: wharf::oci::RepoName = "org/app".parse().unwrap();
     records.extend(
         index
-            .referrers_of("upstream.test", &repo, &subject.parse().unwrap())
+            .referrers_of("upstream.test", &repo, &subject.parse().unwrap(), 100)
             .unwrap()
             .into_iter()
             .map(|(d, _)| format!("referrer {d}")),

@@ -89,7 +89,7 @@ impl Options {
 pub fn held(app: &App, image: &ImageRef, subject: &Digest) -> Result<Vec<Found>, IndexError> {
     let index = app.cache.index();
     let mut out = Vec::new();
-    for (digest, _) in index.referrers_of(&image.registry, &image.repo, subject)? {
+    for (digest, _) in index.referrers_of(&image.registry, &image.repo, subject, MAX_REFERRERS)? {
         if index.manifest_type(&digest)?.is_some() {
             out.push(Found {
                 reference: Reference::Digest(digest),

@@ -360,4 +360,42 @@ mod tests {
         ];
         assert_refusals(&cases);
     }
+
+    #[test]
+    fn import_trusted_keys_and_sync_referrers() {
+        let mut spki = crate::config::ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(&[7u8; 32]);
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &spki)
+        );
+        let mut sources = fake();
+        sources.files.insert("/signer.pub", pem);
+        let text = format!(
+            "{UP}[import]\ntrusted_keys = [\"/signer.pub\"]\n[[sync]]\nimages = [\"nginx:1\"]\nreferrers_types = [\"application/spdx+json\"]\n[[sync]]\nimages = [\"nginx:1\"]\nreferrers = false\n"
+        );
+        let c = Config::from_toml_with(&text, Path::new("wharf.toml"), &sources).unwrap();
+        assert_eq!(c.import.trusted_keys.len(), 1);
+        assert_eq!(c.import.trusted_keys[0].key, [7u8; 32]);
+        assert_eq!(c.import.trusted_keys[0].path, Path::new("/signer.pub"));
+        assert!(c.sync[0].referrers && c.sync[0].referrers_types == ["application/spdx+json"]);
+        assert!(!c.sync[1].referrers);
+        assert!(load(UP).unwrap().import.trusted_keys.is_empty());
+
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("{UP}[import]\ntrusted_keys = [\"/missing.pub\"]\n"),
+                "import.trusted_keys[0]: cannot read /missing.pub (no such file)",
+            ),
+            (
+                format!("{UP}[import]\ntrusted_keys = [\"/pw\"]\n"),
+                "import.trusted_keys[0]: /pw holds no PEM public key",
+            ),
+            (
+                format!("{UP}[import]\nkeys = []\n"),
+                "import.keys: unknown key",
+            ),
+        ];
+        assert_refusals(&cases);
+    }
 }

@@ -32,6 +32,9 @@ use super::App;
 use crate::cache::TagEntry;
 use crate::oci::{media, referrer, Digest, ErrorCode};
 
+/// The most held referrers an offline answer lists for one subject.
+const MAX_HELD: usize = 4096;
+
 /// Tells the client which filters were applied.
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
@@ -134,7 +137,7 @@ fn held(
         .unwrap_or_default();
     let mut added = Vec::new();
     for (digest, descriptor) in index
-        .referrers_of(upstream.name(), &route.name, subject)
+        .referrers_of(upstream.name(), &route.name, subject, MAX_HELD)
         .map_err(index_err)?
     {
         if named.contains(&digest) || index.manifest_type(&digest).map_err(index_err)?.is_none() {

@@ -305,13 +305,14 @@ impl MetaStore for MemoryMeta {
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
+        limit: usize,
     ) -> Result<Vec<(Digest, Vec<u8>)>, MetaError> {
         Ok(self
             .state
             .read()
             .subjects
             .get(&key(upstream, repo, &subject.to_string()))
-            .map(|m| m.iter().map(|(d, v)| (*d, v.clone())).collect())
+            .map(|m| m.iter().take(limit).map(|(d, v)| (*d, v.clone())).collect())
             .unwrap_or_default())
     }
 

@@ -271,7 +271,7 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<(), MetaError>;
 
     /// The referrers recorded with [`MetaStore::add_referrer`] for `subject` in `upstream`'s
-    /// `repo`, in referrer digest order, with their descriptors.
+    /// `repo`, in referrer digest order, with their descriptors: at most `limit` of them.
     ///
     /// # Errors
     /// Backend failures.
@@ -280,6 +280,7 @@ pub trait MetaStore: Send + Sync + 'static {
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
+        limit: usize,
     ) -> Result<Vec<(Digest, Vec<u8>)>, MetaError>;
 
     /// Drops tags and referrers lists whose manifest is not stored, or is `gone` (about to be
@@ -628,7 +629,10 @@ pub(crate) mod conformance {
             Digest::of(b"sbom"),
         );
         let app = repo("org/app");
-        assert!(m.referrers_of("up", &app, &subject).unwrap().is_empty());
+        assert!(m
+            .referrers_of("up", &app, &subject, 100)
+            .unwrap()
+            .is_empty());
         m.add_referrer("up", &app, &subject, &sig, b"{\"a\":1}")
             .unwrap();
         m.add_referrer("up", &app, &subject, &sbom, b"{\"b\":2}")
@@ -637,13 +641,17 @@ pub(crate) mod conformance {
             .unwrap();
         let mut want = vec![(sig, b"{\"a\":3}".to_vec()), (sbom, b"{\"b\":2}".to_vec())];
         want.sort_by_key(|(d, _)| *d);
-        assert_eq!(m.referrers_of("up", &app, &subject).unwrap(), want);
-        assert!(m.referrers_of("other", &app, &subject).unwrap().is_empty());
+        assert_eq!(m.referrers_of("up", &app, &subject, 100).unwrap(), want);
+        assert_eq!(m.referrers_of("up", &app, &subject, 1).unwrap(), want[..1]);
         assert!(m
-            .referrers_of("up", &repo("org/b"), &subject)
+            .referrers_of("other", &app, &subject, 100)
             .unwrap()
             .is_empty());
-        assert!(m.referrers_of("up", &app, &sig).unwrap().is_empty());
+        assert!(m
+            .referrers_of("up", &repo("org/b"), &subject, 100)
+            .unwrap()
+            .is_empty());
+        assert!(m.referrers_of("up", &app, &sig, 100).unwrap().is_empty());
         // Not referrers lists, not tags.
         assert_eq!(m.referrers_len(), 0);
         assert!(m.all_tags().unwrap().is_empty());

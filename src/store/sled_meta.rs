@@ -432,10 +432,11 @@ impl MetaStore for SledMeta {
         upstream: &str,
         repo: &RepoName,
         subject: &Digest,
+        limit: usize,
     ) -> Result<Vec<(Digest, Vec<u8>)>, MetaError> {
         let prefix = key(upstream, repo, &referrers_key(subject));
         let mut out = Vec::new();
-        for item in self.subjects.scan_prefix(&prefix) {
+        for item in self.subjects.scan_prefix(&prefix).take(limit) {
             let (k, v) = item?;
             let referrer = std::str::from_utf8(&k[prefix.len()..])
                 .ok()
