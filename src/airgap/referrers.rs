@@ -112,7 +112,7 @@ pub fn held(app: &App, image: &ImageRef, subject: &Digest) -> Result<Vec<Found>,
 
 /// Where to look for the referrers of `subject` upstream (for prefetch): the digests the referrers
 /// API lists, or, without the API, the tag schema's tag; then cosign's tags. The tags may not
-/// exist (a 404 for them means none).
+/// exist (a 404 for them means none). For an offline upstream, the referrers held.
 ///
 /// # Errors
 /// The referrers API failing for another reason than not being there.
@@ -122,6 +122,14 @@ pub async fn upstream(
     subject: &Digest,
 ) -> Result<Vec<Reference>, ApiError> {
     let route = super::prefetch::route_to(app, image, &format!("referrers/{subject}"))?;
+    if app.upstreams[route.upstream].offline() {
+        // Nothing can be asked: what is held is what there is.
+        return Ok(held(app, image, subject)
+            .map_err(|e| ApiError::internal("index failure", &e))?
+            .into_iter()
+            .map(|f| f.reference)
+            .collect());
+    }
     let mut tags = referrer::scheme_tags(subject);
     let mut out = Vec::new();
     match crate::server::referrers::list(app, &route, *subject).await {
