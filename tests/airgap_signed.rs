@@ -482,6 +482,43 @@ async fn referrers_travel_signed_and_are_served_offline_byte_exact() {
         "oci-layout",
         "unsigned: no signature entry"
     );
+
+    // A signed export through a running wharf (the key crosses its control socket).
+    let w1 = wharf::start(wharf::Config::load(&c1).unwrap())
+        .await
+        .unwrap();
+    let remote = connected.path().join("remote.tar");
+    let (code, out, err) = wharf(
+        &[
+            "export",
+            "--out",
+            remote.to_str().unwrap(),
+            "--sign",
+            key.to_str().unwrap(),
+            "upstream.test/org/app:1",
+        ],
+        &c1,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("signed by ed25519:"), "{out}");
+    w1.shutdown().await.unwrap();
+    let (code, out, err) = wharf(
+        &[
+            "import",
+            "--list",
+            "--trusted-key",
+            public.to_str().unwrap(),
+            remote.to_str().unwrap(),
+        ],
+        &c1,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(": verified") && out.contains("referrer "),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
