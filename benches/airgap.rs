@@ -111,6 +111,8 @@ fn request() -> export::Request {
         selection: export::Selection::Images(vec!["bench.test/bench/app:1".into()]),
         platforms: None,
         since: None,
+        referrers: Default::default(),
+        sign: None,
     }
 }
 
@@ -163,11 +165,11 @@ fn main() {
             let target = wharf::app(&config(&root)).unwrap();
             let started = Instant::now();
             let file = tokio::fs::File::open(&bundle).await.unwrap();
-            import::run(&target, file, import::Options { pin: true }).await.unwrap();
+            import::run(&target, file, import::Options { pin: true, trusted: Vec::new() }).await.unwrap();
             import_local.push(started.elapsed());
             let started = Instant::now();
             let file = tokio::fs::File::open(&bundle).await.unwrap();
-            let report = import::run(&target, file, import::Options { pin: true }).await.unwrap();
+            let report = import::run(&target, file, import::Options { pin: true, trusted: Vec::new() }).await.unwrap();
             import_again.push(started.elapsed());
             assert_eq!(report.blobs_new, 0);
             drop(target);
@@ -201,7 +203,7 @@ fn main() {
             let client = Client::new(&root);
             let started = Instant::now();
             let file = tokio::fs::File::open(&bundle).await.unwrap();
-            client.import(file, true).await.unwrap();
+            client.import(file, true, &[]).await.unwrap();
             import_socket.push(started.elapsed());
             running.shutdown().await.unwrap();
             std::fs::remove_dir_all(&root).unwrap();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use crate::airgap::client::Client;
-use crate::airgap::{bundle, export, import, pins, prefetch, refs, report};
+use crate::airgap::{bundle, export, import, pins, prefetch, referrers, refs, report, sign};
 use crate::cache::check::{self, CheckOptions, Progress};
 use crate::cache::gc::GcOptions;
 use crate::cache::{Cache, OpenError};
@@ -374,6 +374,8 @@ pub struct PrefetchArgs {
     pub pin: bool,
     /// `--jobs`: downloads at once.
     pub jobs: usize,
+    /// `--no-referrers`, `--referrers-type`.
+    pub referrers: referrers::Options,
     /// References on the command line.
     pub images: Vec<String>,
 }
@@ -430,6 +432,7 @@ pub async fn run_prefetch(path: &Path, config: &crate::Config, args: PrefetchArg
         platforms,
         pin: args.pin,
         jobs: args.jobs,
+        referrers: args.referrers,
     };
     let mut view = report::PrefetchView::new(report::terminal());
     let summary = match open_target(config) {
@@ -506,6 +509,14 @@ pub async fn run_prefetch(path: &Path, config: &crate::Config, args: PrefetchArg
     }
 }
 
+/// `wharf export`'s referrers and signing options.
+pub struct ExportExtras {
+    /// `--no-referrers`, `--referrers-type`.
+    pub referrers: referrers::Options,
+    /// `--sign KEY`: the private key file.
+    pub sign: Option<PathBuf>,
+}
+
 /// `wharf export`: writes the selected images as an OCI layout bundle (a tar) to `out`.
 pub async fn run_export(
     config: &crate::Config,
@@ -513,7 +524,24 @@ pub async fn run_export(
     platform: Option<String>,
     since: Option<PathBuf>,
     out: &Path,
+    extras: ExportExtras,
 ) -> ExitCode {
+    let sign = match extras.sign.as_deref().map(sign::SigningKey::read) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(e)) => {
+            eprintln!("wharf: --sign {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let signer = match sign.as_ref().map(sign::SigningKey::public) {
+        Some(Ok(public)) => Some(sign::key_id(&public)),
+        Some(Err(e)) => {
+            eprintln!("wharf: --sign: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+        None => None,
+    };
     let selection = match selection {
         export::Selection::Images(texts) => {
             let mut canonical = Vec::with_capacity(texts.len());
@@ -561,6 +589,12 @@ pub async fn run_export(
         selection,
         platforms,
         since: base,
+        referrers: extras.referrers,
+        sign,
+    };
+    let signed = |summary: String| match &signer {
+        Some(id) => format!("{summary}signed by {id}\n"),
+        None => summary,
     };
     let to_stdout = out.as_os_str() == "-";
     if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -626,7 +660,7 @@ pub async fn run_export(
             let summary = summary_text(|w| {
                 report::print_export_summary(&plan.manifest, &shown, plan.len(), w)
             });
-            print_summary(&summary, to_stdout);
+            print_summary(&signed(summary), to_stdout);
             ExitCode::SUCCESS
         }
         Ok(Target::Remote(client)) => {
@@ -647,7 +681,7 @@ pub async fn run_export(
                 Ok((manifest, bytes)) => {
                     let summary =
                         summary_text(|w| report::print_export_summary(&manifest, &shown, bytes, w));
-                    print_summary(&summary, to_stdout);
+                    print_summary(&signed(summary), to_stdout);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -726,8 +760,82 @@ async fn pump<W: tokio::io::AsyncWrite + Unpin>(
     Ok((head.manifest()?, written))
 }
 
+/// The keys a bundle must be signed with: `[import] trusted_keys` and `--trusted-key` files.
+fn trusted_keys(
+    config: &crate::Config,
+    files: &[PathBuf],
+) -> Result<Vec<sign::TrustedKey>, ExitCode> {
+    let mut keys: Vec<sign::TrustedKey> = config
+        .import
+        .trusted_keys
+        .iter()
+        .map(|k| sign::TrustedKey {
+            key: k.key,
+            source: k.path.display().to_string(),
+        })
+        .collect();
+    for file in files {
+        match sign::TrustedKey::read(file) {
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                eprintln!("wharf: --trusted-key {e}");
+                return Err(ExitCode::from(EX_USAGE));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// `wharf keygen --out PREFIX`: makes a key pair to sign bundles with.
+pub fn keygen(out: &Path) -> ExitCode {
+    match sign::keygen(out) {
+        Ok(id) => {
+            println!(
+                "wrote {0}.key (private, mode 0600: keep it on the connected side) and {0}.pub (copy it to the air-gapped wharf's [import] trusted_keys); key id {id}",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wharf import --list FILE`: what a bundle holds and whether its signature verifies, storing
+/// nothing. Exits 1 when trusted keys are configured and the signature does not verify with one.
+pub async fn list_bundle(config: &crate::Config, file: &Path, trusted: &[PathBuf]) -> ExitCode {
+    let keys = match trusted_keys(config, trusted) {
+        Ok(keys) => keys,
+        Err(code) => return code,
+    };
+    let head = match bundle::read_head(file).await {
+        Ok(head) => head,
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let verdict = sign::verify(&head.json, head.sig.as_deref(), &keys);
+    report::print_bundle_list(&head.manifest, &file.display().to_string(), &verdict, &keys);
+    if !keys.is_empty() && !verdict.is_verified() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 /// `wharf import`: verifies a bundle and makes its images visible, all or nothing.
-pub async fn run_import(config: &crate::Config, file: &Path, pin: bool) -> ExitCode {
+pub async fn run_import(
+    config: &crate::Config,
+    file: &Path,
+    pin: bool,
+    trusted: &[PathBuf],
+) -> ExitCode {
+    let trusted = match trusted_keys(config, trusted) {
+        Ok(keys) => keys,
+        Err(code) => return code,
+    };
     let from_stdin = file.as_os_str() == "-";
     let shown = if from_stdin {
         "stdin".to_owned()
@@ -759,13 +867,13 @@ pub async fn run_import(config: &crate::Config, file: &Path, pin: bool) -> ExitC
                     return ExitCode::FAILURE;
                 }
             };
-            let result = import::run(&app, input, import::Options { pin })
+            let result = import::run(&app, input, import::Options { pin, trusted })
                 .await
                 .map_err(|e| e.to_string());
             let _ = app.cache.flush_access();
             result
         }
-        Ok(Target::Remote(client)) => match client.import(input, pin).await {
+        Ok(Target::Remote(client)) => match client.import(input, pin, &trusted).await {
             Ok(report) => Ok(report),
             Err(e @ crate::airgap::client::ClientError::Connect { .. }) => {
                 return remote_failure(&e)

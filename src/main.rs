@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser, Subcommand};
-use wharf::airgap::{export, prefetch};
+use wharf::airgap::{export, prefetch, referrers};
 use wharf::cache::check::CheckOptions;
 use wharf::cli::{
-    chain, check, gc, pin, pins, run_export, run_import, run_prefetch, setup, Kind, PrefetchArgs,
-    EX_USAGE,
+    chain, check, gc, keygen, list_bundle, pin, pins, run_export, run_import, run_prefetch, setup,
+    ExportExtras, Kind, PrefetchArgs, EX_USAGE,
 };
 
 /// wharf: a pull-through caching mirror for OCI / Docker container registries.
@@ -142,6 +142,13 @@ enum Command {
         /// How many blobs to download at once.
         #[arg(long, value_name = "N", default_value_t = prefetch::DEFAULT_JOBS, value_parser = clap::value_parser!(usize))]
         jobs: usize,
+        /// Do not fetch the images' referrers (signatures, SBOMs, attestations).
+        #[arg(long)]
+        no_referrers: bool,
+        /// Fetch only referrers of this type (artifactType, or the first layer's media type);
+        /// repeat for several.
+        #[arg(long, value_name = "TYPE", conflicts_with = "no_referrers")]
+        referrers_type: Vec<String>,
         /// The images.
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
@@ -180,6 +187,16 @@ enum Command {
         /// Leave out what this earlier bundle holds (an incremental bundle).
         #[arg(long, value_name = "PREV.tar")]
         since: Option<PathBuf>,
+        /// Leave out the images' referrers (signatures, SBOMs, attestations).
+        #[arg(long)]
+        no_referrers: bool,
+        /// Take only referrers of this type (artifactType, or the first layer's media type);
+        /// repeat for several.
+        #[arg(long, value_name = "TYPE", conflicts_with = "no_referrers")]
+        referrers_type: Vec<String>,
+        /// Sign wharf-bundle.json with this Ed25519 private key (PEM; `wharf keygen` makes one).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
         /// The images.
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
@@ -199,9 +216,25 @@ enum Command {
         /// Do not pin the imported images.
         #[arg(long)]
         no_pin: bool,
+        /// Refuse the bundle unless it is signed by this key (a PEM public key, PREFIX.pub of
+        /// `wharf keygen`); repeat for several; added to [import] trusted_keys.
+        #[arg(long, value_name = "PUB")]
+        trusted_key: Vec<PathBuf>,
+        /// Print what the bundle holds (images, platforms, referrers, sizes, signer, whether the
+        /// signature verifies) and store nothing.
+        #[arg(long)]
+        list: bool,
         /// The bundle.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Make an Ed25519 key pair to sign bundles with: PREFIX.key (private, mode 0600) for
+    /// `wharf export --sign`, PREFIX.pub for [import] trusted_keys or `wharf import --trusted-key`.
+    #[command(after_help = AFTER_HELP)]
+    Keygen {
+        /// Where to write the keys: PREFIX.key and PREFIX.pub (an existing key is not replaced).
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
     },
     /// Pin images: keep them and everything they refer to out of eviction and gc.
     ///
@@ -289,6 +322,8 @@ fn main() -> ExitCode {
             platform,
             no_pin,
             jobs,
+            no_referrers,
+            referrers_type,
             images,
         } => match setup(&config, Kind::Airgap) {
             Ok((loaded, runtime, _log)) => runtime.block_on(run_prefetch(
@@ -299,6 +334,7 @@ fn main() -> ExitCode {
                     platform,
                     pin: !no_pin,
                     jobs,
+                    referrers: referrer_options(no_referrers, referrers_type),
                     images,
                 },
             )),
@@ -311,6 +347,9 @@ fn main() -> ExitCode {
             all,
             platform,
             since,
+            no_referrers,
+            referrers_type,
+            sign,
             images,
         } => match setup(&config, Kind::Airgap) {
             Ok((config, runtime, _log)) => {
@@ -321,18 +360,44 @@ fn main() -> ExitCode {
                 } else {
                     export::Selection::Images(images)
                 };
-                runtime.block_on(run_export(&config, selection, platform, since, &out))
+                let extras = ExportExtras {
+                    referrers: referrer_options(no_referrers, referrers_type),
+                    sign,
+                };
+                runtime.block_on(run_export(
+                    &config, selection, platform, since, &out, extras,
+                ))
             }
             Err(code) => code,
         },
         Command::Import {
             config,
             no_pin,
+            trusted_key,
+            list,
             file,
         } => match setup(&config, Kind::Airgap) {
-            Ok((config, runtime, _log)) => runtime.block_on(run_import(&config, &file, !no_pin)),
+            Ok((config, runtime, _log)) if list => {
+                runtime.block_on(list_bundle(&config, &file, &trusted_key))
+            }
+            Ok((config, runtime, _log)) => {
+                runtime.block_on(run_import(&config, &file, !no_pin, &trusted_key))
+            }
             Err(code) => code,
         },
+        Command::Keygen { out } => keygen(&out),
+    }
+}
+
+/// `--no-referrers` and `--referrers-type` as the commands take them.
+fn referrer_options(none: bool, types: Vec<String>) -> referrers::Options {
+    if none {
+        referrers::Options::none()
+    } else {
+        referrers::Options {
+            enabled: true,
+            types,
+        }
     }
 }
 

@@ -490,6 +490,11 @@ fn bundle_manifest() -> impl Strategy<Value = BundleManifest> {
                         reason,
                     })
                     .collect(),
+                platforms: Vec::new(),
+                bytes: None,
+                referrer_of: None,
+                belongs_to: None,
+                artifact_type: None,
             },
         );
     let file = (digest(), any::<u64>()).prop_map(|(sha256, size)| BundleFile {

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! wharf-bundle.json          first, so an incremental export and an import read it before any blob
+//! wharf-bundle.sig           only in a signed bundle: the Ed25519 signature of wharf-bundle.json
+//!                            (see [`super::sign`]), second, so an import checks it before any blob
 //! oci-layout                 {"imageLayoutVersion":"1.0.0"}
 //! index.json                 one entry per image, org.opencontainers.image.ref.name = the full
 //!                            source reference (docker.io/library/nginx:1.27)
@@ -12,7 +14,9 @@
 //! `wharf-bundle.json` ([`BundleManifest`]) names every other file with its sha256 and size, says
 //! when and where the bundle was made, which platforms of an index were left out (and why), and,
 //! for an incremental bundle, which base it builds on and which blobs it leaves out because that
-//! base has them. Every entry has the bundle's creation time as its mtime, and the entries come in
+//! base has them. An image's referrers (signatures, SBOMs, attestations) are images of the bundle
+//! too, each naming the manifest it refers to (`referrerOf`): by a cosign or tag-schema tag
+//! (`sha256-<hex>.sig`) or by digest. Every entry has the bundle's creation time as its mtime, and the entries come in
 //! a fixed order, so the same cache content exported at the same second gives the same bytes.
 
 use std::collections::BTreeSet;
@@ -105,6 +109,22 @@ pub struct BundleImage {
     /// never pulled by the exporting wharf. An import accepts exactly these as missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub omitted: Vec<Omitted>,
+    /// The platforms of an index that are in the bundle (`linux/amd64`), for `import --list`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    /// Bytes of the manifests and blobs it needs (shared ones counted for each image), for
+    /// `import --list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// For a referrer (a signature, SBOM or attestation): the manifest it refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer_of: Option<Digest>,
+    /// For a referrer: the image (its reference) it came with, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub belongs_to: Option<String>,
+    /// For a referrer: its artifact type (or its config's media type), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
 }
 
 /// An index entry a bundle leaves out.
@@ -227,6 +247,18 @@ impl Head {
     }
 }
 
+/// The head of a bundle file: `wharf-bundle.json` (parsed, and its exact bytes) and, for a signed
+/// bundle, `wharf-bundle.sig`.
+#[derive(Debug, Clone)]
+pub struct HeadEntries {
+    /// The parsed `wharf-bundle.json`.
+    pub manifest: BundleManifest,
+    /// Its bytes, as signed.
+    pub json: Vec<u8>,
+    /// `wharf-bundle.sig`, when the bundle has one.
+    pub sig: Option<Vec<u8>>,
+}
+
 /// Reads the `wharf-bundle.json` of a bundle file: its first entry (the blobs after it are not
 /// read).
 ///
@@ -234,19 +266,24 @@ impl Head {
 /// A message naming the file and what is wrong: unreadable, not a tar, not a wharf bundle, a
 /// version this wharf does not read.
 pub async fn read_manifest(path: &Path) -> Result<BundleManifest, String> {
+    read_head(path).await.map(|h| h.manifest)
+}
+
+/// Reads the first entries of a bundle file: `wharf-bundle.json` and, when it follows,
+/// `wharf-bundle.sig` (nothing after them is read).
+///
+/// # Errors
+/// As [`read_manifest`].
+pub async fn read_head(path: &Path) -> Result<HeadEntries, String> {
     let shown = path.display();
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("{shown}: cannot open it: {e}"))?;
     let mut reader = Reader::new(file);
-    let entry = loop {
-        match reader.next().await {
-            Ok(Some(e)) if e.kind == Kind::Dir => {}
-            Ok(Some(e)) => break e,
-            Ok(None) => return Err(format!("{shown}: the archive is empty")),
-            Err(e) => return Err(format!("{shown}: {e}")),
-        }
-    };
+    let entry = next_file(&mut reader)
+        .await
+        .map_err(|e| format!("{shown}: {e}"))?
+        .ok_or_else(|| format!("{shown}: the archive is empty"))?;
     if entry.path != BUNDLE_JSON {
         return Err(format!(
             "{shown}: not a wharf bundle (its first entry is {}, not {BUNDLE_JSON})",
@@ -259,18 +296,58 @@ pub async fn read_manifest(path: &Path) -> Result<BundleManifest, String> {
             entry.size
         ));
     }
+    let json = read_entry(&mut reader)
+        .await
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let manifest = parse_manifest(&json).map_err(|e| format!("{shown}: {BUNDLE_JSON}: {e}"))?;
+    let sig = match next_file(&mut reader)
+        .await
+        .map_err(|e| format!("{shown}: {e}"))?
+    {
+        Some(e) if e.path == super::sign::BUNDLE_SIG => {
+            if e.size > super::sign::MAX_SIG {
+                return Err(format!(
+                    "{shown}: {} is {} bytes, more than wharf reads",
+                    e.path, e.size
+                ));
+            }
+            Some(
+                read_entry(&mut reader)
+                    .await
+                    .map_err(|e| format!("{shown}: {e}"))?,
+            )
+        }
+        _ => None,
+    };
+    Ok(HeadEntries {
+        manifest,
+        json,
+        sig,
+    })
+}
+
+/// The next entry that is not a directory.
+async fn next_file(
+    reader: &mut Reader<tokio::fs::File>,
+) -> Result<Option<super::tar::Entry>, super::tar::TarError> {
+    loop {
+        match reader.next().await? {
+            Some(e) if e.kind == Kind::Dir => {}
+            other => return Ok(other),
+        }
+    }
+}
+
+/// The rest of the current entry (its size was checked to be small).
+async fn read_entry(reader: &mut Reader<tokio::fs::File>) -> Result<Vec<u8>, super::tar::TarError> {
     let mut bytes = Vec::new();
     loop {
-        let chunk = reader
-            .chunk(1 << 20)
-            .await
-            .map_err(|e| format!("{shown}: {e}"))?;
+        let chunk = reader.chunk(1 << 20).await?;
         if chunk.is_empty() {
-            break;
+            return Ok(bytes);
         }
         bytes.extend_from_slice(&chunk);
     }
-    parse_manifest(&bytes).map_err(|e| format!("{shown}: {BUNDLE_JSON}: {e}"))
 }
 
 /// Parses `wharf-bundle.json`.

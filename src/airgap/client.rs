@@ -199,9 +199,18 @@ impl Client {
         &self,
         bundle: R,
         pin: bool,
+        trusted: &[super::sign::TrustedKey],
     ) -> Result<import::Report, ClientError> {
+        use base64::Engine as _;
         let stream = ReaderStream::with_capacity(bundle, 256 * 1024).map_ok(Frame::data);
-        let request = Request::builder()
+        let mut request = Request::builder();
+        for key in trusted {
+            request = request.header(
+                super::control::TRUSTED_KEY_HEADER,
+                base64::engine::general_purpose::STANDARD.encode(key.key),
+            );
+        }
+        let request = request
             .method(Method::POST)
             .uri(if pin {
                 "/import?pin=true"

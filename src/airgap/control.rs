@@ -16,7 +16,8 @@
 //!   per line (NDJSON) as the prefetch goes;
 //! - `POST /export`: an [`export::Request`], answered with the tar (exact `Content-Length`), or an
 //!   error before the first byte when something is not cached;
-//! - `POST /import?pin=true|false`: the tar as the body, answered with an [`import::Report`];
+//! - `POST /import?pin=true|false`: the tar as the body, with one `x-wharf-trusted-key` header per
+//!   key the bundle must be signed with, answered with an [`import::Report`];
 //! - `POST /pin`: `{"images":[...],"pin":true|false}`, and `GET /pins`: [`pins::Output`].
 //!
 //! Errors are `{"error":"..."}` with a 4xx (the request or bundle is wrong) or 5xx status.
@@ -41,7 +42,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::io::{ReaderStream, StreamReader};
 use tracing::{debug, error, info, warn};
 
-use super::{export, import, pins, prefetch};
+use super::{export, import, pins, prefetch, sign};
 use crate::server::response::Body;
 use crate::server::{App, Current};
 
@@ -53,6 +54,10 @@ use crate::limits::MAX_CONTROL_REQUEST as MAX_REQUEST;
 /// Carries an export's warnings (one per value) before the tar; a last value that is a bare number
 /// says how many more were left out.
 pub const WARNING_HEADER: header::HeaderName = header::HeaderName::from_static("x-wharf-warning");
+
+/// Carries, on `POST /import`, a key the bundle must be signed with (repeated for several).
+pub const TRUSTED_KEY_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-wharf-trusted-key");
 
 /// The most warnings sent in headers.
 const MAX_WARNINGS: usize = 50;
@@ -270,7 +275,10 @@ async fn answer(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
         },
         (&Method::POST, "/import") => {
             let pin = !parts.uri.query().is_some_and(|q| q.contains("pin=false"));
-            import_body(state, body, pin).await
+            match trusted_keys(&parts.headers) {
+                Ok(trusted) => import_body(state, body, import::Options { pin, trusted }).await,
+                Err(why) => error(StatusCode::BAD_REQUEST, why),
+            }
         }
         (&Method::POST, "/pin") => match read_json::<PinRequest>(body).await {
             Ok(req) => {
@@ -411,11 +419,41 @@ async fn export_stream(state: &Arc<State>, req: export::Request) -> Response<Bod
     r
 }
 
-async fn import_body(state: &Arc<State>, body: Incoming, pin: bool) -> Response<Body> {
-    info!("control socket: import");
+/// The keys an import must find the bundle signed with: one [`TRUSTED_KEY_HEADER`] each, the 32
+/// public key bytes in base64 (the command reads `[import] trusted_keys` and `--trusted-key`).
+fn trusted_keys(headers: &http::HeaderMap) -> Result<Vec<sign::TrustedKey>, String> {
+    use base64::Engine as _;
+    headers
+        .get_all(TRUSTED_KEY_HEADER)
+        .iter()
+        .map(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .map(|key| sign::TrustedKey {
+                    key,
+                    source: "the command".into(),
+                })
+                .ok_or_else(|| {
+                    format!("a {TRUSTED_KEY_HEADER} header that is not a base64 Ed25519 public key")
+                })
+        })
+        .collect()
+}
+
+async fn import_body(
+    state: &Arc<State>,
+    body: Incoming,
+    options: import::Options,
+) -> Response<Body> {
+    info!(
+        trusted_keys = options.trusted.len(),
+        "control socket: import"
+    );
     let stream = body.into_data_stream().map_err(io::Error::other);
     let mut reader = StreamReader::new(stream);
-    let result = import::run(&state.app(), &mut reader, import::Options { pin }).await;
+    let result = import::run(&state.app(), &mut reader, options).await;
     match result {
         Ok(report) => {
             info!(

@@ -12,7 +12,7 @@
 //! With `--since PREV.tar`, blobs PREV holds (or left out because its own base held them) are left
 //! out and listed as such; only PREV's `wharf-bundle.json` is read, never its blobs.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -25,11 +25,13 @@ use super::bundle::{
     BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT, REF_NAME,
 };
 use super::manifest::{self, EntryPlatform};
+use super::referrers::{self, MAX_DEPTH, MAX_REFERRERS};
 use super::refs::Platform;
+use super::sign::{Signature, SigningKey, BUNDLE_SIG};
 use super::tar::{self, Writer};
 use crate::cache::holds::Hold;
 use crate::cache::IndexError;
-use crate::oci::{media, Digest, ImageRef, Reference, Verifier};
+use crate::oci::{media, referrer, Digest, ImageRef, Reference, Verifier};
 use crate::server::App;
 
 /// How much of a blob is read (and hashed) at a time.
@@ -56,6 +58,12 @@ pub struct Request {
     pub platforms: Option<Vec<Platform>>,
     /// The base bundle, for an incremental export.
     pub since: Option<Base>,
+    /// Which referrers (signatures, SBOMs, attestations) go along.
+    #[serde(default)]
+    pub referrers: referrers::Options,
+    /// Sign `wharf-bundle.json` with this key (`--sign`).
+    #[serde(default)]
+    pub sign: Option<SigningKey>,
 }
 
 /// What a base bundle holds, from its `wharf-bundle.json`.
@@ -72,6 +80,10 @@ pub struct Plan {
     /// The bundle's `wharf-bundle.json`.
     pub manifest: BundleManifest,
     manifest_json: Vec<u8>,
+    /// `wharf-bundle.sig`, when signed.
+    sig_json: Option<Vec<u8>>,
+    /// The signer's key id, when signed.
+    pub signer: Option<String>,
     index_json: Vec<u8>,
     blobs: Vec<(Digest, u64)>,
     mtime: u64,
@@ -114,6 +126,29 @@ struct Walked {
     blobs: BTreeMap<Digest, u64>,
     holds: Vec<Hold>,
     held: HashSet<Digest>,
+    /// The platforms of an index that are exported, for `import --list`.
+    platforms: Vec<String>,
+}
+
+/// An image to export, as planning finds it.
+struct Root {
+    image: ImageRef,
+    digest: Digest,
+    /// When the tag was last confirmed.
+    fetched_at: Option<std::time::SystemTime>,
+    /// Lenient about what is not cached (left out with a warning).
+    lenient: bool,
+    /// For a referrer: what it refers to.
+    referrer: Option<ReferrerOf>,
+}
+
+/// What a referrer being exported refers to.
+struct ReferrerOf {
+    subject: Digest,
+    /// The image (by its index in the bundle's images) whose referrer it is, at any depth.
+    owner: usize,
+    /// How many levels below that image.
+    depth: usize,
 }
 
 // === impl Plan ===
@@ -124,6 +159,7 @@ impl Plan {
         // Sizes of files in the store, far from 2^64: saturating only guards the arithmetic.
         let len = |size: usize| tar::entry_len(size as u64).unwrap_or(u64::MAX);
         let mut n = len(self.manifest_json.len())
+            .saturating_add(self.sig_json.as_ref().map_or(0, |s| len(s.len())))
             .saturating_add(len(OCI_LAYOUT_CONTENT.len()))
             .saturating_add(len(self.index_json.len()))
             .saturating_add(2 * tar::BLOCK);
@@ -170,6 +206,8 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
     let index = app.cache.index();
     // (image, root manifest, when the tag was last confirmed, lenient about uncached platforms)
     let mut roots: Vec<(ImageRef, Digest, Option<std::time::SystemTime>, bool)> = Vec::new();
+    // Scheme tags (`sha256-<hex>.sig`) go along with their images as referrers, not on their own.
+    let own = |image: &ImageRef| !matches!(&image.reference, Reference::Tag(t) if referrer::is_scheme_tag(t.as_str()));
     let mut warnings = Vec::new();
     let not_cached = |image: &ImageRef| {
         ExportError::NotCached(format!(
@@ -199,7 +237,7 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
             }
         }
         Selection::Pinned => {
-            for (image, _) in index.pins()? {
+            for (image, _) in index.pins()?.into_iter().filter(|(i, _)| own(i)) {
                 if !app.upstreams.iter().any(|u| u.name() == image.registry) {
                     warnings.push(format!(
                         "{image}: pinned, but its registry is no [[upstream]] any more; left out"
@@ -216,6 +254,7 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
                 .all_tags()?
                 .into_iter()
                 .filter(|(up, ..)| known.contains(up.as_str()))
+                .filter(|(_, _, tag, _)| !referrer::is_scheme_tag(tag.as_str()))
                 .map(|(registry, repo, tag, _)| ImageRef {
                     registry,
                     repo,
@@ -227,7 +266,7 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
                     .pins()?
                     .into_iter()
                     .map(|(image, _)| image)
-                    .filter(|image| known.contains(image.registry.as_str())),
+                    .filter(|image| known.contains(image.registry.as_str()) && own(image)),
             );
             for image in images {
                 match root_of(&image)? {
@@ -236,6 +275,26 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
                 }
             }
         }
+    }
+    // Pinned by digest because a prefetch found it as a referrer: it goes along with its image.
+    if request.referrers.enabled && !matches!(request.selection, Selection::Images(_)) {
+        let mut kept = Vec::with_capacity(roots.len());
+        for root in roots {
+            let referrer = match &root.0.reference {
+                Reference::Digest(d) => app
+                    .cache
+                    .read_small(d)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| referrer::of_manifest(&b).is_some()),
+                Reference::Tag(_) => false,
+            };
+            if !referrer {
+                kept.push(root);
+            }
+        }
+        roots = kept;
     }
     let mut seen = HashSet::new();
     roots.retain(|(image, ..)| seen.insert(image.to_string()));
@@ -254,25 +313,66 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
         blobs: BTreeMap::new(),
         holds: Vec::new(),
         held: HashSet::new(),
+        platforms: Vec::new(),
     };
     let platforms = request.platforms.as_deref();
     let mut images = Vec::new();
     let mut index_entries = Vec::new();
-    for (image, root, fetched_at, lenient) in roots {
+    let mut queue: std::collections::VecDeque<Root> = roots
+        .into_iter()
+        .map(|(image, digest, fetched_at, lenient)| Root {
+            image,
+            digest,
+            fetched_at,
+            lenient,
+            referrer: None,
+        })
+        .collect();
+    let mut exported: HashSet<String> = HashSet::new();
+    // Referrers taken along per image (by the image's index in `images`).
+    let mut taken: HashMap<usize, usize> = HashMap::new();
+    while let Some(Root {
+        image,
+        digest: root,
+        fetched_at,
+        lenient,
+        referrer,
+    }) = queue.pop_front()
+    {
+        let reference = image.to_string();
+        if !exported.insert(reference.clone()) {
+            continue;
+        }
+        // A referrer's type is judged first, so one left out holds nothing.
+        let mut artifact_type = None;
+        if referrer.is_some() {
+            let Ok(Some(bytes)) = app.cache.read_small(&root).await else {
+                continue;
+            };
+            let is_index = manifest::parse(&bytes).is_ok_and(|r| r.is_index());
+            if !request.referrers.wants(&bytes, is_index) {
+                continue;
+            }
+            artifact_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|doc| referrer::artifact_type(&doc).map(str::to_owned));
+        }
         // Each image is walked on its own, so one that cannot be exported adds nothing.
         let mut scratch = Walked {
             manifests: BTreeMap::new(),
             blobs: BTreeMap::new(),
             holds: std::mem::take(&mut walked.holds),
             held: std::mem::take(&mut walked.held),
+            platforms: Vec::new(),
         };
         let mut said = Vec::new();
         let result = walk(
             app,
             &image,
             root,
-            platforms,
+            if referrer.is_some() { None } else { platforms },
             lenient,
+            referrer.is_none(),
             &mut scratch,
             &mut said,
         )
@@ -290,6 +390,13 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
         };
         warnings.extend(said);
         let size = scratch.manifests.get(&root).copied().unwrap_or(0);
+        let bytes = scratch
+            .manifests
+            .values()
+            .chain(scratch.blobs.values())
+            .fold(0u64, |n, s| n.saturating_add(*s));
+        let subjects: Vec<Digest> = scratch.manifests.keys().copied().collect();
+        let exported_platforms = std::mem::take(&mut scratch.platforms);
         walked.manifests.append(&mut scratch.manifests);
         walked.blobs.append(&mut scratch.blobs);
         let recorded = index
@@ -302,13 +409,16 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
             }
             _ => recorded,
         };
-        let reference = image.to_string();
         index_entries.push(serde_json::json!({
             "mediaType": media_type,
             "digest": root,
             "size": size,
             "annotations": { REF_NAME: reference },
         }));
+        let (owner, depth) = match &referrer {
+            Some(r) => (r.owner, r.depth),
+            None => (images.len(), 0),
+        };
         images.push(BundleImage {
             reference,
             digest: root,
@@ -316,8 +426,54 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
             size,
             fetched_at: fetched_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             omitted,
+            platforms: exported_platforms,
+            bytes: Some(bytes),
+            belongs_to: referrer.as_ref().and_then(|r| {
+                images
+                    .get(r.owner)
+                    .map(|i: &BundleImage| i.reference.clone())
+            }),
+            referrer_of: referrer.map(|r| r.subject),
+            artifact_type,
         });
+        // Its referrers, found among what is held, follow it.
+        if !request.referrers.enabled || depth >= MAX_DEPTH {
+            continue;
+        }
+        for subject in subjects {
+            for found in referrers::held(app, &image, &subject)? {
+                let count = taken.entry(owner).or_default();
+                if *count >= MAX_REFERRERS {
+                    break;
+                }
+                let r = ImageRef {
+                    registry: image.registry.clone(),
+                    repo: image.repo.clone(),
+                    reference: found.reference,
+                };
+                if exported.contains(&r.to_string()) {
+                    continue;
+                }
+                *count += 1;
+                let fetched_at = match &r.reference {
+                    Reference::Tag(t) => index.tag(&r.registry, &r.repo, t)?.map(|e| e.fetched_at),
+                    Reference::Digest(_) => None,
+                };
+                queue.push_back(Root {
+                    image: r,
+                    digest: found.digest,
+                    fetched_at,
+                    lenient: true,
+                    referrer: Some(ReferrerOf {
+                        subject,
+                        owner,
+                        depth: depth + 1,
+                    }),
+                });
+            }
+        }
     }
+    warnings.dedup();
 
     if images.is_empty() {
         return Err(ExportError::NotCached(format!(
@@ -382,9 +538,15 @@ pub async fn plan(app: &App, request: &Request, storage: &Path) -> Result<Plan, 
     };
     let manifest_json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ExportError::Request(e.to_string()))?;
+    let signature = match &request.sign {
+        Some(key) => Some(key.sign(&manifest_json).map_err(ExportError::Request)?),
+        None => None,
+    };
     Ok(Plan {
         manifest,
         manifest_json,
+        sig_json: signature.as_ref().map(Signature::to_json),
+        signer: signature.map(|s| s.key_id),
         index_json,
         blobs: blobs.into_iter().collect(),
         mtime,
@@ -422,12 +584,14 @@ async fn hold(
 
 /// Reads an image's manifests from the store and records what it needs; returns the index entries
 /// it leaves out.
+#[allow(clippy::too_many_arguments)]
 async fn walk(
     app: &App,
     image: &ImageRef,
     root: Digest,
     platforms: Option<&[Platform]>,
     lenient: bool,
+    follow_subject: bool,
     walked: &mut Walked,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Omitted>, ExportError> {
@@ -482,6 +646,9 @@ async fn walk(
                     .map_err(cache_error)?
                     .is_some();
             if cached {
+                if child.platform.is_some() && !walked.platforms.contains(&platform) {
+                    walked.platforms.push(platform.clone());
+                }
                 queue.push((child.digest, format!("{platform}: ")));
             } else if lenient {
                 warnings.push(format!(
@@ -500,7 +667,8 @@ async fn walk(
                 )));
             }
         }
-        if let Some(subject) = &refs.subject {
+        // A referrer's subject is its image's, exported (with its platforms) on its own.
+        if let Some(subject) = refs.subject.as_ref().filter(|_| follow_subject) {
             queue.push((subject.digest, format!("{context}subject: ")));
         }
         for b in &refs.blobs {
@@ -536,6 +704,11 @@ pub async fn write<W: AsyncWrite + Unpin>(
     w.small_file(BUNDLE_JSON, &plan.manifest_json, plan.mtime)
         .await
         .map_err(ExportError::Write)?;
+    if let Some(sig) = &plan.sig_json {
+        w.small_file(BUNDLE_SIG, sig, plan.mtime)
+            .await
+            .map_err(ExportError::Write)?;
+    }
     w.small_file(OCI_LAYOUT, OCI_LAYOUT_CONTENT, plan.mtime)
         .await
         .map_err(ExportError::Write)?;

@@ -1,6 +1,11 @@
 //! `wharf import`: reads a bundle into the cache, so that nothing of it is visible until all of it
 //! has been checked.
 //!
+//! 0. **Verify.** With trusted keys ([`Options::trusted`]), the signature of `wharf-bundle.json`
+//!    (the first entry; `wharf-bundle.sig` the second, see [`super::sign`]) is checked before the
+//!    first blob is staged: an unsigned bundle, another signer or a changed `wharf-bundle.json` is
+//!    refused there. Since that file names every other one with its sha256 and size, anything
+//!    changed after signing is then refused by the checks below.
 //! 1. **Stage.** The tar is streamed entry by entry. Each blob is hashed while it is written to a
 //!    staging file in `tmp/` (closed right after, so a bundle of many blobs does not exhaust file
 //!    descriptors); a blob the store already has is hashed but not written. A blob whose bytes do
@@ -13,6 +18,8 @@
 //!    (config, layers, index entries, subject) is in the bundle or already in the store, except
 //!    index entries the bundle lists as left out. Blobs already in the store are held, so eviction
 //!    cannot remove them before the import is done.
+//!    Manifests with a `subject` are noted, to record them as referrers of it (per upstream and
+//!    repository) when committed.
 //! 3. **Commit.** Only then: blobs are committed (fsync, rename, index record), manifests after
 //!    everything they refer to, then tags are set (last, so a tag never points at anything
 //!    incomplete), then the images are pinned.
@@ -38,12 +45,15 @@ use super::bundle::{
 };
 use super::export::parse_image;
 use super::manifest::{self, EntryPlatform};
+use super::sign::{self, TrustedKey, Verdict, BUNDLE_SIG, MAX_SIG};
 use super::tar::{Kind, Reader, TarError};
 use crate::cache::holds::Hold;
 use crate::cache::{IndexError, TagEntry, ToCommit};
-use crate::oci::{media, Digest, ImageRef, Reference, Verifier};
+use crate::oci::referrer::{self, Referrer};
+use crate::oci::{media, Digest, ImageRef, Reference, RepoName, Verifier};
 use crate::server::App;
 use crate::store::{BlobWriter, StagedBlob};
+use tracing::warn;
 
 use crate::limits::MAX_OCI_LAYOUT;
 pub use crate::limits::{MAX_BUNDLE_ENTRIES as MAX_ENTRIES, MAX_INDEX_JSON};
@@ -55,10 +65,14 @@ const CHUNK: usize = 1 << 20;
 const COMMITS: usize = 16;
 
 /// What an import does besides storing.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Options {
     /// Pin the imported images.
     pub pin: bool,
+    /// Keys whose signature the bundle must carry (`[import] trusted_keys`, `--trusted-key`);
+    /// empty: any bundle is imported, unverified.
+    #[serde(default)]
+    pub trusted: Vec<TrustedKey>,
 }
 
 /// What an import did.
@@ -82,6 +96,9 @@ pub struct Report {
     pub bytes_present: u64,
     /// Images pinned.
     pub pinned: u64,
+    /// What checking the bundle's signature found.
+    #[serde(default)]
+    pub signature: Option<Verdict>,
 }
 
 /// One imported image.
@@ -136,6 +153,8 @@ struct Checked {
     /// media types.
     manifests: Vec<(Digest, String)>,
     holds: Vec<Hold>,
+    /// Manifests with a `subject`, by the upstream and repository of the image that has them.
+    subjects: Vec<(String, RepoName, Referrer, Digest)>,
 }
 
 // === impl ImportError ===
@@ -176,6 +195,8 @@ pub async fn run<R: AsyncRead + Unpin>(
     // The sizes wharf-bundle.json gives, by path, once it has been read.
     let mut declared: HashMap<String, u64> = HashMap::new();
     let mut entries = 0u64;
+    // The signature is checked once, before the first blob is staged.
+    let mut verdict: Option<Verdict> = None;
 
     // 1. Stage.
     while let Some(entry) = reader.next().await.map_err(from_tar)? {
@@ -196,15 +217,21 @@ pub async fn run<R: AsyncRead + Unpin>(
             }
             Kind::File => {}
         }
-        let known = [BUNDLE_JSON, OCI_LAYOUT, INDEX_JSON]
+        let known = [BUNDLE_JSON, BUNDLE_SIG, OCI_LAYOUT, INDEX_JSON]
             .into_iter()
             .find(|k| *k == path);
         if let Some(name) = known {
             if small.contains_key(name) {
                 return Err(bad(format!("{path} appears twice in the archive")));
             }
+            if name == BUNDLE_SIG && verdict.is_some() {
+                return Err(bad(format!(
+                    "{path} comes after a blob; a signed bundle has it right after {BUNDLE_JSON}"
+                )));
+            }
             let max = match name {
                 BUNDLE_JSON => MAX_BUNDLE_JSON,
+                BUNDLE_SIG => MAX_SIG,
                 INDEX_JSON => MAX_INDEX_JSON,
                 _ => MAX_OCI_LAYOUT,
             };
@@ -231,6 +258,9 @@ pub async fn run<R: AsyncRead + Unpin>(
                 "{path}: not part of a wharf bundle (expected {BUNDLE_JSON}, {OCI_LAYOUT}, {INDEX_JSON} and blobs/sha256/<hex>)"
             )));
         };
+        if verdict.is_none() {
+            verdict = Some(check_signature(&options.trusted, &small)?);
+        }
         if blobs.contains_key(&digest) {
             return Err(bad(format!("{path} appears twice in the archive")));
         }
@@ -243,6 +273,11 @@ pub async fn run<R: AsyncRead + Unpin>(
         let staging = stage(app, &mut reader, &path, digest, entry.size).await?;
         blobs.insert(digest, staging);
     }
+
+    let verdict = match verdict {
+        Some(v) => v,
+        None => check_signature(&options.trusted, &small)?,
+    };
 
     // 2. Check.
     let manifest = bundle_manifest.ok_or_else(|| {
@@ -268,6 +303,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         created: manifest.created.clone(),
         source: Some(manifest.source.clone()),
         since: manifest.since.clone(),
+        signature: Some(verdict),
         ..Report::default()
     };
     // Blobs first, several at a time (each commit waits for two fsyncs, which the filesystem
@@ -369,9 +405,51 @@ pub async fn run<R: AsyncRead + Unpin>(
             report.pinned += 1;
         }
     }
+    // Referrers, by the subject they name, in the repository of the image that brought them: the
+    // referrers API of an offline wharf answers from these.
+    for (registry, repo, r, digest) in &checked.subjects {
+        index.add_referrer(registry, repo, &r.subject, digest, &r.descriptor)?;
+    }
     index.flush().await?;
     drop(checked.holds);
+    if options.trusted.is_empty() {
+        warn!(
+            signer = report
+                .signature
+                .as_ref()
+                .and_then(Verdict::signer)
+                .unwrap_or("none"),
+            images = report.images.len(),
+            "imported a bundle whose signature was not checked: no [import] trusted_keys or --trusted-key"
+        );
+    }
     Ok(report)
+}
+
+/// Checks the bundle's signature (before any blob is staged). With trusted keys, anything but a
+/// verified signature refuses the bundle; without, the import goes on and the log says the bundle
+/// was not verified.
+fn check_signature(
+    trusted: &[TrustedKey],
+    small: &HashMap<&'static str, Bytes>,
+) -> Result<Verdict, ImportError> {
+    let Some(json) = small.get(BUNDLE_JSON) else {
+        if trusted.is_empty() {
+            return Ok(Verdict::Unsigned);
+        }
+        return Err(bad(format!(
+            "the archive does not start with {BUNDLE_JSON}, so it cannot be verified; export bundles with `wharf export --sign KEY`"
+        )));
+    };
+    let verdict = sign::verify(json, small.get(BUNDLE_SIG).map(|b| &b[..]), trusted);
+    if trusted.is_empty() {
+        // Said once the import is done (a refused bundle gets its one line, nothing more).
+        return Ok(verdict);
+    }
+    match verdict.refusal(trusted) {
+        Some(why) => Err(bad(why)),
+        None => Ok(verdict),
+    }
 }
 
 /// Reads a small entry whole.
@@ -604,6 +682,7 @@ async fn check_images(
     };
     let mut types: HashMap<Digest, String> = HashMap::new();
     let mut edges: HashMap<Digest, Vec<Digest>> = HashMap::new();
+    let mut subjects = Vec::new();
     let mut roots = Vec::new();
     let incremental = manifest.since.as_ref().map_or_else(String::new, |s| {
         format!(
@@ -614,14 +693,17 @@ async fn check_images(
     for (image, bundled) in images {
         roots.push(bundled.digest);
         let omitted: HashSet<Digest> = bundled.omitted.iter().map(|o| o.digest).collect();
+        // The last field: reached through a referrer's `subject`. That manifest belongs to another
+        // image of the bundle (or of the store), which answers for its index entries.
         let mut queue = vec![(
             bundled.digest,
             Some(bundled.media_type.clone()),
             Some(bundled.size),
             format!("{image}"),
+            false,
         )];
         let mut seen = HashSet::new();
-        while let Some((digest, hint, expected_size, context)) = queue.pop() {
+        while let Some((digest, hint, expected_size, context, via_subject)) = queue.pop() {
             if !seen.insert(digest) {
                 continue;
             }
@@ -659,11 +741,14 @@ async fn check_images(
                 .or_else(|| media::sniff_manifest_type(&bytes))
                 .unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
             types.entry(digest).or_insert(media_type);
+            if let Some(r) = referrer::of_manifest(&bytes) {
+                subjects.push((image.registry.clone(), image.repo.clone(), r, digest));
+            }
             let mut next = Vec::new();
             for child in &refs.children {
                 let platform = EntryPlatform::describe(child.platform.as_ref());
                 if available.size(child.digest).await?.is_none() {
-                    if omitted.contains(&child.digest) {
+                    if omitted.contains(&child.digest) || via_subject {
                         continue;
                     }
                     return Err(bad(format!(
@@ -677,6 +762,7 @@ async fn check_images(
                     child.media_type.clone(),
                     child.size,
                     format!("{context} ({platform})"),
+                    via_subject,
                 ));
             }
             if let Some(subject) = &refs.subject {
@@ -686,6 +772,7 @@ async fn check_images(
                     subject.media_type.clone(),
                     subject.size,
                     format!("{context} (subject)"),
+                    true,
                 ));
             }
             for b in &refs.blobs {
@@ -733,6 +820,7 @@ async fn check_images(
     Ok(Checked {
         manifests,
         holds: available.holds,
+        subjects,
     })
 }
 

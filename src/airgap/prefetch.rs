@@ -26,11 +26,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::manifest::{self, Descriptor, EntryPlatform};
+use super::referrers::{self, MAX_DEPTH, MAX_REFERRERS};
 use super::refs::Platform;
 use crate::cache::manifests::{Manifest, ManifestStatus};
 use crate::cache::BlobSource;
 use crate::cache::ByteStream;
-use crate::oci::{media, Digest, ErrorCode, ImageRef, Reference};
+use crate::oci::{media, referrer, Digest, ErrorCode, ImageRef, Reference};
 use crate::server::response::{ApiError, Area, CacheStatus};
 use crate::server::route::{self, Parsed};
 use crate::server::{manifests, App};
@@ -53,6 +54,9 @@ pub struct Options {
     pub pin: bool,
     /// Blob downloads at once, across images.
     pub jobs: usize,
+    /// Which referrers (signatures, SBOMs, attestations) are fetched with each image.
+    #[serde(default)]
+    pub referrers: referrers::Options,
 }
 
 /// Progress of a prefetch, for the terminal or the control socket (one JSON object per line).
@@ -122,6 +126,9 @@ pub struct ImageStats {
     pub bytes_fetched: u64,
     /// Bytes that were cached.
     pub bytes_cached: u64,
+    /// Referrers fetched or found cached with it (signatures, SBOMs, attestations).
+    #[serde(default)]
+    pub referrers: u64,
     /// Whether it was pinned.
     pub pinned: bool,
     /// Why it failed, when it did.
@@ -294,7 +301,7 @@ async fn fetch_image(
     name: &str,
     stats: &mut ImageStats,
 ) -> Result<(), String> {
-    let blobs = {
+    let (blobs, referrers) = {
         let _permit = run.permits.acquire().await.map_err(|e| e.to_string())?;
         resolve(run, image, name, stats).await?
     };
@@ -343,25 +350,74 @@ async fn fetch_image(
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Referrers are pinned with their image, so eviction cannot take them before an export.
+    if run.options.pin {
+        for r in &referrers {
+            run.app
+                .cache
+                .pin(r)
+                .map_err(|e| format!("cannot pin referrer {r}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One manifest [`resolve`] is to fetch.
+struct Queued {
+    reference: Reference,
+    context: String,
+    /// `None` for the image's own manifests; for a referrer, how many levels below the image.
+    depth: Option<usize>,
 }
 
 /// Fetches the image's manifests (the root, the platform manifests an index lists that pass the
-/// filter, subjects); returns the blobs they need, each once.
+/// filter, subjects) and their referrers (see [`super::referrers`]); returns the blobs they need,
+/// each once, and the references of the referrers kept.
 async fn resolve(
     run: &Run,
     image: &ImageRef,
     name: &str,
     stats: &mut ImageStats,
-) -> Result<Vec<Descriptor>, String> {
+) -> Result<(Vec<Descriptor>, Vec<ImageRef>), String> {
     let app = &run.app;
+    let wanted = &run.options.referrers;
     let mut blobs: Vec<Descriptor> = Vec::new();
     let mut seen: HashSet<Digest> = HashSet::new();
-    let mut queue: Vec<(Reference, String)> = vec![(image.reference.clone(), String::new())];
+    let mut asked: HashSet<Reference> = HashSet::new();
+    let mut found: Vec<ImageRef> = Vec::new();
+    let mut queue = vec![Queued {
+        reference: image.reference.clone(),
+        context: String::new(),
+        depth: None,
+    }];
     let mut root = true;
-    while let Some((reference, context)) = queue.pop() {
+    while let Some(Queued {
+        reference,
+        context,
+        depth,
+    }) = queue.pop()
+    {
         let (manifest, status) = match manifest_of(app, image, &reference).await {
             Ok(found) => found,
+            // A referrer that is not there (a scheme tag without a signature), or that cannot be
+            // fetched: the image is complete without it.
+            Err(e) if depth.is_some() => {
+                if e.status() != StatusCode::NOT_FOUND {
+                    run.events
+                        .send(Event::Warning {
+                            image: name.to_owned(),
+                            message: format!(
+                                "{context}referrer {reference} left out: {}",
+                                api_error_text(&e)
+                            ),
+                        })
+                        .await;
+                }
+                continue;
+            }
             Err(e) => {
                 let what = if root {
                     "manifest".to_owned()
@@ -374,6 +430,10 @@ async fn resolve(
         let body = manifest.bytes();
         let digest = Digest::of(body);
         if !seen.insert(digest) {
+            continue;
+        }
+        let refs = manifest::parse(body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+        if depth.is_some() && !wanted.wants(body, refs.is_index()) {
             continue;
         }
         match status {
@@ -395,26 +455,73 @@ async fn resolve(
             stats.digest = Some(digest);
             root = false;
         }
-        let refs = manifest::parse(body).map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+        if depth.is_some() {
+            // Recorded under its subject in this repository even when it was cached already (by
+            // an older wharf, or through another repository), so export and an offline referrers
+            // API find it.
+            if let Some(r) = referrer::of_manifest(body) {
+                app.cache
+                    .index()
+                    .add_referrer(
+                        &image.registry,
+                        &image.repo,
+                        &r.subject,
+                        &digest,
+                        &r.descriptor,
+                    )
+                    .map_err(|e| format!("{context}manifest {digest}: {e}"))?;
+            }
+            stats.referrers += 1;
+            found.push(ImageRef {
+                registry: image.registry.clone(),
+                repo: image.repo.clone(),
+                reference: reference.clone(),
+            });
+        }
         for child in refs.children.iter().rev() {
-            if EntryPlatform::passes(child.platform.as_ref(), run.options.platforms.as_deref()) {
+            // A referrer's index (the tag schema's) lists referrers, not platforms.
+            if depth.is_some()
+                || EntryPlatform::passes(child.platform.as_ref(), run.options.platforms.as_deref())
+            {
                 let platform = EntryPlatform::describe(child.platform.as_ref());
-                queue.push((Reference::Digest(child.digest), format!("{platform}: ")));
+                queue.push(Queued {
+                    reference: Reference::Digest(child.digest),
+                    context: format!("{platform}: "),
+                    depth,
+                });
             }
         }
         if let Some(subject) = &refs.subject {
-            queue.push((
-                Reference::Digest(subject.digest),
-                format!("{context}subject: "),
-            ));
+            if depth.is_none() {
+                queue.push(Queued {
+                    reference: Reference::Digest(subject.digest),
+                    context: format!("{context}subject: "),
+                    depth: None,
+                });
+            }
         }
         for b in refs.blobs {
             if !blobs.iter().any(|have| have.digest == b.digest) {
                 blobs.push(b);
             }
         }
+        let below = depth.map_or(1, |d| d + 1);
+        if wanted.enabled && below <= MAX_DEPTH && found.len() < MAX_REFERRERS {
+            let more = referrers::upstream(app, image, &digest)
+                .await
+                .map_err(|e| format!("{context}referrers of {digest}: {}", api_error_text(&e)))?;
+            for reference in more {
+                if asked.len() < MAX_REFERRERS * 4 && asked.insert(reference.clone()) {
+                    queue.push(Queued {
+                        reference,
+                        context: format!("{context}referrer of {digest}: "),
+                        depth: Some(below),
+                    });
+                }
+            }
+        }
     }
-    Ok(blobs)
+    Ok((blobs, found))
 }
 
 /// A manifest from the cache, as a trusted client asking the mirror for it would get it: routed by

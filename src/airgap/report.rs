@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::bundle::BundleManifest;
 use super::import::{Report, TagOutcome};
 use super::prefetch::{Event, Summary};
+use super::sign::{TrustedKey, Verdict};
 use crate::size::format_size;
 
 /// Whether stderr is a terminal (bars) or not (lines).
@@ -187,6 +188,9 @@ pub fn print_prefetch_summary(s: &Summary) {
 pub fn print_export_summary(m: &BundleManifest, out: &str, bytes: u64, w: &mut dyn Write) {
     for image in &m.images {
         let mut line = format!("exported {} {}", image.reference, image.digest);
+        if let Some(subject) = &image.referrer_of {
+            line.push_str(&format!(" (referrer of {subject})"));
+        }
         if !image.omitted.is_empty() {
             let left: Vec<String> = image
                 .omitted
@@ -271,6 +275,110 @@ pub fn print_import_report(r: &Report, file: &str) {
         format_size(r.bytes_present),
         r.pinned
     );
+    if let Some(v) = r.signature.as_ref().filter(|v| v.is_verified()) {
+        println!("import: {file}: {}", v.describe());
+    }
+}
+
+/// Writes what `wharf import --list` found in a bundle: where it was made, its signature, its
+/// images with their platforms and sizes, each image's referrers under it, and its blobs.
+pub fn print_bundle_list(
+    m: &BundleManifest,
+    file: &str,
+    verdict: &Verdict,
+    trusted: &[TrustedKey],
+) {
+    println!(
+        "bundle {file}: made {} on {} by {} from {}",
+        m.created, m.source.host, m.source.tool, m.source.storage
+    );
+    let checked = if trusted.is_empty() && verdict.signer().is_some() {
+        " (no trusted keys given: [import] trusted_keys or --trusted-key)"
+    } else {
+        ""
+    };
+    println!("signature: {}{checked}", verdict.describe());
+    if let Some(since) = &m.since {
+        println!(
+            "incremental on {} (made {}): import that one first",
+            since.file, since.created
+        );
+    }
+    if let Some(p) = &m.platforms {
+        println!("exported for platforms: {}", p.join(", "));
+    }
+    let images: Vec<&super::bundle::BundleImage> = m
+        .images
+        .iter()
+        .filter(|i| i.referrer_of.is_none())
+        .collect();
+    println!("images ({}):", images.len());
+    for image in &images {
+        let platforms = if image.platforms.is_empty() {
+            String::new()
+        } else {
+            format!(", platforms {}", image.platforms.join(" "))
+        };
+        let left = if image.omitted.is_empty() {
+            String::new()
+        } else {
+            let left: Vec<String> = image
+                .omitted
+                .iter()
+                .map(|o| format!("{} ({})", o.platform, o.reason))
+                .collect();
+            format!(", left out: {}", left.join(", "))
+        };
+        println!(
+            "  {} {} ({}{platforms}{left}{})",
+            image.reference,
+            image.digest,
+            image.media_type,
+            size(image.bytes)
+        );
+        print_referrers(m, image);
+    }
+    println!(
+        "blobs: {} ({}){}",
+        m.blobs().count(),
+        format_size(m.blob_bytes()),
+        if m.excluded.is_empty() {
+            String::new()
+        } else {
+            format!("; {} left out (in the base bundle)", m.excluded.len())
+        }
+    );
+}
+
+/// The referrers that came with an image (at any depth), under it.
+fn print_referrers(m: &BundleManifest, image: &super::bundle::BundleImage) {
+    for r in m
+        .images
+        .iter()
+        .filter(|r| r.referrer_of.is_some() && r.belongs_to.as_deref() == Some(&image.reference))
+    {
+        let of = r
+            .referrer_of
+            .map(|s| {
+                if s == image.digest {
+                    String::new()
+                } else {
+                    format!(", of {s}")
+                }
+            })
+            .unwrap_or_default();
+        println!(
+            "    referrer {} {} ({}{of}{})",
+            r.reference,
+            r.digest,
+            r.artifact_type.as_deref().unwrap_or(&r.media_type),
+            size(r.bytes)
+        );
+    }
+}
+
+fn size(b: Option<u64>) -> String {
+    b.map_or_else(String::new, |b| format!(", {}", format_size(b)))
 }
 
 #[cfg(test)]

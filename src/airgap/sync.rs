@@ -100,6 +100,10 @@ pub async fn run_once(
         platforms: entry.platforms.clone(),
         pin: entry.pin,
         jobs: DEFAULT_JOBS,
+        referrers: super::referrers::Options {
+            enabled: entry.referrers,
+            types: entry.referrers_types.clone(),
+        },
     };
     let outcomes: Vec<(bool, bool, prefetch::ImageStats)> = futures_util::stream::iter(images)
         .map(|image| {

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::{Cache, FillError, IndexError, TagEntry};
-use crate::oci::{media, Digest, Reference, RepoName, Tag};
+use crate::oci::{media, referrer, Digest, Reference, RepoName, Tag};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Builds the `Accept` value to send upstream. Called only when the upstream is asked, so a hit
@@ -540,7 +540,19 @@ impl Manifests {
                     reason,
                 }
             })?;
-        self.keep(digest, bytes, media_type, true).await
+        let manifest = self.keep(digest, bytes, media_type, true).await?;
+        // A signature, SBOM or attestation: recorded under its subject, so the referrers API can
+        // be answered from what is held when the upstream cannot be asked (a miss only).
+        if let Some(r) = referrer::of_manifest(&manifest.bytes) {
+            self.cache.index().add_referrer(
+                upstream.name(),
+                repo,
+                &r.subject,
+                &digest,
+                &r.descriptor,
+            )?;
+        }
+        Ok(manifest)
     }
 }
 

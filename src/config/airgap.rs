@@ -26,6 +26,71 @@ pub struct SyncConfig {
     pub platforms: Option<Vec<Platform>>,
     /// Pin the images (`pin`, default true), as `wharf prefetch` does.
     pub pin: bool,
+    /// Fetch the images' referrers, signatures, SBOMs and attestations (`referrers`, default true).
+    pub referrers: bool,
+    /// Only referrers of these artifact types (`referrers_types`); empty for all.
+    pub referrers_types: Vec<String>,
+}
+
+/// `[import]`: what `wharf import` accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportConfig {
+    /// Public keys whose signatures an import accepts (`trusted_keys`); when there are any, an
+    /// unsigned, foreign or altered bundle is refused.
+    pub trusted_keys: Vec<TrustedKeyFile>,
+}
+
+/// A trusted public key, read and checked when the configuration was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKeyFile {
+    /// The PEM file.
+    pub path: PathBuf,
+    /// Its 32 Ed25519 public key bytes.
+    pub key: [u8; 32],
+}
+
+/// `[import]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImport {
+    #[serde(default)]
+    pub(super) trusted_keys: Vec<PathBuf>,
+}
+
+// === impl RawImport ===
+
+impl RawImport {
+    /// Reads and checks every trusted key file through `sources`.
+    ///
+    /// # Errors
+    /// The first file that cannot be read or holds no Ed25519 public key.
+    pub(super) fn validate(self, sources: &dyn Sources) -> Result<ImportConfig, KeyError> {
+        let mut trusted_keys = Vec::with_capacity(self.trusted_keys.len());
+        for (i, path) in self.trusted_keys.into_iter().enumerate() {
+            let key = format!("import.trusted_keys[{i}]");
+            let text = sources.read(&path).map_err(|e| {
+                err(
+                    &key,
+                    format!(
+                        "cannot read {} ({}); give the .pub file `wharf keygen --out PREFIX` wrote",
+                        path.display(),
+                        io_reason(&e)
+                    ),
+                )
+            })?;
+            let public = super::pem::ed25519_public_key(text.as_bytes()).map_err(|e| {
+                err(
+                    &key,
+                    format!(
+                        "{} {e}; give the .pub file `wharf keygen --out PREFIX` wrote",
+                        path.display()
+                    ),
+                )
+            })?;
+            trusted_keys.push(TrustedKeyFile { path, key: public });
+        }
+        Ok(ImportConfig { trusted_keys })
+    }
 }
 
 /// One `[[pin]]` as written.
@@ -46,6 +111,10 @@ pub(super) struct RawSync {
     pub(super) platforms: Option<Vec<String>>,
     #[serde(default = "default_true")]
     pub(super) pin: bool,
+    #[serde(default = "default_true")]
+    pub(super) referrers: bool,
+    #[serde(default)]
+    pub(super) referrers_types: Vec<String>,
 }
 
 // === impl RawPin ===
@@ -168,6 +237,8 @@ impl RawSync {
             interval,
             platforms,
             pin: s.pin,
+            referrers: s.referrers,
+            referrers_types: s.referrers_types,
         })
     }
 }
@@ -285,6 +356,44 @@ mod tests {
             (
                 format!("{UP}[[pin]]\nimage = \"docker.io/a/b:1\"\ntag = \"x\"\n"),
                 "pin[0].tag: unknown key; valid keys here are image",
+            ),
+        ];
+        assert_refusals(&cases);
+    }
+
+    #[test]
+    fn import_trusted_keys_and_sync_referrers() {
+        let mut spki = crate::config::ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(&[7u8; 32]);
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &spki)
+        );
+        let mut sources = fake();
+        sources.files.insert("/signer.pub", pem);
+        let text = format!(
+            "{UP}[import]\ntrusted_keys = [\"/signer.pub\"]\n[[sync]]\nimages = [\"nginx:1\"]\nreferrers_types = [\"application/spdx+json\"]\n[[sync]]\nimages = [\"nginx:1\"]\nreferrers = false\n"
+        );
+        let c = Config::from_toml_with(&text, Path::new("wharf.toml"), &sources).unwrap();
+        assert_eq!(c.import.trusted_keys.len(), 1);
+        assert_eq!(c.import.trusted_keys[0].key, [7u8; 32]);
+        assert_eq!(c.import.trusted_keys[0].path, Path::new("/signer.pub"));
+        assert!(c.sync[0].referrers && c.sync[0].referrers_types == ["application/spdx+json"]);
+        assert!(!c.sync[1].referrers);
+        assert!(load(UP).unwrap().import.trusted_keys.is_empty());
+
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("{UP}[import]\ntrusted_keys = [\"/missing.pub\"]\n"),
+                "import.trusted_keys[0]: cannot read /missing.pub (no such file)",
+            ),
+            (
+                format!("{UP}[import]\ntrusted_keys = [\"/pw\"]\n"),
+                "import.trusted_keys[0]: /pw holds no PEM public key",
+            ),
+            (
+                format!("{UP}[import]\nkeys = []\n"),
+                "import.keys: unknown key",
             ),
         ];
         assert_refusals(&cases);

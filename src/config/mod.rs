@@ -33,12 +33,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use self::airgap::{resolve_image, SyncConfig};
+pub use self::airgap::{resolve_image, ImportConfig, SyncConfig, TrustedKeyFile};
 pub use self::auth::AuthConfig;
 pub use self::cache::CacheConfig;
 pub use self::cluster::{ClusterConfig, PeerSource, MIN_SECRET_LEN};
 pub use self::error::{ConfigError, KeyError, TomlError, TomlLocation};
-pub use self::pem::{certified_key, TlsError};
+pub use self::pem::{
+    certified_key, ed25519_public_key, PublicKeyError, TlsError, ED25519_SPKI_PREFIX,
+};
 pub use self::server::{
     level_directives, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsFiles,
     LIBRARY_DIRECTIVES,
@@ -46,7 +48,7 @@ pub use self::server::{
 pub use self::storage::{Backend, GcConfig, S3Config, StorageConfig};
 pub use self::upstream::UpstreamConfig;
 
-use self::airgap::{RawPin, RawSync};
+use self::airgap::{RawImport, RawPin, RawSync};
 use self::auth::RawAuth;
 use self::cache::RawCache;
 use self::cluster::RawCluster;
@@ -81,6 +83,8 @@ pub struct Config {
     pub pins: Vec<ImageRef>,
     /// `[[sync]]`: image lists kept fresh in the background while wharf serves.
     pub sync: Vec<SyncConfig>,
+    /// `[import]`: the keys a bundle must be signed with.
+    pub import: ImportConfig,
     /// `[cluster]`: the replicas this one shares upstream fetches with; `None` when it runs alone.
     pub cluster: Option<ClusterConfig>,
 }
@@ -109,6 +113,8 @@ pub struct RawConfig {
     pin: Vec<RawPin>,
     #[serde(default)]
     sync: Vec<RawSync>,
+    #[serde(default)]
+    import: RawImport,
     cluster: Option<RawCluster>,
 }
 
@@ -330,6 +336,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
     let registries: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let pins = airgap::pins(raw.pin, &registries).map_err(in_file)?;
     let sync = airgap::sync(raw.sync, &registries, sources).map_err(in_file)?;
+    let import = raw.import.validate(sources).map_err(in_file)?;
     let cluster = raw
         .cluster
         .map(|c| c.validate(sources))
@@ -347,6 +354,7 @@ pub fn validate(raw: RawConfig, file: &Path, sources: &dyn Sources) -> Result<Co
         gc,
         pins,
         sync,
+        import,
         cluster,
     })
 }

@@ -7,7 +7,7 @@
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
 
 /// A certificate and key that cannot be used. The messages name no key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,4 +87,41 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Tl
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
         Err(e) => Err(TlsError::BadCertificate(e.to_string())),
     }
+}
+
+/// The DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (32 bytes) }, followed by the 32 key bytes.
+pub const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// An Ed25519 public key file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublicKeyError {
+    /// No `PUBLIC KEY` PEM section.
+    #[error("holds no PEM public key (-----BEGIN PUBLIC KEY-----)")]
+    NoKey,
+    /// Not valid PEM.
+    #[error("is not valid PEM ({0})")]
+    Pem(String),
+    /// A public key of another algorithm.
+    #[error("holds a public key that is not Ed25519")]
+    NotEd25519,
+}
+
+/// The 32 bytes of an Ed25519 public key from its PEM `SubjectPublicKeyInfo` (as `wharf keygen`
+/// and `openssl pkey -pubout` write it).
+///
+/// # Errors
+/// A [`PublicKeyError`].
+pub fn ed25519_public_key(pem: &[u8]) -> Result<[u8; 32], PublicKeyError> {
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => PublicKeyError::NoKey,
+        other => PublicKeyError::Pem(other.to_string()),
+    })?;
+    let der: &[u8] = spki.as_ref();
+    let key = der
+        .strip_prefix(&ED25519_SPKI_PREFIX[..])
+        .ok_or(PublicKeyError::NotEd25519)?;
+    key.try_into().map_err(|_| PublicKeyError::NotEd25519)
 }

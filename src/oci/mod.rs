@@ -9,6 +9,7 @@ pub mod image_ref;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod referrer;
 
 pub use digest::{Digest, DigestError, Verifier};
 pub use error::{ErrorCode, ErrorEnvelope};

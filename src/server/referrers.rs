@@ -11,6 +11,12 @@
 //! (at most [`crate::limits::MAX_MANIFEST`] bytes), or it is a `502`. Registries without the API answer 404,
 //! which is passed on: clients then fall back to the tag schema (`sha256-<hex>` tags), which wharf
 //! serves like any tag.
+//!
+//! An offline upstream is never asked: the list is built from what wharf holds, the cached list
+//! (if any) and every stored manifest whose `subject` is the digest (recorded per upstream and
+//! repository when the manifest was stored: fetched, or imported from a bundle), so an air-gapped
+//! wharf answers the API also for referrers that came from a registry without it. With none, the
+//! answer is an empty list, as a registry with the API gives.
 
 use std::time::SystemTime;
 
@@ -24,7 +30,10 @@ use super::response::{self, header, ApiError, Area, Body, CacheStatus, Fault};
 use super::route::Route;
 use super::App;
 use crate::cache::TagEntry;
-use crate::oci::{media, Digest, ErrorCode};
+use crate::oci::{media, referrer, Digest, ErrorCode};
+
+/// The most held referrers an offline answer lists for one subject.
+const MAX_HELD: usize = 4096;
 
 /// Tells the client which filters were applied.
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
@@ -37,6 +46,22 @@ pub async fn get(
     artifact_type: Option<&str>,
     method: &Method,
 ) -> Result<Response<Body>, ApiError> {
+    let (bytes, status) = list(app, route, subject).await?;
+    respond(bytes, artifact_type, status, method)
+}
+
+/// The unfiltered referrers list of `subject` as a request would get it (cached, fetched, stale, or
+/// built from what is held for an offline upstream), and where it came from. `wharf prefetch`
+/// asks this too.
+///
+/// # Errors
+/// As the request would: the upstream's refusal (a 404 when it has no referrers API), an index or
+/// storage failure.
+pub async fn list(
+    app: &App,
+    route: &Route,
+    subject: Digest,
+) -> Result<(Bytes, CacheStatus), ApiError> {
     let upstream = &app.upstreams[route.upstream];
     let index = app.cache.index();
     let index_err = |e: crate::cache::IndexError| ApiError::internal("index failure", &e);
@@ -53,12 +78,16 @@ pub async fn get(
             .map(|b| (entry, b)),
         None => None,
     };
+    if upstream.offline() {
+        let held = held(app, route, &subject, known.as_ref().map(|(_, b)| b))?;
+        return Ok((held, CacheStatus::Hit));
+    }
     if let Some((entry, bytes)) = &known {
         let age = SystemTime::now()
             .duration_since(entry.fetched_at)
             .unwrap_or_default();
-        if upstream.offline() || age < app.manifests.policy().tag_ttl {
-            return respond(bytes.clone(), artifact_type, CacheStatus::Hit, method);
+        if age < app.manifests.policy().tag_ttl {
+            return Ok((bytes.clone(), CacheStatus::Hit));
         }
     }
     match fetch(app, route, subject).await {
@@ -75,16 +104,73 @@ pub async fn get(
             index
                 .set_referrers(upstream.name(), &route.name, &subject, entry)
                 .map_err(index_err)?;
-            respond(bytes, artifact_type, CacheStatus::Miss, method)
+            Ok((bytes, CacheStatus::Miss))
         }
         Err(e) => match known {
             Some((_, bytes)) if app.manifests.policy().serve_stale && e.upstream_trouble() => {
                 warn!(upstream = %upstream.name(), repo = %route.name, %subject, error = %e.message(), "upstream cannot be asked; serving cached referrers stale");
-                respond(bytes, artifact_type, CacheStatus::Stale, method)
+                Ok((bytes, CacheStatus::Stale))
             }
             _ => Err(e),
         },
     }
+}
+
+/// The list an offline upstream's referrers are answered with: the cached list as it is when no
+/// stored manifest adds to it, else its entries and then each stored referrer it does not name.
+fn held(
+    app: &App,
+    route: &Route,
+    subject: &Digest,
+    cached: Option<&Bytes>,
+) -> Result<Bytes, ApiError> {
+    let upstream = &app.upstreams[route.upstream];
+    let index = app.cache.index();
+    let index_err = |e: crate::cache::IndexError| ApiError::internal("index failure", &e);
+    let mut named: Vec<Digest> = cached
+        .map(|b| {
+            referrer::list_entries(b)
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut added = Vec::new();
+    for (digest, descriptor) in index
+        .referrers_of(upstream.name(), &route.name, subject, MAX_HELD)
+        .map_err(index_err)?
+    {
+        if named.contains(&digest) || index.manifest_type(&digest).map_err(index_err)?.is_none() {
+            continue;
+        }
+        named.push(digest);
+        added.push(descriptor);
+    }
+    if added.is_empty() {
+        if let Some(cached) = cached {
+            return Ok(cached.clone());
+        }
+    }
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    if let Some(cached) = cached {
+        let list: serde_json::Value = serde_json::from_slice(cached)
+            .map_err(|e| ApiError::internal("reading a stored referrers list", &e))?;
+        for m in list
+            .get("manifests")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+        {
+            entries.push(
+                serde_json::to_vec(m)
+                    .map_err(|e| ApiError::internal("encoding a referrers list", &e))?,
+            );
+        }
+    }
+    entries.extend(added);
+    Ok(Bytes::from(referrer::list(
+        entries.iter().map(Vec::as_slice),
+    )))
 }
 
 /// Answers with the unfiltered list `bytes`, filtered by `artifact_type` when one is asked for.

@@ -39,6 +39,8 @@ struct State {
     tags: BTreeMap<Key, TagEntry>,
     /// (upstream, repo, subject digest) → mapping of the stored referrers list.
     referrers: BTreeMap<Key, TagEntry>,
+    /// (upstream, repo, subject digest) → referrer digest → its descriptor (JSON).
+    subjects: BTreeMap<Key, BTreeMap<Digest, Vec<u8>>>,
     /// Digest → last access (Unix microseconds).
     access: BTreeMap<Digest, u64>,
     /// Reference string → the parsed reference and who pinned it.
@@ -279,6 +281,39 @@ impl MetaStore for MemoryMeta {
 
     fn referrers_len(&self) -> usize {
         self.state.read().referrers.len()
+    }
+
+    fn add_referrer(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<(), MetaError> {
+        self.state
+            .write()
+            .subjects
+            .entry(key(upstream, repo, &subject.to_string()))
+            .or_default()
+            .insert(*referrer, descriptor.to_vec());
+        Ok(())
+    }
+
+    fn referrers_of(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        limit: usize,
+    ) -> Result<Vec<(Digest, Vec<u8>)>, MetaError> {
+        Ok(self
+            .state
+            .read()
+            .subjects
+            .get(&key(upstream, repo, &subject.to_string()))
+            .map(|m| m.iter().take(limit).map(|(d, v)| (*d, v.clone())).collect())
+            .unwrap_or_default())
     }
 
     fn drop_dangling_tags(

@@ -254,6 +254,35 @@ pub trait MetaStore: Send + Sync + 'static {
     /// How many referrers lists are recorded.
     fn referrers_len(&self) -> usize;
 
+    /// Records that the stored manifest `referrer` has `subject` as its OCI 1.1 `subject`, as
+    /// seen in `upstream`'s `repo`: `descriptor` is its descriptor in a referrers list (JSON,
+    /// opaque to the store). Recording it again replaces it. Kept when manifests go: readers skip
+    /// referrers that are not stored.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn add_referrer(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<(), MetaError>;
+
+    /// The referrers recorded with [`MetaStore::add_referrer`] for `subject` in `upstream`'s
+    /// `repo`, in referrer digest order, with their descriptors: at most `limit` of them.
+    ///
+    /// # Errors
+    /// Backend failures.
+    fn referrers_of(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        limit: usize,
+    ) -> Result<Vec<(Digest, Vec<u8>)>, MetaError>;
+
     /// Drops tags and referrers lists whose manifest is not stored, or is `gone` (about to be
     /// removed: a dry run counts those too). Returns how many were (or would be) dropped.
     ///
@@ -323,6 +352,7 @@ pub(crate) mod conformance {
                 usage_follows_insert_replace_and_remove,
                 referrers_lists_are_kept_per_upstream_and_repository,
                 dangling_tags_and_referrers_are_dropped,
+                subjects_are_indexed_per_upstream_and_repository,
             );
         };
         ($make:expr; $($name:ident),+ $(,)?) => {
@@ -590,5 +620,40 @@ pub(crate) mod conformance {
         assert_eq!(m.drop_dangling_tags(false, &gone).unwrap(), 1);
         assert_eq!(m.tags_of("up", &app).unwrap(), ["kept"]);
         assert_eq!(m.drop_dangling_tags(false, &|_| false).unwrap(), 0);
+    }
+
+    pub(crate) fn subjects_are_indexed_per_upstream_and_repository(m: &dyn MetaStore) {
+        let (subject, sig, sbom) = (
+            Digest::of(b"subject"),
+            Digest::of(b"sig"),
+            Digest::of(b"sbom"),
+        );
+        let app = repo("org/app");
+        assert!(m
+            .referrers_of("up", &app, &subject, 100)
+            .unwrap()
+            .is_empty());
+        m.add_referrer("up", &app, &subject, &sig, b"{\"a\":1}")
+            .unwrap();
+        m.add_referrer("up", &app, &subject, &sbom, b"{\"b\":2}")
+            .unwrap();
+        m.add_referrer("up", &app, &subject, &sig, b"{\"a\":3}")
+            .unwrap();
+        let mut want = vec![(sig, b"{\"a\":3}".to_vec()), (sbom, b"{\"b\":2}".to_vec())];
+        want.sort_by_key(|(d, _)| *d);
+        assert_eq!(m.referrers_of("up", &app, &subject, 100).unwrap(), want);
+        assert_eq!(m.referrers_of("up", &app, &subject, 1).unwrap(), want[..1]);
+        assert!(m
+            .referrers_of("other", &app, &subject, 100)
+            .unwrap()
+            .is_empty());
+        assert!(m
+            .referrers_of("up", &repo("org/b"), &subject, 100)
+            .unwrap()
+            .is_empty());
+        assert!(m.referrers_of("up", &app, &sig, 100).unwrap().is_empty());
+        // Not referrers lists, not tags.
+        assert_eq!(m.referrers_len(), 0);
+        assert!(m.all_tags().unwrap().is_empty());
     }
 }

@@ -11,6 +11,9 @@
 //! - `referrers`: `<upstream>\0<repo>\0<subject digest>\0` → the same, for the stored unfiltered
 //!   referrers list (filters are applied when answering). Older versions kept one record per
 //!   `artifactType` filter after the last `\0`; [`SledMeta::open`] drops those.
+//! - `subjects`: `<upstream>\0<repo>\0<subject digest>\0<referrer digest>` → the referrer's
+//!   descriptor (JSON), for every stored manifest with an OCI 1.1 `subject`: the referrers API
+//!   answered from what the cache holds;
 //! - `access`: digest → when it was last served or stored (u64 Unix microseconds, BE), written in
 //!   batches by the cache's access log, never once per request;
 //! - `pins`: an image reference (`docker.io/library/nginx:1.27`) → who pinned it (`c` for the
@@ -39,6 +42,7 @@ pub struct SledMeta {
     manifests: sled::Tree,
     tags: sled::Tree,
     referrers: sled::Tree,
+    subjects: sled::Tree,
     access: sled::Tree,
     pins: sled::Tree,
     totals: Arc<Totals>,
@@ -108,6 +112,7 @@ impl SledMeta {
             manifests: db.open_tree("manifests")?,
             tags: db.open_tree("tags")?,
             referrers,
+            subjects: db.open_tree("subjects")?,
             access: db.open_tree("access")?,
             pins: db.open_tree("pins")?,
             totals: Arc::new(totals),
@@ -407,6 +412,41 @@ impl MetaStore for SledMeta {
 
     fn referrers_len(&self) -> usize {
         self.referrers.len()
+    }
+
+    fn add_referrer(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        referrer: &Digest,
+        descriptor: &[u8],
+    ) -> Result<(), MetaError> {
+        let k = key(upstream, repo, &format!("{subject}\0{referrer}"));
+        self.subjects.insert(k, descriptor)?;
+        Ok(())
+    }
+
+    fn referrers_of(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        subject: &Digest,
+        limit: usize,
+    ) -> Result<Vec<(Digest, Vec<u8>)>, MetaError> {
+        let prefix = key(upstream, repo, &referrers_key(subject));
+        let mut out = Vec::new();
+        for item in self.subjects.scan_prefix(&prefix).take(limit) {
+            let (k, v) = item?;
+            let referrer = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|t| t.parse::<Digest>().ok());
+            if let Some(referrer) = referrer {
+                out.push((referrer, v.to_vec()));
+            }
+        }
+        out.sort_by_key(|(d, _)| *d);
+        Ok(out)
     }
 
     async fn flush(&self) -> Result<(), MetaError> {
