@@ -234,6 +234,13 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
     if let Some(htpasswd) = app.access.reloadable() {
         watched.push(htpasswd);
     }
+    // Upstream credentials from files (password_file, auth_file): a changed file is in use at
+    // the next poll or SIGHUP, without waiting for the registry to refuse the old credential.
+    watched.extend(
+        app.upstreams
+            .iter()
+            .filter_map(|u| u.credentials_reloadable()),
+    );
     let reloader = Arc::new(Mutex::new(reload::Reloader::new(
         watched,
         app.metrics.clone(),

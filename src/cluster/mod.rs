@@ -303,7 +303,10 @@ pub fn is_down(error: &UpstreamError) -> bool {
                 || *status == http::StatusCode::UNAUTHORIZED
                 || *status == http::StatusCode::FORBIDDEN
         }
-        UpstreamError::Offline { .. } | UpstreamError::Busy { .. } => false,
+        // Peers are asked without credentials: never theirs.
+        UpstreamError::Offline { .. }
+        | UpstreamError::Busy { .. }
+        | UpstreamError::Credentials { .. } => false,
     }
 }
 
