@@ -1,0 +1,353 @@
+//! Credentials that change while wharf runs: a Docker credential helper whose credential the
+//! registry (Basic) or its token realm (Bearer) stops accepting, a password_file rewritten, helpers
+//! that hang, fail or print garbage, and an upstream with fallback URLs.
+//!
+//! The fake helpers are the scripts in tests/helpers/, copied into a temp dir next to their state
+//! (`current`: the password to hand out; `mode`; `runs`: one line per run, which the tests count).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::fake::{AuthMode, Fake};
+use common::{client, Up, Wharf};
+
+/// Copies the helper script `name` into `dir`, executable; returns its path.
+fn install_helper(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/helpers")
+        .join(name);
+    let dst = dir.join(name);
+    std::fs::copy(&src, &dst).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dst
+}
+
+/// How many times the helper in `dir` ran.
+fn runs(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("runs"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+async fn wharf_with(up: &Fake, extra: &str) -> Wharf {
+    Wharf::start(
+        "5m",
+        &[Up {
+            name: "upstream.test",
+            url: up.url(),
+            default: true,
+            extra,
+        }],
+    )
+    .await
+}
+
+async fn get(w: &Wharf, path: &str) -> (u16, String) {
+    let res = client().get(w.url(path)).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap_or_default())
+}
+
+fn basic(user: &str, pass: &str) -> AuthMode {
+    AuthMode::Basic {
+        user: user.into(),
+        pass: pass.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_credentials_rotate_three_times_without_a_restart() {
+    let up = Fake::start().await;
+    let img = up.add_image("org/app", "1", 8, 2000, 7);
+    up.knobs().auth = basic("robot", "pw-0");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("current"), "pw-0").unwrap();
+    let helper = install_helper(dir.path(), "rotating.sh");
+    let w = wharf_with(
+        &up,
+        &format!("credential_helper = \"{}\"", helper.display()),
+    )
+    .await;
+
+    let (status, _) = get(&w, "/v2/org/app/manifests/1").await;
+    assert_eq!(status, 200);
+    assert_eq!(runs(dir.path()), 1);
+    let (status, _) = get(&w, &format!("/v2/org/app/blobs/{}", img.layers[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        runs(dir.path()),
+        1,
+        "the credential is reused, not fetched per request"
+    );
+
+    for rotation in 1..=3 {
+        let pw = format!("pw-{rotation}");
+        std::fs::write(dir.path().join("current"), &pw).unwrap();
+        up.knobs().auth = basic("robot", &pw);
+        for layer in &img.layers[rotation * 2 - 1..=rotation * 2] {
+            let (status, body) = get(&w, &format!("/v2/org/app/blobs/{layer}")).await;
+            assert_eq!(status, 200, "rotation {rotation}: {body}");
+        }
+        assert_eq!(
+            runs(dir.path()),
+            1 + rotation,
+            "one run per rotation (after the refusal), not per request"
+        );
+    }
+    // The server was asked with the host of the upstream's URL.
+    let log = std::fs::read_to_string(dir.path().join("runs")).unwrap();
+    assert!(
+        log.lines().all(|l| l == format!("run {}", up.addr)),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_realm_credentials_rotate_three_times_without_a_restart() {
+    let up = Fake::start().await;
+    let images: Vec<_> = (0..4)
+        .map(|i| up.add_image(&format!("org/app{i}"), "1", 1, 1000, i))
+        .collect();
+    up.knobs().auth = AuthMode::Bearer {
+        creds: Some(("robot".into(), "pw-0".into())),
+        realm: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("current"), "pw-0").unwrap();
+    let helper = install_helper(dir.path(), "rotating.sh");
+    let w = wharf_with(
+        &up,
+        &format!("credential_helper = \"{}\"", helper.display()),
+    )
+    .await;
+    for (i, img) in images.iter().enumerate() {
+        if i > 0 {
+            let pw = format!("pw-{i}");
+            std::fs::write(dir.path().join("current"), &pw).unwrap();
+            up.knobs().auth = AuthMode::Bearer {
+                creds: Some(("robot".into(), pw)),
+                realm: None,
+            };
+        }
+        // A new repository is a new scope: its token is asked for with the credential in hand.
+        let (status, body) = get(&w, &format!("/v2/org/app{i}/manifests/1")).await;
+        assert_eq!(status, 200, "rotation {i}: {body}");
+        let (status, _) = get(&w, &format!("/v2/org/app{i}/blobs/{}", img.layers[0])).await;
+        assert_eq!(status, 200);
+        assert_eq!(runs(dir.path()), 1 + i, "rotation {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_run_the_helper_once() {
+    let up = Fake::start().await;
+    let img = up.add_image("org/app", "1", 8, 1000, 3);
+    up.knobs().auth = basic("robot", "pw-0");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("current"), "pw-0").unwrap();
+    let helper = install_helper(dir.path(), "rotating.sh");
+    let w = wharf_with(
+        &up,
+        &format!("credential_helper = \"{}\"", helper.display()),
+    )
+    .await;
+    let base = w.base.clone();
+    let tasks: Vec<_> = img
+        .layers
+        .iter()
+        .map(|layer| {
+            let url = format!("{base}/v2/org/app/blobs/{layer}");
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(runs(dir.path()), 1, "runs never overlap: waiters share one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_helpers_are_clear_errors_and_cached_pulls_still_work() {
+    for mode in ["hang", "fail", "garbage"] {
+        let up = Fake::start().await;
+        let img = up.add_image("org/app", "1", 2, 1000, 5);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mode"), mode).unwrap();
+        let helper = install_helper(dir.path(), "broken.sh");
+        let w = wharf_with(
+            &up,
+            &format!(
+                "credential_helper = \"{}\"\ncredential_timeout = \"1s\"",
+                helper.display()
+            ),
+        )
+        .await;
+        // Cached while the registry asked for nothing.
+        let cached = format!("/v2/org/app/blobs/{}", img.layers[0]);
+        assert_eq!(get(&w, &cached).await.0, 200, "{mode}");
+        up.knobs().auth = basic("robot", "pw");
+        let uncached = format!("/v2/org/app/blobs/{}", img.layers[1]);
+        for attempt in 0..2 {
+            let (status, body) = get(&w, &uncached).await;
+            assert_eq!(status, 503, "{mode}: {body}");
+            assert!(body.contains("UNAVAILABLE"), "{mode}: {body}");
+            assert!(body.contains("upstream upstream.test"), "{mode}: {body}");
+            assert!(
+                body.contains(&format!("credential helper {}", helper.display())),
+                "{mode}: {body}"
+            );
+            assert_eq!(
+                runs(dir.path()),
+                1,
+                "{mode}: attempt {attempt} ran it again"
+            );
+        }
+        let (status, _) = get(&w, &cached).await;
+        assert_eq!(status, 200, "{mode}: cached content is still served");
+        if mode == "hang" {
+            assert!(get(&w, &uncached)
+                .await
+                .1
+                .contains("did not answer within 1 s"));
+        }
+        if mode == "garbage" {
+            assert!(get(&w, &uncached)
+                .await
+                .1
+                .contains("printed no usable credential"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_without_credentials_means_anonymous() {
+    let up = Fake::start().await;
+    let img = up.add_image("org/app", "1", 1, 1000, 9);
+    up.knobs().auth = AuthMode::Bearer {
+        creds: None,
+        realm: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mode"), "notfound").unwrap();
+    let helper = install_helper(dir.path(), "broken.sh");
+    let w = wharf_with(
+        &up,
+        &format!("credential_helper = \"{}\"", helper.display()),
+    )
+    .await;
+    let (status, body) = get(&w, &format!("/v2/org/app/blobs/{}", img.layers[0])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(runs(dir.path()), 1);
+    assert_eq!(
+        up.state.token_auth.lock().clone(),
+        vec![None],
+        "no Authorization to the realm"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_password_file_is_used_without_a_restart() {
+    let up = Fake::start().await;
+    let img = up.add_image("org/app", "1", 3, 1000, 11);
+    up.knobs().auth = basic("alice", "old-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "old-pw\n").unwrap();
+    let w = wharf_with(
+        &up,
+        &format!(
+            "username = \"alice\"\npassword_file = \"{}\"",
+            file.display()
+        ),
+    )
+    .await;
+    assert_eq!(
+        get(&w, &format!("/v2/org/app/blobs/{}", img.layers[0]))
+            .await
+            .0,
+        200
+    );
+    // Rotated: the registry's refusal makes wharf read the file again.
+    std::fs::write(&file, "new-pw\n").unwrap();
+    up.knobs().auth = basic("alice", "new-pw");
+    let (status, body) = get(&w, &format!("/v2/org/app/blobs/{}", img.layers[1])).await;
+    assert_eq!(status, 200, "{body}");
+    // Rotated again, and reloaded (as the 5 s file watch or SIGHUP does): the next request
+    // sends the new password up front.
+    std::fs::write(&file, "newer-password\n").unwrap();
+    up.knobs().auth = basic("alice", "newer-password");
+    let outcomes = w.running.as_ref().unwrap().reload().await;
+    assert!(
+        outcomes.contains(&wharf::reload::Outcome::Reloaded("upstream password_file")),
+        "{outcomes:?}"
+    );
+    let before = up.seen().len();
+    let (status, _) = get(&w, &format!("/v2/org/app/blobs/{}", img.layers[2])).await;
+    assert_eq!(status, 200);
+    let sent: Vec<_> = up.seen()[before..]
+        .iter()
+        .map(|s| s.authorization.clone())
+        .collect();
+    assert_eq!(sent.len(), 1, "no 401 first: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_urls_skip_a_failing_url_and_return_to_it() {
+    let first = Fake::start().await;
+    let second = Fake::start().await;
+    let img = first.add_image("org/app", "1", 1, 1000, 13);
+    second.add_image("org/app", "1", 1, 1000, 13);
+    let manifest = "/v2/org/app/manifests/1".to_owned();
+    let blob = format!("/v2/org/app/blobs/{}", img.layers[0]);
+    for path in [&manifest, &blob] {
+        first.knobs().status.insert(path.clone(), (503, None));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[cache]\ntag_ttl = \"1s\"\n[[upstream]]\nname = \"upstream.test\"\nurls = [\"{}\", \"{}\"]\nurl_backoff = \"4s\"\ninsecure = true\ndefault = true\n",
+        dir.path().join("data").display(),
+        first.url(),
+        second.url()
+    );
+    let w = Wharf::start_text(dir, &text).await;
+    let asked = |f: &Fake, p: &str| f.seen().iter().filter(|s| s.path == p).count();
+
+    // The first URL fails: the second serves the tag and the blob.
+    assert_eq!(get(&w, &manifest).await.0, 200);
+    assert_eq!(asked(&first, &manifest), 1);
+    assert!(asked(&second, &manifest) >= 1);
+    assert_eq!(get(&w, &blob).await.0, 200);
+    assert_eq!(
+        asked(&first, &blob),
+        0,
+        "a backed-off URL is not tried first"
+    );
+    assert_eq!(asked(&second, &blob), 1);
+
+    // It comes back: after the back-off, tag lookups go to it again.
+    first.knobs().status.clear();
+    let before = asked(&second, &manifest);
+    let mut back = false;
+    for _ in 0..60 {
+        assert_eq!(get(&w, &manifest).await.0, 200);
+        if asked(&first, &manifest) > 1 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(back, "tag lookups never returned to the first URL");
+    let after_return = asked(&second, &manifest);
+    assert!(
+        after_return > before,
+        "the second URL served while the first was backed off"
+    );
+    assert_eq!(get(&w, &manifest).await.0, 200);
+    assert_eq!(
+        asked(&second, &manifest),
+        after_return,
+        "the first URL is first again"
+    );
+}
