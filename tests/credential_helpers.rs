@@ -351,3 +351,118 @@ async fn fallback_urls_skip_a_failing_url_and_return_to_it() {
         "the first URL is first again"
     );
 }
+
+/// The ```toml blocks of the README's section on cloud registries.
+fn readme_snippets() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("## Cloud registries and expiring credentials")
+        .expect("the README has the section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_cloud_registry_snippets_load_and_their_helpers_run() {
+    use base64::Engine as _;
+    use wharf::config::CredentialSource;
+
+    let snippets = readme_snippets();
+    assert_eq!(
+        snippets.len(),
+        6,
+        "ECR, GAR, ACR, GHCR twice, fallback URLs"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The files the GHCR snippets name, and a test PATH with the fake helper under each name.
+    let token = dir.path().join("ghcr.token");
+    std::fs::write(&token, "ghp_fake\n").unwrap();
+    let docker_config = dir.path().join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("my-bot:ghp_fake");
+    std::fs::write(
+        &docker_config,
+        format!(r#"{{"auths":{{"https://ghcr.io":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let path_dir = tempfile::tempdir().unwrap();
+    std::fs::write(path_dir.path().join("current"), "cloud-secret").unwrap();
+
+    let mut helpers = Vec::new();
+    let mut files = Vec::new();
+    for snippet in &snippets {
+        let text = format!(
+            "[storage]\npath = \"{}\"\n{}",
+            dir.path().join("data").display(),
+            snippet
+                .replace("/etc/wharf/ghcr.token", token.to_str().unwrap())
+                .replace("/root/.docker/config.json", docker_config.to_str().unwrap())
+        );
+        let config = wharf::Config::from_toml(&text, Path::new("README.md"))
+            .unwrap_or_else(|e| panic!("{snippet}\n{e}"));
+        let u = &config.upstreams[0];
+        match &u.credential_source {
+            Some(CredentialSource::Helper(h)) => {
+                // A helper name, found on PATH as docker-credential-<name>.
+                let program = h.program.to_str().unwrap();
+                assert!(
+                    program.starts_with("docker-credential-") && !program.contains('/'),
+                    "{program}"
+                );
+                let on_path = path_dir.path().join(program);
+                std::fs::copy(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/rotating.sh"),
+                    &on_path,
+                )
+                .unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&on_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+                let creds = wharf::upstream::credentials::run_helper(
+                    &on_path,
+                    &h.server,
+                    std::time::Duration::from_secs(20),
+                    &h.name,
+                    &u.name,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+                assert_eq!(creds.password.expose(), "cloud-secret");
+                // The helper is asked for the registry's host.
+                assert_eq!(h.server, u.url.host_str().unwrap());
+                let log = std::fs::read_to_string(path_dir.path().join("runs")).unwrap();
+                assert_eq!(
+                    log.lines().last(),
+                    Some(format!("run {}", h.server).as_str())
+                );
+                assert!(u.credential_ttl < std::time::Duration::from_secs(3 * 3600));
+                helpers.push(h.name.clone());
+            }
+            Some(CredentialSource::PasswordFile { username, .. }) => {
+                assert_eq!(username, "my-bot");
+                let creds = u.credentials.as_ref().unwrap();
+                assert_eq!(creds.password.expose(), "ghp_fake");
+                files.push("password_file");
+            }
+            Some(CredentialSource::AuthFile { .. }) => {
+                let creds = u.credentials.as_ref().unwrap();
+                assert_eq!(
+                    (creds.username.as_str(), creds.password.expose()),
+                    ("my-bot", "ghp_fake")
+                );
+                files.push("auth_file");
+            }
+            None => {
+                assert_eq!(u.fallback_urls.len(), 1, "{snippet}");
+                files.push("urls");
+            }
+        }
+    }
+    assert_eq!(helpers, ["ecr-login", "gcr", "acr-env"]);
+    assert_eq!(files, ["password_file", "auth_file", "urls"]);
+}
