@@ -466,3 +466,103 @@ async fn readme_cloud_registry_snippets_load_and_their_helpers_run() {
     assert_eq!(helpers, ["ecr-login", "gcr", "acr-env"]);
     assert_eq!(files, ["password_file", "auth_file", "urls"]);
 }
+
+/// `user:pass` as an htpasswd line (bcrypt), from Apache's `htpasswd`.
+fn htpasswd_line(user: &str, pass: &str) -> String {
+    common::real::require("htpasswd");
+    let out = std::process::Command::new("htpasswd")
+        .args(["-Bbn", user, pass])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Pulls `repo:tag` through wharf: the manifest and every blob it names.
+async fn pull_through(w: &Wharf, repo: &str, tag: &str) -> Result<usize, String> {
+    let res = client()
+        .get(w.url(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    if res.status() != 200 {
+        return Err(format!(
+            "manifest: {} {}",
+            res.status(),
+            res.text().await.unwrap()
+        ));
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    for layer in manifest["layers"].as_array().unwrap() {
+        digests.push(layer["digest"].as_str().unwrap().to_owned());
+    }
+    for d in &digests {
+        let res = client()
+            .get(w.url(&format!("/v2/{repo}/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        if res.status() != 200 {
+            return Err(format!(
+                "blob {d}: {} {}",
+                res.status(),
+                res.text().await.unwrap()
+            ));
+        }
+    }
+    Ok(digests.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_registry_changes_its_password_and_wharf_follows_without_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let htpasswd = work.path().join("htpasswd");
+    std::fs::write(&htpasswd, htpasswd_line("robot", "first-pass")).unwrap();
+    let registry = common::real::Registry::start_htpasswd(&htpasswd).await;
+    let (one, _) = common::images::single(&work.path().join("one"), "1", 21, 2);
+    let (two, _) = common::images::single(&work.path().join("two"), "1", 22, 2);
+    for (layout, repo) in [(&one, "e2e/one"), (&two, "e2e/two")] {
+        common::real::push_with(
+            &home,
+            &format!("oci:{}:1", layout.dir.display()),
+            &format!("docker://127.0.0.1:{}/{repo}:1", registry.port),
+            false,
+            Some("robot:first-pass"),
+        )
+        .await;
+    }
+    let pw = work.path().join("password");
+    std::fs::write(&pw, "first-pass\n").unwrap();
+    let w = Wharf::start(
+        "5m",
+        &[Up {
+            name: "upstream.test",
+            url: registry.url(),
+            default: true,
+            extra: &format!("username = \"robot\"\npassword_file = \"{}\"", pw.display()),
+        }],
+    )
+    .await;
+    assert_eq!(pull_through(&w, "e2e/one", "1").await, Ok(3));
+
+    // The password changes at the registry and in the password file together.
+    std::fs::write(&htpasswd, htpasswd_line("robot", "second-pass")).unwrap();
+    std::fs::write(&pw, "second-pass\n").unwrap();
+    // distribution 2.8 looks at its htpasswd file's modification time on every request, so it
+    // takes the new password at once: no restart of the registry (and never of wharf).
+    let probe = |pass: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/v2/", registry.url()))
+            .basic_auth("robot", Some(pass))
+            .send()
+    };
+    assert_eq!(probe("second-pass").await.unwrap().status(), 200);
+    assert_eq!(probe("first-pass").await.unwrap().status(), 401);
+    assert_eq!(pull_through(&w, "e2e/two", "1").await, Ok(3));
+    // Content pulled before the change is still served.
+    assert_eq!(pull_through(&w, "e2e/one", "1").await, Ok(3));
+}
