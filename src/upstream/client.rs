@@ -13,6 +13,16 @@
 //!    the upstream's credentials or token,
 //! 4. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
 //!    [`auth::check_realm`] before anything is sent there) or Basic credentials, then retries.
+//!    Credentials come from the upstream's [`CredentialStore`]: when the registry (Basic) or the
+//!    realm refuses the one in hand, a newer one is fetched once (a re-read `password_file` or
+//!    `auth_file`, a credential helper run again) and the request retried with it. An identity
+//!    token (user `<token>`) is exchanged with the realm by an OAuth2 refresh-token POST.
+//!
+//! With `urls`, an upstream has several URLs (`Origin`s, each with its own tokens, Basic flag and
+//! redirect policy). A request goes to the first that is not backed off; one that gives no
+//! connection, no headers within `timeout` or a 5xx is backed off for `url_backoff` and the next is
+//! tried (a 404 from one that is not the last is asked of the next too). Content is verified by
+//! digest by the cache whichever URL served it.
 //!
 //! Tokens are cached per scope in moka until shortly before they expire; concurrent requests for the
 //! same scope share one token request.
@@ -43,7 +53,7 @@ use super::auth::{self, AuthError, Challenge, Token};
 use super::credentials::{CredentialError, CredentialStore, Held};
 use super::rate::Pace;
 use super::redirect::{self, CheckedResolver, Hop};
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, IDENTITY_TOKEN_USER};
 use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS, MAX_TOKEN_BODY};
 use crate::metrics::{Metrics, UpstreamStatus};
 use crate::oci::{ErrorCode, ErrorEnvelope};
@@ -682,10 +692,25 @@ impl Upstream {
                 creds.is_some(),
             )
             .map_err(|e| self.auth_error(e))?;
-            let mut request = self.http.get(url.clone());
-            if let Some(creds) = creds {
-                request = request.header(AUTHORIZATION, auth::basic_header(creds));
-            }
+            let request = match creds {
+                // An identity token (Docker's `identitytoken`, a helper's `<token>` user) is an
+                // OAuth2 refresh token: exchanged by a POST, as Docker does, never sent as Basic.
+                Some(creds) if creds.username == IDENTITY_TOKEN_USER => {
+                    let (post_url, form) = refresh_token_form(&url, creds.password.expose());
+                    self.http
+                        .post(post_url)
+                        .header(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/x-www-form-urlencoded"),
+                        )
+                        .body(form)
+                }
+                Some(creds) => self
+                    .http
+                    .get(url.clone())
+                    .header(AUTHORIZATION, auth::basic_header(creds)),
+                None => self.http.get(url.clone()),
+            };
             let response = self
                 .counted(request, &Method::GET)
                 .await
@@ -989,6 +1014,25 @@ enum ReadError {
     Transport(reqwest::Error),
 }
 
+/// The OAuth2 refresh-token grant Docker sends to a token realm for an identity token
+/// (distribution `docs/spec/auth/oauth.md`): a POST to the realm without its query, whose form
+/// carries the query's `service` and `scope`s, `grant_type=refresh_token`, `client_id` and the
+/// token.
+fn refresh_token_form(token_url: &Url, refresh_token: &str) -> (Url, String) {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in token_url.query_pairs() {
+        if k == "service" || k == "scope" {
+            form.append_pair(&k, &v);
+        }
+    }
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair("client_id", "wharf");
+    form.append_pair("refresh_token", refresh_token);
+    let mut realm = token_url.clone();
+    realm.set_query(None);
+    (realm, form.finish())
+}
+
 /// The Basic `Authorization` for a credential, with the credential; nothing when it is none or
 /// anonymous.
 fn basic_from(held: Option<Arc<Held>>) -> (Option<HeaderValue>, Option<Arc<Held>>) {
@@ -1256,6 +1300,19 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn identity_tokens_are_exchanged_by_a_refresh_token_grant() {
+        let url: Url = "https://auth.example/token?service=reg&scope=repository%3Aa%3Apull&scope=repository%3Ab%3Apull"
+            .parse()
+            .unwrap();
+        let (realm, form) = refresh_token_form(&url, "rt/+=");
+        assert_eq!(realm.as_str(), "https://auth.example/token");
+        assert_eq!(
+            form,
+            "service=reg&scope=repository%3Aa%3Apull&scope=repository%3Ab%3Apull&grant_type=refresh_token&client_id=wharf&refresh_token=rt%2F%2B%3D"
+        );
     }
 
     #[test]
