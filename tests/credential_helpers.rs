@@ -566,3 +566,28 @@ async fn the_real_registry_changes_its_password_and_wharf_follows_without_a_rest
     // Content pulled before the change is still served.
     assert_eq!(pull_through(&w, "e2e/one", "1").await, Ok(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_config_file_is_read_again_when_it_changes() {
+    use base64::Engine as _;
+    let up = Fake::start().await;
+    let img = up.add_image("org/app", "1", 2, 1000, 17);
+    up.knobs().auth = basic("robot", "login-1");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    let write = |user: &str, pass: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        // As `docker login 127.0.0.1:PORT` writes it.
+        let text = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, up.addr);
+        std::fs::write(&file, text).unwrap();
+    };
+    write("robot", "login-1");
+    let w = wharf_with(&up, &format!("auth_file = \"{}\"", file.display())).await;
+    let blob = |i: usize| format!("/v2/org/app/blobs/{}", img.layers[i]);
+    assert_eq!(get(&w, &blob(0)).await.0, 200);
+    // A new login rewrites the file; the registry takes only the new password.
+    write("robot", "login-2");
+    up.knobs().auth = basic("robot", "login-2");
+    let (status, body) = get(&w, &blob(1)).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -26,7 +26,9 @@ use crate::size::parse_size;
 /// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
 const MAX_FILLS: usize = 4096;
 
-#[derive(Debug, Clone)]
+/// One `[[upstream]]`, checked. Comparable, so a reload can tell an unchanged upstream (whose
+/// client, with its credential and URL state, is then kept) from a changed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `localhost:5001`): lower-case
     /// `host[:port]`, unique among the upstreams.
