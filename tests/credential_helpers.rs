@@ -59,6 +59,7 @@ fn basic(user: &str, pass: &str) -> AuthMode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_credentials_rotate_three_times_without_a_restart() {
+    common::real::capture_logs();
     let up = Fake::start().await;
     let img = up.add_image("org/app", "1", 8, 2000, 7);
     up.knobs().auth = basic("robot", "pw-0");
