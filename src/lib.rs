@@ -132,6 +132,26 @@ pub fn app_with_cache(config: &Config, cache: Arc<cache::Cache>) -> Result<serve
     })
 }
 
+/// The files the reloader watches for `app`: the TLS certificate, the htpasswd file, and the
+/// upstreams' credential files (password_file, auth_file), so a changed file is in use at the next
+/// poll or SIGHUP without waiting for the registry to refuse the old credential.
+fn watched_files(
+    certs: Option<&Arc<tls::CertStore>>,
+    app: &server::App,
+) -> Vec<Arc<dyn reload::Reloadable>> {
+    let mut watched: Vec<Arc<dyn reload::Reloadable>> = Vec::new();
+    if let Some(certs) = certs {
+        watched.push(certs.clone());
+    }
+    watched.extend(app.access.reloadable());
+    watched.extend(
+        app.upstreams
+            .iter()
+            .filter_map(|u| u.credentials_reloadable()),
+    );
+    watched
+}
+
 /// The app for `config`, a reload of `old`'s configuration (`old_config`): the cache, the hot
 /// manifests and blobs, the metrics, the htpasswd state and the client of every upstream whose
 /// settings did not change are `old`'s; only added and changed upstreams get a new client. The
@@ -308,15 +328,8 @@ pub async fn start_with_cache(config: Config, cache: Arc<cache::Cache>) -> Resul
     };
     let metrics_addr = admin.as_ref().map(|(a, _, _)| *a);
 
-    let mut watched: Vec<Arc<dyn reload::Reloadable>> = Vec::new();
-    if let Some(certs) = &certs {
-        watched.push(certs.clone());
-    }
-    if let Some(htpasswd) = app.access.reloadable() {
-        watched.push(htpasswd);
-    }
     let reloader = Arc::new(Mutex::new(reload::Reloader::new(
-        watched,
+        watched_files(certs.as_ref(), &app),
         app.metrics.clone(),
     )));
     // Always running: a configuration reload may name an htpasswd file to watch.
@@ -540,12 +553,8 @@ impl Running {
         if changes.has("log.level") && !telemetry::set_level(config.log.filter.as_deref()) {
             info!("[log] level changed, but RUST_LOG decides the log filter: it stays as it is");
         }
-        if changes.has("auth.htpasswd") {
-            let mut watched: Vec<Arc<dyn reload::Reloadable>> = Vec::new();
-            if let Some(certs) = &self.certs {
-                watched.push(certs.clone());
-            }
-            watched.extend(app.access.reloadable());
+        if changes.has("auth.htpasswd") || changes.upstreams() {
+            let watched = watched_files(self.certs.as_ref(), &app);
             let reloader = self.reloader.clone();
             let _ = tokio::task::spawn_blocking(move || reloader.lock().watch(watched)).await;
         }

@@ -26,6 +26,16 @@ impl Secret {
         Self(value.into())
     }
 
+    /// The secret a file holds: its text without one trailing line ending (as `echo` and editors
+    /// write it; anything else is the secret); `None` when nothing is left.
+    pub fn from_file_text(text: &str) -> Option<Self> {
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(text);
+        (!text.is_empty()).then(|| Self::new(text))
+    }
+
     /// The value itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0

@@ -267,8 +267,11 @@ impl Cluster {
         debug!(owner = %owner.origin, upstream = %upstream.name, "client for a peer");
         UpstreamConfig {
             url: owner.url.clone(),
+            // The owner is one peer: no fallbacks, and no upstream credentials (nor a helper).
+            fallback_urls: Vec::new(),
             default: false,
             credentials: None,
+            credential_source: None,
             token_realms: Vec::new(),
             // The owner must connect and send headers within owner_timeout (the deadline set on
             // the client); its body may then stay silent as long as the upstream's may, because
@@ -300,7 +303,10 @@ pub fn is_down(error: &UpstreamError) -> bool {
                 || *status == http::StatusCode::UNAUTHORIZED
                 || *status == http::StatusCode::FORBIDDEN
         }
-        UpstreamError::Offline { .. } | UpstreamError::Busy { .. } => false,
+        // Peers are asked without credentials: never theirs.
+        UpstreamError::Offline { .. }
+        | UpstreamError::Busy { .. }
+        | UpstreamError::Credentials { .. } => false,
     }
 }
 

@@ -21,6 +21,7 @@ mod airgap;
 mod auth;
 mod cache;
 mod cluster;
+mod docker_auth;
 mod error;
 mod pem;
 mod secret_file;
@@ -37,6 +38,7 @@ pub use self::airgap::{resolve_image, ImportConfig, SyncConfig, TrustedKeyFile};
 pub use self::auth::AuthConfig;
 pub use self::cache::CacheConfig;
 pub use self::cluster::{ClusterConfig, PeerSource, MIN_SECRET_LEN};
+pub use self::docker_auth::{resolve as resolve_docker_auth, DockerAuth, IDENTITY_TOKEN_USER};
 pub use self::error::{ConfigError, KeyError, TomlError, TomlLocation};
 pub use self::pem::{
     certified_key, ed25519_public_key, PublicKeyError, TlsError, ED25519_SPKI_PREFIX,
@@ -46,7 +48,7 @@ pub use self::server::{
     LIBRARY_DIRECTIVES,
 };
 pub use self::storage::{Backend, GcConfig, S3Config, StorageConfig};
-pub use self::upstream::UpstreamConfig;
+pub use self::upstream::{CredentialHelper, CredentialSource, UpstreamConfig};
 
 use self::airgap::{RawImport, RawPin, RawSync};
 use self::auth::RawAuth;
@@ -141,6 +143,11 @@ pub trait Sources {
     fn env_always(&self, name: &str) -> Option<String> {
         self.env(name)
     }
+    /// Whether secrets are wanted at all: `false` for the offline commands, which skip
+    /// credential files they would only throw away (`auth_file`).
+    fn wants_secrets(&self) -> bool {
+        true
+    }
 }
 
 /// The real process environment and filesystem.
@@ -166,6 +173,10 @@ impl Sources for NoSecrets {
 
     fn env_always(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn wants_secrets(&self) -> bool {
+        false
     }
 }
 
@@ -219,6 +230,7 @@ impl Config {
         let mut config = Self::from_toml_for(&text, path, &NoSecrets, Purpose::Offline)?;
         for u in &mut config.upstreams {
             u.credentials = None;
+            u.credential_source = None;
         }
         config.set_offline();
         Ok(config)

@@ -25,14 +25,8 @@ pub(super) fn from_file(
             io_reason(&e)
         )
     })?;
-    let text = text
-        .strip_suffix("\r\n")
-        .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
-    if text.is_empty() {
-        return Err(format!("{} is empty; put the {what} in it", path.display()));
-    }
-    Ok(Secret::new(text))
+    Secret::from_file_text(&text)
+        .ok_or_else(|| format!("{} is empty; put the {what} in it", path.display()))
 }
 
 /// Whether `var` can name an environment variable (letters, digits and `_`, not starting with a

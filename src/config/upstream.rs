@@ -1,6 +1,13 @@
-//! `[[upstream]]`: the registries wharf mirrors, each with its URL, credentials, timeouts, fill
-//! limits, TLS trust, allow list and redirect policy. Password values are read here, through
-//! [`Sources`], and kept in a [`Secret`]: no message and no `Debug` output ever shows one.
+//! `[[upstream]]`: the registries wharf mirrors, each with its URL (or URLs, tried in order),
+//! credentials, timeouts, fill limits, TLS trust, allow list and redirect policy. Password values
+//! are read here, through [`Sources`], and kept in a [`Secret`]: no message and no `Debug` output
+//! ever shows one.
+//!
+//! Credentials come from one of: `username` with `password_file` (read again by the upstream
+//! client when the file changes) or `password_env`; `credential_helper` (a Docker credential
+//! helper, which the upstream client runs: nothing here runs a process); or `auth_file` (Docker's
+//! `config.json` or Podman's `auth.json`, resolved here for the upstream's host by
+//! [`super::docker_auth`], and read again by the client when it changes).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,8 +16,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::docker_auth::{self, DockerAuth};
 use super::error::{io_reason, KeyError};
-use super::{duration, err, Sources};
+use super::{duration, err, secret_file, Sources};
 use crate::access::allow::AllowList;
 use crate::secret::{Credentials, Secret};
 use crate::size::parse_size;
@@ -18,18 +26,36 @@ use crate::size::parse_size;
 /// The largest `max_fills`: far beyond what one upstream should see, far below the semaphore's limit.
 const MAX_FILLS: usize = 4096;
 
-#[derive(Debug, Clone, PartialEq)]
+/// One `[[upstream]]`, checked. Comparable, so a reload can tell an unchanged upstream (whose
+/// client, with its credential and URL state, is then kept) from a changed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `localhost:5001`): lower-case
     /// `host[:port]`, unique among the upstreams.
     pub name: String,
-    /// Where the registry is: http or https, no userinfo, query or fragment, path empty or `/`.
+    /// Where the registry is: http or https, no userinfo, query or fragment, path empty or `/`
+    /// (`url`, or the first of `urls`).
     pub url: Url,
+    /// More places the same registry is served from, tried in order after `url` when the ones
+    /// before fail (the rest of `urls`; empty with `url`). Checked as `url` is.
+    pub fallback_urls: Vec<Url>,
+    /// How long a URL of `urls` that failed (no connection, a timeout, a 5xx) is skipped
+    /// (`url_backoff`, default `30s`).
+    pub url_backoff: Duration,
     /// Whether requests that name no registry go here; at most one upstream sets it.
     pub default: bool,
     /// Credentials for the registry (or its token realm), from `username` plus `password_file` or
-    /// `password_env`.
+    /// `password_env`, or the `auths` entry of `auth_file`, as read at start.
     pub credentials: Option<Credentials>,
+    /// Where credentials that may change while wharf runs come from (`password_file`,
+    /// `credential_helper`, `auth_file`); `None` for none or `password_env`.
+    pub credential_source: Option<CredentialSource>,
+    /// How long a credential from a helper is used before the helper is run again
+    /// (`credential_ttl`, default `10m`).
+    pub credential_ttl: Duration,
+    /// How long a credential helper may run before it is killed (`credential_timeout`, default
+    /// `30s`).
+    pub credential_timeout: Duration,
     /// Extra token-realm hosts (lower case) that may receive the credentials.
     pub token_realms: Vec<String>,
     /// How long connecting may take (`connect_timeout`, default `10s`).
@@ -69,6 +95,45 @@ pub struct UpstreamConfig {
     pub mirror_of_mirror: bool,
 }
 
+/// Where an upstream's credentials come from when they may change while wharf runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `username` and `password_file`: the file is read again when it changes.
+    PasswordFile {
+        /// The user name.
+        username: String,
+        /// The file, one password (or token) on a line.
+        path: PathBuf,
+    },
+    /// `credential_helper`: a Docker credential helper is run for the credential.
+    Helper(CredentialHelper),
+    /// `auth_file`: Docker's `config.json` or Podman's `auth.json`, read again when it changes.
+    AuthFile {
+        /// The file.
+        path: PathBuf,
+        /// The host its entries are looked up for (the first URL's `host[:port]`; Docker Hub's
+        /// name for Docker Hub).
+        host: String,
+        /// What it said for the host at start; `None` when it was not read (the offline
+        /// commands read no secret).
+        entry: Option<DockerAuth>,
+    },
+}
+
+/// A Docker credential helper (the `docker-credential-helpers` protocol: `get`, the server on
+/// standard input, `{"Username","Secret"}` on standard output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialHelper {
+    /// As configured: a name (`ecr-login`) or an absolute path, for messages.
+    pub name: String,
+    /// What is run: `docker-credential-<name>`, looked up on `PATH` when it is run, or the
+    /// absolute path.
+    pub program: PathBuf,
+    /// What the helper is asked for on standard input: the first URL's `host[:port]`
+    /// (`https://index.docker.io/v1/` for Docker Hub, as Docker asks).
+    pub server: String,
+}
+
 /// One `[[upstream]]` as written. It holds no secret: only where the password is.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,9 +142,18 @@ pub(super) struct RawUpstream {
     pub(super) url: Option<String>,
     #[serde(default)]
     pub(super) default: bool,
+    pub(super) urls: Option<Vec<String>>,
+    #[serde(default = "default_url_backoff")]
+    pub(super) url_backoff: String,
     pub(super) username: Option<String>,
     pub(super) password_file: Option<PathBuf>,
     pub(super) password_env: Option<String>,
+    pub(super) credential_helper: Option<String>,
+    pub(super) auth_file: Option<PathBuf>,
+    #[serde(default = "default_credential_ttl")]
+    pub(super) credential_ttl: String,
+    #[serde(default = "default_credential_timeout")]
+    pub(super) credential_timeout: String,
     #[serde(default)]
     pub(super) token_realms: Vec<String>,
     #[serde(default = "default_connect_timeout")]
@@ -120,6 +194,11 @@ impl UpstreamConfig {
     pub fn forward_ns(&self) -> Option<&str> {
         self.mirror_of_mirror.then_some(self.name.as_str())
     }
+
+    /// Every URL of the registry, in the order they are tried: `url`, then `fallback_urls`.
+    pub fn urls(&self) -> impl Iterator<Item = &Url> {
+        std::iter::once(&self.url).chain(&self.fallback_urls)
+    }
 }
 
 impl fmt::Display for UpstreamConfig {
@@ -130,6 +209,15 @@ impl fmt::Display for UpstreamConfig {
 
 // === impl RawUpstream ===
 
+fn default_url_backoff() -> String {
+    "30s".into()
+}
+fn default_credential_ttl() -> String {
+    "10m".into()
+}
+fn default_credential_timeout() -> String {
+    "30s".into()
+}
 fn default_connect_timeout() -> String {
     "10s".into()
 }
@@ -186,7 +274,8 @@ impl RawUpstream {
         let u = self;
         let key = |k: &str| format!("upstream[{i}].{k}");
         let name = checked_name(u.name, upstreams, &key)?;
-        let url = checked_url(u.url, u.insecure, &key)?;
+        let (url, fallback_urls) = checked_urls(u.url, u.urls, u.insecure, &key)?;
+        let url_backoff = duration(&key("url_backoff"), &u.url_backoff)?;
         let ca_pem = match &u.ca_file {
             Some(path) => Some(ca_bundle(path, sources).map_err(|p| err(&key("ca_file"), p))?),
             None => None,
@@ -209,13 +298,63 @@ impl RawUpstream {
                 ));
             }
         }
-        let credentials = credentials(
+        let mut credentials = credentials(
             u.username.as_deref(),
             u.password_file.as_deref(),
             u.password_env.as_deref(),
             sources,
         )
         .map_err(|(k, p)| err(&key(k), p))?;
+        let mut credential_source = match (&u.password_file, &u.username) {
+            (Some(path), Some(username)) => Some(CredentialSource::PasswordFile {
+                username: username.clone(),
+                path: path.clone(),
+            }),
+            _ => None,
+        };
+        let server = helper_server(&name, &url);
+        let others = credentials.is_some();
+        match (&u.credential_helper, &u.auth_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    &key("auth_file"),
+                    "both credential_helper and auth_file are set; keep one".into(),
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) if others => {
+                let k = if u.credential_helper.is_some() {
+                    "credential_helper"
+                } else {
+                    "auth_file"
+                };
+                return Err(err(
+                    &key(k),
+                    format!("is set together with username and a password; keep one way to get credentials (remove username, password_file and password_env, or {k})"),
+                ));
+            }
+            (Some(helper), None) => {
+                credential_source = Some(CredentialSource::Helper(
+                    credential_helper(helper, server)
+                        .map_err(|p| err(&key("credential_helper"), p))?,
+                ));
+            }
+            (None, Some(path)) => {
+                let entry = auth_file_entry(path, &server, sources)
+                    .map_err(|p| err(&key("auth_file"), p))?;
+                if let Some(DockerAuth::Credentials(c)) = &entry {
+                    credentials = Some(c.clone());
+                }
+                credential_source = Some(CredentialSource::AuthFile {
+                    path: path.clone(),
+                    host: server,
+                    entry,
+                });
+            }
+            (None, None) => {}
+        }
+        let credential_ttl = positive(&key("credential_ttl"), &u.credential_ttl, "10m")?;
+        let credential_timeout =
+            positive(&key("credential_timeout"), &u.credential_timeout, "30s")?;
         let token_realms = checked_token_realms(&u.token_realms, &key)?;
         let (connect_timeout, timeout) = timeouts(&u.connect_timeout, &u.timeout, &key)?;
         if !(1..=MAX_FILLS).contains(&u.max_fills) {
@@ -233,8 +372,13 @@ impl RawUpstream {
         Ok(UpstreamConfig {
             name,
             url,
+            fallback_urls,
+            url_backoff,
             default: u.default,
             credentials,
+            credential_source,
+            credential_ttl,
+            credential_timeout,
             token_realms,
             connect_timeout,
             timeout,
@@ -284,19 +428,62 @@ fn checked_name(
     Ok(name)
 }
 
-/// `url`: present, the registry's root, and https unless the upstream is `insecure`.
-fn checked_url(url: Option<String>, insecure: bool, key: &KeyOf<'_>) -> Result<Url, KeyError> {
+/// `url` or `urls` (one of them): the first URL and the fallbacks.
+fn checked_urls(
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+    insecure: bool,
+    key: &KeyOf<'_>,
+) -> Result<(Url, Vec<Url>), KeyError> {
+    let Some(urls) = urls else {
+        return Ok((checked_url(url, insecure, "url", key)?, Vec::new()));
+    };
+    if url.is_some() {
+        return Err(err(
+            &key("urls"),
+            "both url and urls are set; keep one (urls = [\"https://mirror.gcr.io\", \"https://registry-1.docker.io\"] lists the registry's URLs in the order they are tried)".into(),
+        ));
+    }
+    let mut checked = Vec::with_capacity(urls.len());
+    for text in urls {
+        let u = checked_url(Some(text), insecure, "urls", key)?;
+        if checked.contains(&u) {
+            return Err(err(
+                &key("urls"),
+                format!("lists {u} twice; list each URL once"),
+            ));
+        }
+        checked.push(u);
+    }
+    let mut checked = checked.into_iter();
+    let first = checked.next().ok_or_else(|| {
+        err(
+            &key("urls"),
+            "lists no URL; list the registry's URLs in the order they are tried, e.g. urls = [\"https://mirror.gcr.io\", \"https://registry-1.docker.io\"]".into(),
+        )
+    })?;
+    Ok((first, checked.collect()))
+}
+
+/// One URL (of `url` or `urls`, named by `k`): present, the registry's root, and https unless
+/// the upstream is `insecure`.
+fn checked_url(
+    url: Option<String>,
+    insecure: bool,
+    k: &str,
+    key: &KeyOf<'_>,
+) -> Result<Url, KeyError> {
     let url_text = url.ok_or_else(|| {
         err(
-            &key("url"),
+            &key(k),
             "is missing; set where the registry is, e.g. url = \"https://registry-1.docker.io\""
                 .into(),
         )
     })?;
-    let url = parse_upstream_url(&url_text).map_err(|p| err(&key("url"), p))?;
+    let url = parse_upstream_url(&url_text).map_err(|p| err(&key(k), p))?;
     if url.scheme() == "http" && !insecure {
         return Err(err(
-            &key("url"),
+            &key(k),
             format!("{url_text:?} is plain HTTP, so pulls and credentials would cross the network unencrypted; use https://, or set insecure = true on this upstream for a lab registry"),
         ));
     }
@@ -316,6 +503,92 @@ fn checked_token_realms(realms: &[String], key: &KeyOf<'_>) -> Result<Vec<String
         token_realms.push(realm.to_ascii_lowercase());
     }
     Ok(token_realms)
+}
+
+/// A duration of more than zero.
+fn positive(key: &str, text: &str, example: &str) -> Result<Duration, KeyError> {
+    let d = duration(key, text)?;
+    if d.is_zero() {
+        let k = key.rsplit('.').next().unwrap_or(key);
+        return Err(err(
+            key,
+            format!("must be more than zero; use e.g. {k} = \"{example}\""),
+        ));
+    }
+    Ok(d)
+}
+
+/// What a credential helper is asked for, and what `auth_file` is looked up by: the first URL's
+/// `host[:port]`, or Docker Hub's server name (`https://index.docker.io/v1/`) for Docker Hub.
+fn helper_server(name: &str, url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let hub = ["registry-1.docker.io", "index.docker.io", "docker.io"];
+    if name == "docker.io" || hub.contains(&host.as_str()) {
+        return "https://index.docker.io/v1/".into();
+    }
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// Whether `name` can follow `docker-credential-`: letters, digits, `-`, `_` and `.`, not
+/// starting with a dot (so never a path).
+pub(super) fn valid_helper_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `credential_helper`: a helper name (`ecr-login` runs `docker-credential-ecr-login` from
+/// `PATH`) or an absolute path to the helper.
+fn credential_helper(text: &str, server: String) -> Result<CredentialHelper, String> {
+    let program = if text.starts_with('/') {
+        PathBuf::from(text)
+    } else if valid_helper_name(text) {
+        PathBuf::from(format!("docker-credential-{text}"))
+    } else {
+        return Err(format!(
+            "{text:?} is not a helper name or an absolute path; give the part after docker-credential- (credential_helper = \"ecr-login\" runs docker-credential-ecr-login from PATH) or the helper's absolute path"
+        ));
+    };
+    Ok(CredentialHelper {
+        name: text.to_owned(),
+        program,
+        server,
+    })
+}
+
+/// `auth_file`: read (unless secrets are not wanted) and resolved for `host`. A file that has
+/// nothing for the host is refused: the upstream would be pulled from anonymously.
+fn auth_file_entry(
+    path: &Path,
+    host: &str,
+    sources: &dyn Sources,
+) -> Result<Option<DockerAuth>, String> {
+    if !sources.wants_secrets() {
+        return Ok(None);
+    }
+    let text = sources.read_secret(path).map_err(|e| {
+        format!(
+            "cannot read {} ({}); give Docker's config.json or Podman's auth.json, readable by wharf",
+            path.display(),
+            io_reason(&e)
+        )
+    })?;
+    match docker_auth::resolve(&text, host) {
+        Ok(Some(entry)) => Ok(Some(entry)),
+        Ok(None) => Err(format!(
+            "{} has no entry for {host} (in auths, credHelpers or credsStore); log in to it (docker login / podman login --authfile) or remove auth_file",
+            path.display()
+        )),
+        Err(problem) => Err(format!(
+            "{} {problem}; fix the file or log in again",
+            path.display()
+        )),
+    }
 }
 
 /// `connect_timeout` and `timeout`: durations of more than zero.
@@ -485,34 +758,12 @@ fn credentials(
 }
 
 fn password_from_file(path: &Path, sources: &dyn Sources) -> Result<Secret, KeyProblem> {
-    let text = sources.read_secret(path).map_err(|e| {
-        (
-            "password_file",
-            format!(
-                "cannot read {} ({}); create it with the password on one line, readable by wharf only",
-                path.display(),
-                io_reason(&e)
-            ),
-        )
-    })?;
-    // One trailing line ending, as `echo` and editors write it; anything else is the password.
-    let text = text
-        .strip_suffix("\r\n")
-        .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
-    if text.is_empty() {
-        return Err((
-            "password_file",
-            format!("{} is empty; put the password in it", path.display()),
-        ));
-    }
-    Ok(Secret::new(text))
+    secret_file::from_file(sources.read_secret(path), path, "password")
+        .map_err(|reason| ("password_file", reason))
 }
 
 fn password_from_env(var: &str, sources: &dyn Sources) -> Result<Secret, KeyProblem> {
-    let is_name = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !is_name {
+    if !secret_file::is_env_name(var) {
         // Likely the password itself pasted into the wrong key: do not echo it.
         return Err((
             "password_env",
@@ -565,6 +816,104 @@ mod tests {
         let c = Config::from_toml(&text, Path::new("wharf.toml")).unwrap();
         let creds = c.upstreams[0].credentials.as_ref().unwrap();
         assert_eq!(creds.password.expose(), "disk-secret");
+    }
+
+    #[test]
+    fn credential_sources() {
+        let plain = load(UP).unwrap();
+        let u = &plain.upstreams[0];
+        assert_eq!(u.credential_source, None);
+        assert_eq!(u.credential_ttl, Duration::from_secs(600));
+        assert_eq!(u.credential_timeout, Duration::from_secs(30));
+        assert!(u.fallback_urls.is_empty());
+        assert_eq!(u.url_backoff, Duration::from_secs(30));
+
+        let file = load(&format!("{UP}username = \"u\"\npassword_file = \"/pw\"\n")).unwrap();
+        assert_eq!(
+            file.upstreams[0].credential_source,
+            Some(CredentialSource::PasswordFile {
+                username: "u".into(),
+                path: "/pw".into()
+            })
+        );
+        let env = load(&format!("{UP}username = \"u\"\npassword_env = \"PW\"\n")).unwrap();
+        assert_eq!(env.upstreams[0].credential_source, None);
+
+        let ecr = "[[upstream]]\nname = \"ecr.test\"\nurl = \"https://1.dkr.ecr.eu-west-1.amazonaws.com:8443\"\ncredential_helper = \"ecr-login\"\ncredential_ttl = \"1h\"\ncredential_timeout = \"5s\"\n";
+        let c = load(ecr).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.credential_source,
+            Some(CredentialSource::Helper(CredentialHelper {
+                name: "ecr-login".into(),
+                program: "docker-credential-ecr-login".into(),
+                server: "1.dkr.ecr.eu-west-1.amazonaws.com:8443".into(),
+            }))
+        );
+        assert_eq!(u.credential_ttl, Duration::from_secs(3600));
+        assert_eq!(u.credential_timeout, Duration::from_secs(5));
+        assert!(u.credentials.is_none());
+
+        let hub = load(&format!("{UP}credential_helper = \"/opt/bin/helper\"\n")).unwrap();
+        match &hub.upstreams[0].credential_source {
+            Some(CredentialSource::Helper(h)) => {
+                assert_eq!(h.program, Path::new("/opt/bin/helper"));
+                assert_eq!(h.server, "https://index.docker.io/v1/");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_files() {
+        let mut sources = super::super::test_support::fake();
+        sources.files.insert(
+            "/docker.json",
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"YWxpY2U6ZmlsZS1zZWNyZXQ="}},"credHelpers":{"ghcr.io":"gh"}}"#.into(),
+        );
+        let text = format!("{UP}auth_file = \"/docker.json\"\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nauth_file = \"/docker.json\"\n");
+        let c = Config::from_toml_with(&text, Path::new("wharf.toml"), &sources).unwrap();
+        let hub = &c.upstreams[0];
+        let creds = hub.credentials.as_ref().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.expose()),
+            ("alice", "file-secret")
+        );
+        assert!(matches!(
+            &hub.credential_source,
+            Some(CredentialSource::AuthFile { host, entry: Some(DockerAuth::Credentials(_)), .. })
+                if host == "https://index.docker.io/v1/"
+        ));
+        assert!(!format!("{c:?}").contains("file-secret"));
+        let gh = &c.upstreams[1];
+        assert!(gh.credentials.is_none());
+        assert!(matches!(
+            &gh.credential_source,
+            Some(CredentialSource::AuthFile { host, entry: Some(DockerAuth::Helper(h)), .. })
+                if host == "ghcr.io" && h == "gh"
+        ));
+        // Nothing for the host: refused, naming the file and the host.
+        let quay = "[[upstream]]\nname = \"quay.io\"\nurl = \"https://quay.io\"\nauth_file = \"/docker.json\"\n";
+        let got = Config::from_toml_with(quay, Path::new("wharf.toml"), &sources)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            got.contains("upstream[0].auth_file: /docker.json has no entry for quay.io"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn fallback_urls() {
+        let c = load("[[upstream]]\nname = \"docker.io\"\nurls = [\"https://mirror.gcr.io\", \"https://registry-1.docker.io\"]\nurl_backoff = \"1m\"\n").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.url.as_str(), "https://mirror.gcr.io/");
+        let all: Vec<_> = u.urls().map(Url::as_str).collect();
+        assert_eq!(
+            all,
+            ["https://mirror.gcr.io/", "https://registry-1.docker.io/"]
+        );
+        assert_eq!(u.url_backoff, Duration::from_secs(60));
     }
 
     #[test]
@@ -685,6 +1034,51 @@ mod tests {
                 format!("{UP}username = \"u\"\npassword_file = \"/empty\"\n"),
                 "upstream[0].password_file: /empty is empty",
             ),
+            // Credential helpers and Docker config files.
+            (
+                format!("{UP}credential_helper = \"../x\"\n"),
+                "upstream[0].credential_helper: \"../x\" is not a helper name or an absolute path",
+            ),
+            (format!("{UP}credential_helper = \"\"\n"), "upstream[0].credential_helper:"),
+            (
+                format!("{UP}credential_helper = \"ecr-login\"\nusername = \"u\"\npassword_env = \"PW\"\n"),
+                "upstream[0].credential_helper: is set together with username and a password; keep one way",
+            ),
+            (
+                format!("{UP}auth_file = \"/pw\"\nusername = \"u\"\npassword_file = \"/pw\"\n"),
+                "upstream[0].auth_file: is set together with username and a password",
+            ),
+            (
+                format!("{UP}auth_file = \"/pw\"\ncredential_helper = \"pass\"\n"),
+                "upstream[0].auth_file: both credential_helper and auth_file are set; keep one",
+            ),
+            (
+                format!("{UP}auth_file = \"/missing\"\n"),
+                "upstream[0].auth_file: cannot read /missing (no such file)",
+            ),
+            (
+                format!("{UP}auth_file = \"/pw\"\n"),
+                "upstream[0].auth_file: /pw is not a Docker config file",
+            ),
+            (
+                format!("{UP}credential_helper = \"pass\"\ncredential_ttl = \"0s\"\n"),
+                "upstream[0].credential_ttl: must be more than zero",
+            ),
+            (format!("{UP}credential_timeout = \"0s\"\n"), "upstream[0].credential_timeout: must be more than zero"),
+            (format!("{UP}credential_ttl = \"soon\"\n"), "upstream[0].credential_ttl: \"soon\" is not a duration"),
+            // Fallback URLs.
+            (format!("{UP}urls = [\"https://a.io\"]\n"), "upstream[0].urls: both url and urls are set; keep one"),
+            ("[[upstream]]\nname = \"a.io\"\nurls = []\n".into(), "upstream[0].urls: lists no URL"),
+            (
+                "[[upstream]]\nname = \"a.io\"\nurls = [\"https://a.io\", \"http://b.io\"]\n".into(),
+                "upstream[0].urls: \"http://b.io\" is plain HTTP",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nurls = [\"https://a.io\", \"https://a.io/\"]\n".into(),
+                "upstream[0].urls: lists https://a.io/ twice",
+            ),
+            ("[[upstream]]\nname = \"a.io\"\nurls = [\"ftp://x\"]\n".into(), "upstream[0].urls: \"ftp://x\" is not an http(s) URL"),
+            (format!("{UP}url_backoff = \"x\"\n"), "upstream[0].url_backoff: \"x\" is not a duration"),
             // The rest of an upstream.
             (
                 format!("{UP}token_realms = [\"https://x\"]\n"),

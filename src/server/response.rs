@@ -268,6 +268,13 @@ impl ApiError {
                 e.retry_after = Some(HeaderValue::from_static("1"));
                 e
             }
+            // No credential for the upstream (a helper failed or hung): the mirror's trouble, not
+            // the client's, so not a 401 (which would make Docker ask its user to log in).
+            UpstreamError::Credentials { upstream, source } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!("upstream {upstream}: {}", source.public_message()),
+            ),
             UpstreamError::Auth { .. } | UpstreamError::Protocol { .. } => Self::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::Unknown,

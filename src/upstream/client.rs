@@ -13,6 +13,16 @@
 //!    the upstream's credentials or token,
 //! 4. on a `401` answers the upstream's challenge once: a Bearer token from the realm (checked by
 //!    [`auth::check_realm`] before anything is sent there) or Basic credentials, then retries.
+//!    Credentials come from the upstream's [`CredentialStore`]: when the registry (Basic) or the
+//!    realm refuses the one in hand, a newer one is fetched once (a re-read `password_file` or
+//!    `auth_file`, a credential helper run again) and the request retried with it. An identity
+//!    token (user `<token>`) is exchanged with the realm by an OAuth2 refresh-token POST.
+//!
+//! With `urls`, an upstream has several URLs (`Origin`s, each with its own tokens, Basic flag and
+//! redirect policy). A request goes to the first that is not backed off; one that gives no
+//! connection, no headers within `timeout` or a 5xx is backed off for `url_backoff` and the next is
+//! tried (a 404 from one that is not the last is asked of the next too). Content is verified by
+//! digest by the cache whichever URL served it.
 //!
 //! Tokens are cached per scope in moka until shortly before they expire; concurrent requests for the
 //! same scope share one token request.
@@ -40,13 +50,13 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::{self, AuthError, Challenge, Token};
+use super::credentials::{CredentialError, CredentialStore, Held};
 use super::rate::Pace;
 use super::redirect::{self, CheckedResolver, Hop};
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, IDENTITY_TOKEN_USER};
 use crate::limits::{MAX_ERROR_BODY, MAX_REDIRECTS, MAX_TOKEN_BODY};
 use crate::metrics::{Metrics, UpstreamStatus};
 use crate::oci::{ErrorCode, ErrorEnvelope};
-use crate::secret::Credentials;
 
 /// A token is dropped this long before it expires, so it is not sent just as it lapses.
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
@@ -54,25 +64,24 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 /// One configured upstream registry.
 pub struct Upstream {
     name: String,
-    base: Url,
+    /// The upstream's URLs in the order they are tried (`url`, or `urls`), each with its own
+    /// redirect policy, tokens and health.
+    origins: Vec<Origin>,
+    /// How long a URL that failed is skipped (`url_backoff`).
+    url_backoff: Duration,
     /// The `?ns=` every request carries when the upstream is another wharf (`mirror_of_mirror`).
     forward_ns: Option<String>,
     /// The client for the upstream's own origin, its token realms and the `redirect_hosts`.
     http: reqwest::Client,
     /// The client for every other redirect target: its resolver refuses internal addresses.
     checked: reqwest::Client,
-    /// Where redirects may lead.
-    redirects: redirect::Policy,
     /// Whether an HTTP proxy may resolve redirect targets (so their names are checked here first).
     proxied: bool,
     /// The overall deadline of a request until its headers, and of a small document whole.
     timeout: Duration,
-    credentials: Option<Credentials>,
+    /// Where the credentials come from, and the one in hand.
+    credentials: Arc<CredentialStore>,
     token_realms: Vec<String>,
-    tokens: moka::future::Cache<String, Arc<Token>>,
-    /// Set once the upstream has answered with a Basic challenge: later requests send credentials
-    /// up front instead of taking a 401 each time.
-    wants_basic: AtomicBool,
     /// Slots for blob fills, so a burst of misses opens a bounded number of upstream connections.
     fill_slots: Arc<Semaphore>,
     /// How long a fill waits for a slot before giving up.
@@ -89,6 +98,21 @@ pub struct Upstream {
     pace: Pace,
     /// Adds a signed header to every request sent to the upstream's own origin (a wharf peer).
     signer: Option<Arc<dyn Signer>>,
+}
+
+/// One URL of an upstream, with what is kept per URL: where its redirects may lead, its tokens
+/// (each URL may have its own token realm), whether it asked for Basic, and until when it is
+/// skipped after a failure.
+struct Origin {
+    base: Url,
+    /// Where redirects may lead.
+    redirects: redirect::Policy,
+    tokens: moka::future::Cache<String, Arc<Token>>,
+    /// Set once the URL has answered with a Basic challenge: later requests send credentials
+    /// up front instead of taking a 401 each time.
+    wants_basic: AtomicBool,
+    /// After a failure (with `urls`), the URL is tried after the others until this passes.
+    down_until: Mutex<Option<Instant>>,
 }
 
 /// Signs each request to an upstream with one extra header: how a wharf replica proves to
@@ -166,6 +190,16 @@ pub enum UpstreamError {
         /// The upstream's configured name.
         upstream: String,
     },
+    /// No credential could be had: a credential helper failed or timed out, a credential file
+    /// cannot be used.
+    #[error("upstream {upstream}: {source}")]
+    Credentials {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What went wrong, naming the helper or the file.
+        #[source]
+        source: CredentialError,
+    },
     /// A protocol problem: bad redirect, unreadable token response, a body cut short.
     #[error("upstream {upstream}: {reason}")]
     Protocol {
@@ -206,27 +240,34 @@ impl Upstream {
         let resolver = CheckedResolver::from_env();
         let proxied = resolver.proxied();
         let checked = builder()?.dns_resolver(Arc::new(resolver)).build()?;
-        let tokens = moka::future::Cache::builder()
-            .max_capacity(10_000)
-            .expire_after(TokenExpiry)
-            .build();
+        let origins = config
+            .urls()
+            .map(|url| Origin {
+                base: url.clone(),
+                redirects: redirect::Policy::new(
+                    url.clone(),
+                    config.insecure,
+                    config.redirect_hosts.clone(),
+                ),
+                tokens: moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .expire_after(TokenExpiry)
+                    .build(),
+                wants_basic: AtomicBool::new(false),
+                down_until: Mutex::new(None),
+            })
+            .collect();
         Ok(Self {
             name: config.name.clone(),
-            base: config.url.clone(),
+            origins,
+            url_backoff: config.url_backoff,
             forward_ns: config.forward_ns().map(str::to_owned),
             http,
             checked,
-            redirects: redirect::Policy::new(
-                config.url.clone(),
-                config.insecure,
-                config.redirect_hosts.clone(),
-            ),
             timeout: config.timeout,
             proxied,
-            credentials: config.credentials.clone(),
+            credentials: Arc::new(CredentialStore::new(config)),
             token_realms: config.token_realms.clone(),
-            tokens,
-            wants_basic: AtomicBool::new(false),
             fill_slots: Arc::new(Semaphore::new(config.max_fills)),
             fill_wait: config.fill_wait,
             offline: config.offline,
@@ -254,9 +295,32 @@ impl Upstream {
         self
     }
 
-    /// Where the upstream is (its configured `url`).
+    /// Where the upstream is (its configured `url`, or the first of `urls`).
     pub fn url(&self) -> &Url {
-        &self.base
+        &self.origins[0].base
+    }
+
+    /// The URL tag lookups go to now: the first of the upstream's URLs that is not backed off
+    /// after a failure (the first when all are).
+    pub fn current_url(&self) -> &Url {
+        let now = Instant::now();
+        self.origins
+            .iter()
+            .find(|o| !o.backed_off(now))
+            .map_or(&self.origins[0].base, |o| &o.base)
+    }
+
+    /// The upstream's credentials, to be watched by the reloader when they come from a file
+    /// (`password_file`, `auth_file`): a change is then in use without waiting for a refusal.
+    pub fn credentials_reloadable(&self) -> Option<Arc<dyn crate::reload::Reloadable>> {
+        self.credentials
+            .watches_files()
+            .then(|| self.credentials.clone() as Arc<dyn crate::reload::Reloadable>)
+    }
+
+    /// How many times this upstream's credential helper has run.
+    pub fn helper_runs(&self) -> u64 {
+        self.credentials.helper_runs()
     }
 
     /// Sends one request, counting it (and its time to headers) in the metrics.
@@ -329,15 +393,17 @@ impl Upstream {
             .await
     }
 
-    /// Runs `work` under the upstream's overall deadline (`timeout`).
+    /// Runs `work` under the upstream's overall deadline: `timeout`, once for each of its URLs
+    /// (each URL's attempt has `timeout` of its own).
     async fn deadline<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, UpstreamError>>,
     ) -> Result<T, UpstreamError> {
-        match tokio::time::timeout(self.timeout, work).await {
+        let limit = self.timeout * u32::try_from(self.origins.len()).unwrap_or(1);
+        match tokio::time::timeout(limit, work).await {
             Ok(result) => result,
             Err(_) => {
-                warn!(upstream = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream request passed its deadline");
+                warn!(upstream = %self.name, timeout_ms = limit.as_millis() as u64, "upstream request passed its deadline");
                 Err(UpstreamError::Timeout {
                     upstream: self.name.clone(),
                 })
@@ -345,7 +411,8 @@ impl Upstream {
         }
     }
 
-    /// [`Upstream::send`] without the deadline.
+    /// [`Upstream::send`] without the deadline: to the upstream's URL, or with `urls`, to the first
+    /// one not backed off that answers (see [`Upstream::send_to_any`]).
     async fn send_unbounded(
         &self,
         method: Method,
@@ -367,13 +434,85 @@ impl Upstream {
                 retry_after: Some(HeaderValue::from(wait.as_secs().max(1))),
             });
         }
-        let url = request_url(&self.base, path_and_query, self.forward_ns.as_deref())
+        match &self.origins[..] {
+            [only] => {
+                self.send_to(only, &method, path_and_query, &headers, scope)
+                    .await
+            }
+            _ => {
+                self.send_to_any(&method, path_and_query, &headers, scope)
+                    .await
+            }
+        }
+    }
+
+    /// Tries the URLs in order, those backed off last: a URL that gives no connection, no answer
+    /// within `timeout` or a 5xx is backed off for `url_backoff` and the next is tried; a 404 from
+    /// one that is not the last is asked of the next too (a mirror such as mirror.gcr.io holds only
+    /// part of the registry). The last URL's answer is returned, whatever it is.
+    async fn send_to_any(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let now = Instant::now();
+        let (mut order, backed_off): (Vec<&Origin>, Vec<&Origin>) =
+            self.origins.iter().partition(|o| !o.backed_off(now));
+        order.extend(backed_off);
+        let mut last = None;
+        let count = order.len();
+        for (i, origin) in order.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let attempt = tokio::time::timeout(
+                self.timeout,
+                self.send_to(origin, method, path_and_query, headers, scope),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Timeout {
+                    upstream: self.name.clone(),
+                })
+            });
+            let (failed, next) = match &attempt {
+                Err(UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. }) => {
+                    (true, true)
+                }
+                Err(_) => (false, false),
+                Ok(r) if r.status().is_server_error() => (true, true),
+                Ok(r) => (false, r.status() == StatusCode::NOT_FOUND),
+            };
+            if failed {
+                origin.back_off(&self.name, self.url_backoff);
+            } else if attempt.is_ok() {
+                origin.answered(&self.name);
+            }
+            if !next || is_last {
+                return attempt;
+            }
+            debug!(upstream = %self.name, url = %origin.base, failed, "trying the upstream's next URL");
+            last = Some(attempt);
+        }
+        last.unwrap_or_else(|| Err(self.protocol("the upstream has no URL".into())))
+    }
+
+    /// Sends one request to one of the upstream's URLs, answering a 401 once.
+    async fn send_to(
+        &self,
+        origin: &Origin,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        scope: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = request_url(&origin.base, path_and_query, self.forward_ns.as_deref())
             .map_err(|e| self.protocol(format!("bad request path: {e}")))?;
         let started = Instant::now();
-        let auth = self.cached_auth(scope).await;
-        let had_token = auth.is_some();
+        let (auth, sent) = self.cached_auth(origin, scope).await?;
+        let had_token = auth.is_some() && sent.is_none();
         let response = self
-            .send_following(&method, url.clone(), &headers, auth.clone())
+            .send_following(origin, method, url.clone(), headers, auth)
             .await?;
         let response = if response.status() == StatusCode::UNAUTHORIZED {
             let challenges = response
@@ -384,16 +523,26 @@ impl Upstream {
                 .flat_map(auth::parse_challenges)
                 .collect::<Vec<_>>();
             if had_token {
-                self.tokens.invalidate(scope).await;
+                origin.tokens.invalidate(scope).await;
             }
-            match self.answer(&challenges, scope).await? {
-                Some(auth) => {
-                    self.send_following(&method, url, &headers, Some(auth))
-                        .await?
+            match self.answer(origin, &challenges, scope, sent).await? {
+                Some((auth, held)) => {
+                    let retried = self
+                        .send_following(origin, method, url, headers, Some(auth))
+                        .await?;
+                    if let Some(held) =
+                        held.filter(|_| retried.status() != StatusCode::UNAUTHORIZED)
+                    {
+                        held.worked();
+                    }
+                    retried
                 }
                 None => response,
             }
         } else {
+            if let Some(held) = sent {
+                held.worked();
+            }
             response
         };
         debug!(
@@ -429,111 +578,196 @@ impl Upstream {
     }
 
     /// The `Authorization` to send before any challenge: a cached token, or Basic credentials when
-    /// this upstream uses Basic.
-    async fn cached_auth(&self, scope: &str) -> Option<HeaderValue> {
-        if self.wants_basic.load(Ordering::Relaxed) {
-            return self.credentials.as_ref().map(auth::basic_header);
+    /// this URL uses Basic (with the credential sent, to tell whether it was refused).
+    ///
+    /// # Errors
+    /// [`UpstreamError::Credentials`] when Basic credentials are due and cannot be had.
+    async fn cached_auth(
+        &self,
+        origin: &Origin,
+        scope: &str,
+    ) -> Result<(Option<HeaderValue>, Option<Arc<Held>>), UpstreamError> {
+        if origin.wants_basic.load(Ordering::Relaxed) {
+            let held = self
+                .credentials
+                .current()
+                .await
+                .map_err(|e| self.credential_error(e))?;
+            return Ok(basic_from(held));
         }
-        let token = self.tokens.get(scope).await?;
-        auth::bearer_header(&token).ok()
+        let Some(token) = origin.tokens.get(scope).await else {
+            return Ok((None, None));
+        };
+        Ok((auth::bearer_header(&token).ok(), None))
     }
 
-    /// Works out the `Authorization` that answers a 401's challenges, or `None` when there is no
-    /// challenge wharf can answer (the 401 then goes back to the caller).
+    /// Works out the `Authorization` that answers a 401's challenges (with the credential it
+    /// carries, for Basic), or `None` when there is no challenge wharf can answer (the 401 then
+    /// goes back to the caller). `sent` is the Basic credential the 401 refused, if one was sent:
+    /// a newer one is fetched (once) instead of sending it again.
     async fn answer(
         &self,
+        origin: &Origin,
         challenges: &[Challenge],
         scope: &str,
-    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        sent: Option<Arc<Held>>,
+    ) -> Result<Option<(HeaderValue, Option<Arc<Held>>)>, UpstreamError> {
         let bearer = challenges.iter().find_map(|c| match c {
             Challenge::Bearer(b) => Some(b),
             Challenge::Basic { .. } => None,
         });
         if let Some(challenge) = bearer {
-            let token = self
+            let token = origin
                 .tokens
-                .try_get_with(scope.to_owned(), self.fetch_token(challenge, scope))
+                .try_get_with(scope.to_owned(), self.fetch_token(origin, challenge, scope))
                 .await
                 .map_err(|e: Arc<UpstreamError>| self.shared_error(&e))?;
-            return Ok(Some(
+            return Ok(Some((
                 auth::bearer_header(&token).map_err(|source| self.auth_error(source))?,
-            ));
+                None,
+            )));
         }
         let basic = challenges
             .iter()
             .any(|c| matches!(c, Challenge::Basic { .. }));
-        if let (true, Some(creds)) = (basic, &self.credentials) {
-            self.wants_basic.store(true, Ordering::Relaxed);
-            return Ok(Some(auth::basic_header(creds)));
+        if !basic || !self.credentials.configured() {
+            return Ok(None);
         }
-        Ok(None)
+        let held = match &sent {
+            Some(refused) => self.credentials.refused(refused).await,
+            None => self.credentials.current().await,
+        }
+        .map_err(|e| self.credential_error(e))?;
+        match basic_from(held) {
+            (Some(header), held) => {
+                origin.wants_basic.store(true, Ordering::Relaxed);
+                Ok(Some((header, held)))
+            }
+            (None, _) => Ok(None),
+        }
     }
 
     /// Asks the challenge's realm for a token for `scope`, within the upstream's `timeout` and
     /// reading at most [`MAX_TOKEN_BODY`] of its answer.
     async fn fetch_token(
         &self,
+        origin: &Origin,
         challenge: &auth::BearerChallenge,
         scope: &str,
     ) -> Result<Arc<Token>, UpstreamError> {
-        self.deadline(self.fetch_token_unbounded(challenge, scope))
-            .await
+        tokio::time::timeout(
+            self.timeout,
+            self.fetch_token_unbounded(origin, challenge, scope),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+            })
+        })
     }
 
+    /// Asks the realm with the credential in hand; when the realm refuses it (401 or 403), once
+    /// more with a newer one if there is one (a rotated password, a helper's new credential).
     async fn fetch_token_unbounded(
         &self,
+        origin: &Origin,
         challenge: &auth::BearerChallenge,
         scope: &str,
     ) -> Result<Arc<Token>, UpstreamError> {
         let url = auth::token_url(challenge, scope).map_err(|e| self.auth_error(e))?;
-        auth::check_realm(
-            &self.name,
-            &self.base,
-            &url,
-            &self.token_realms,
-            self.credentials.is_some(),
-        )
-        .map_err(|e| self.auth_error(e))?;
-        let mut request = self.http.get(url.clone());
-        if let Some(creds) = &self.credentials {
-            request = request.header(AUTHORIZATION, auth::basic_header(creds));
-        }
-        let response = self
-            .counted(request, &Method::GET)
+        let mut held = self
+            .credentials
+            .current()
             .await
-            .map_err(|e| self.transport(e))?;
-        let status = response.status();
-        if !status.is_success() {
-            warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), status = status.as_u16(), "token request refused");
-            return Err(UpstreamError::Auth {
-                upstream: self.name.clone(),
-                source: AuthError::TokenRefused {
-                    realm: url.host_str().unwrap_or_default().to_owned(),
-                    status: status.as_u16(),
-                },
-            });
-        }
-        let body = self
-            .read_whole(response, MAX_TOKEN_BODY)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => {
-                    warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), limit = MAX_TOKEN_BODY, "token response too large; refused");
-                    self.auth_error(AuthError::BadTokenResponse {
-                        reason: "it is larger than 1 MiB",
-                    })
+            .map_err(|e| self.credential_error(e))?;
+        let mut retried = false;
+        loop {
+            let creds = held.as_ref().and_then(|h| h.creds.as_ref());
+            auth::check_realm(
+                &self.name,
+                &origin.base,
+                &url,
+                &self.token_realms,
+                creds.is_some(),
+            )
+            .map_err(|e| self.auth_error(e))?;
+            let request = match creds {
+                // An identity token (Docker's `identitytoken`, a helper's `<token>` user) is an
+                // OAuth2 refresh token: exchanged by a POST, as Docker does, never sent as Basic.
+                Some(creds) if creds.username == IDENTITY_TOKEN_USER => {
+                    let (post_url, form) = refresh_token_form(&url, creds.password.expose());
+                    self.http
+                        .post(post_url)
+                        .header(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/x-www-form-urlencoded"),
+                        )
+                        .body(form)
                 }
-                ReadError::Transport(e) => self.transport(e),
-            })?;
-        let token = auth::parse_token_response(&body).map_err(|e| self.auth_error(e))?;
-        debug!(upstream = %self.name, %scope, expires_in = token.expires_in.as_secs(), "new upstream token");
-        Ok(Arc::new(token))
+                Some(creds) => self
+                    .http
+                    .get(url.clone())
+                    .header(AUTHORIZATION, auth::basic_header(creds)),
+                None => self.http.get(url.clone()),
+            };
+            let response = self
+                .counted(request, &Method::GET)
+                .await
+                .map_err(|e| self.transport(e))?;
+            let status = response.status();
+            let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+            if refused && !retried {
+                if let Some(sent) = &held {
+                    let newer = self
+                        .credentials
+                        .refused(sent)
+                        .await
+                        .map_err(|e| self.credential_error(e))?;
+                    if let Some(newer) = newer {
+                        debug!(upstream = %self.name, "token realm refused the credential; asking again with a newer one");
+                        held = Some(newer);
+                        retried = true;
+                        continue;
+                    }
+                }
+            }
+            if !status.is_success() {
+                warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), status = status.as_u16(), "token request refused");
+                return Err(UpstreamError::Auth {
+                    upstream: self.name.clone(),
+                    source: AuthError::TokenRefused {
+                        realm: url.host_str().unwrap_or_default().to_owned(),
+                        status: status.as_u16(),
+                    },
+                });
+            }
+            let body = self
+                .read_whole(response, MAX_TOKEN_BODY)
+                .await
+                .map_err(|e| match e {
+                    ReadError::TooLarge => {
+                        warn!(upstream = %self.name, realm = %url.host_str().unwrap_or(""), limit = MAX_TOKEN_BODY, "token response too large; refused");
+                        self.auth_error(AuthError::BadTokenResponse {
+                            reason: "it is larger than 1 MiB",
+                        })
+                    }
+                    ReadError::Transport(e) => self.transport(e),
+                })?;
+            let token = auth::parse_token_response(&body).map_err(|e| self.auth_error(e))?;
+            if let Some(held) = &held {
+                held.worked();
+            }
+            debug!(upstream = %self.name, %scope, expires_in = token.expires_in.as_secs(), "new upstream token");
+            return Ok(Arc::new(token));
+        }
     }
 
-    /// Sends one request, following at most [`MAX_REDIRECTS`] redirects where the
-    /// [`redirect::Policy`] allows; `Authorization` goes only to the upstream's origin.
+    /// Sends one request, following at most [`MAX_REDIRECTS`] redirects where the URL's
+    /// [`redirect::Policy`] allows; `Authorization` goes only to the URL's origin.
     async fn send_following(
         &self,
+        origin: &Origin,
         method: &Method,
         mut url: Url,
         headers: &HeaderMap,
@@ -549,7 +783,7 @@ impl Upstream {
             let mut request = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if url.origin() == self.base.origin() {
+            if url.origin() == origin.base.origin() {
                 if let Some(auth) = &auth {
                     request = request.header(AUTHORIZATION, auth.clone());
                 }
@@ -579,7 +813,7 @@ impl Upstream {
             let next = url
                 .join(location)
                 .map_err(|_| self.protocol("redirect to an invalid Location".into()))?;
-            hop = self
+            hop = origin
                 .redirects
                 .check(&next)
                 .map_err(|refused| self.refused_redirect(&refused))?;
@@ -596,7 +830,6 @@ impl Upstream {
         warn!(upstream = %self.name, limit = MAX_REDIRECTS, "too many redirects; refused");
         Err(self.protocol(format!("more than {MAX_REDIRECTS} redirects")))
     }
-
     /// Logs a refused redirect and turns it into the error the client sees.
     fn refused_redirect(&self, refused: &redirect::Refused) -> UpstreamError {
         warn!(upstream = %self.name, reason = %refused, "redirect refused");
@@ -758,6 +991,17 @@ impl Upstream {
                 upstream: upstream.clone(),
                 reason: reason.clone(),
             },
+            UpstreamError::Credentials { upstream, source } => UpstreamError::Credentials {
+                upstream: upstream.clone(),
+                source: source.clone(),
+            },
+        }
+    }
+
+    fn credential_error(&self, source: CredentialError) -> UpstreamError {
+        UpstreamError::Credentials {
+            upstream: self.name.clone(),
+            source,
         }
     }
 }
@@ -768,6 +1012,64 @@ enum ReadError {
     TooLarge,
     /// The transport failed (or timed out) under it.
     Transport(reqwest::Error),
+}
+
+/// The OAuth2 refresh-token grant Docker sends to a token realm for an identity token
+/// (distribution `docs/spec/auth/oauth.md`): a POST to the realm without its query, whose form
+/// carries the query's `service` and `scope`s, `grant_type=refresh_token`, `client_id` and the
+/// token.
+fn refresh_token_form(token_url: &Url, refresh_token: &str) -> (Url, String) {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in token_url.query_pairs() {
+        if k == "service" || k == "scope" {
+            form.append_pair(&k, &v);
+        }
+    }
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair("client_id", "wharf");
+    form.append_pair("refresh_token", refresh_token);
+    let mut realm = token_url.clone();
+    realm.set_query(None);
+    (realm, form.finish())
+}
+
+/// The Basic `Authorization` for a credential, with the credential; nothing when it is none or
+/// anonymous.
+fn basic_from(held: Option<Arc<Held>>) -> (Option<HeaderValue>, Option<Arc<Held>>) {
+    match held {
+        Some(h) => match &h.creds {
+            Some(creds) => (Some(auth::basic_header(creds)), Some(h.clone())),
+            None => (None, None),
+        },
+        None => (None, None),
+    }
+}
+
+// === impl Origin ===
+
+impl Origin {
+    /// Whether the URL is skipped at `now` after a failure.
+    fn backed_off(&self, now: Instant) -> bool {
+        self.down_until.lock().is_some_and(|until| until > now)
+    }
+
+    /// Skips the URL for `wait` after a failure.
+    fn back_off(&self, upstream: &str, wait: Duration) {
+        let mut until = self.down_until.lock();
+        let now = Instant::now();
+        if until.is_none_or(|u| u <= now) {
+            warn!(upstream = %upstream, url = %self.base, backoff_s = wait.as_secs(), "upstream URL failed; trying the next ones first until the back-off passes");
+        }
+        *until = Some(now + wait);
+    }
+
+    /// The URL answered: it is tried in its place again.
+    fn answered(&self, upstream: &str) {
+        let mut until = self.down_until.lock();
+        if until.take().is_some() {
+            debug!(upstream = %upstream, url = %self.base, "upstream URL answers again");
+        }
+    }
 }
 
 /// The URL of `path_and_query` (`/v2/...`, with an optional query) at `base`, with `ns=<ns>`
@@ -998,6 +1300,19 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn identity_tokens_are_exchanged_by_a_refresh_token_grant() {
+        let url: Url = "https://auth.example/token?service=reg&scope=repository%3Aa%3Apull&scope=repository%3Ab%3Apull"
+            .parse()
+            .unwrap();
+        let (realm, form) = refresh_token_form(&url, "rt/+=");
+        assert_eq!(realm.as_str(), "https://auth.example/token");
+        assert_eq!(
+            form,
+            "service=reg&scope=repository%3Aa%3Apull&scope=repository%3Ab%3Apull&grant_type=refresh_token&client_id=wharf&refresh_token=rt%2F%2B%3D"
+        );
     }
 
     #[test]

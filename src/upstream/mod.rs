@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod credentials;
 pub mod rate;
 pub mod redirect;
 pub mod registry;

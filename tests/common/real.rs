@@ -93,6 +93,23 @@ impl Registry {
 
     /// As [`Registry::start`]; `tls` = (certificate chain, key) PEM files to serve HTTPS with.
     pub async fn start_with(token: Option<TokenAuth<'_>>, tls: Option<(&Path, &Path)>) -> Registry {
+        Self::start_inner(token, tls, None).await
+    }
+
+    /// A registry with HTTP Basic auth from the htpasswd file `htpasswd` (`auth.htpasswd`).
+    pub async fn start_htpasswd(htpasswd: &Path) -> Registry {
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+            htpasswd.display()
+        );
+        Self::start_inner(None, None, Some(auth)).await
+    }
+
+    async fn start_inner(
+        token: Option<TokenAuth<'_>>,
+        tls: Option<(&Path, &Path)>,
+        other_auth: Option<String>,
+    ) -> Registry {
         require("docker-registry");
         let tls_yaml = tls.map_or_else(String::new, |(cert, key)| {
             format!(
@@ -112,7 +129,7 @@ impl Registry {
                     cert.display()
                 )
             }
-            None => String::new(),
+            None => other_auth.unwrap_or_default(),
         };
         // The port is chosen before the registry binds it, so another process may take it in
         // between: then the registry exits and we try another.
