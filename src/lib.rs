@@ -449,6 +449,9 @@ impl Running {
     /// Resolves once no blob fill is running (every verified blob is committed or dropped).
     pub async fn fills_settled(&self) {
         self.cache.inflight().idle().await;
+        if let Some(shared) = self.cache.shared() {
+            shared.uploads_idle().await;
+        }
     }
 
     /// How many blob fills are running.

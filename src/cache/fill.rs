@@ -510,7 +510,7 @@ async fn run<'a>(
         return handoff(0, Verifier::new());
     }
     // A blob read from the shared store is there already, and one read from the replica that owns
-    // it is written there by the owner: only a blob from the upstream is written to both tiers.
+    // it is uploaded there by the owner: only a blob from the upstream is shared from here.
     let writer = match cache.writer(first == Source::Upstream).await {
         Ok(writer) => writer,
         Err(error) => {

@@ -61,7 +61,7 @@ use crate::upstream::Upstream;
 use access::AccessLog;
 use health::StorageHealth;
 use holds::{Hold, Holds};
-use shared::{Shared, TeeWriter};
+use shared::{Shared, SharingWriter};
 
 /// The cache facade shared by all requests.
 pub struct Cache {
@@ -364,18 +364,19 @@ impl Cache {
         self.shared.as_ref()
     }
 
-    /// A writer for a new blob: the local store's, writing the shared store too when `to_shared`
-    /// and the shared store is there and healthy.
+    /// A writer for a new blob: the local store's; when `to_shared` and there is a shared store,
+    /// the blob is uploaded there in the background once it is committed locally.
     ///
     /// # Errors
     /// When the local store cannot start a writer.
     pub async fn writer(&self, to_shared: bool) -> io::Result<Box<dyn BlobWriter>> {
         let local = self.store.writer().await?;
-        let Some(shared) = self.shared.as_ref().filter(|_| to_shared) else {
-            return Ok(local);
-        };
-        Ok(match shared.writer().await {
-            Some(remote) => Box::new(TeeWriter::new(local, remote, shared.clone())),
+        Ok(match self.shared.as_ref().filter(|_| to_shared) {
+            Some(shared) => Box::new(SharingWriter::new(
+                local,
+                self.store.clone(),
+                shared.clone(),
+            )),
             None => local,
         })
     }

@@ -4,24 +4,27 @@
 //! The local store and its index stay what the cache serves hits from and what eviction trims; the
 //! shared store is the cache's content for every replica. A local miss looks in the shared store
 //! before the upstream (a fill whose first source is the shared store, verified again on the way
-//! in, so the hot tier fills itself with what is used); a fill from the upstream writes both tiers at
-//! once ([`TeeWriter`]) and makes the blob visible in the shared store only once it is verified,
-//! when the local copy is committed.
+//! in, so the hot tier fills itself with what is used). A fill from the upstream writes the hot tier
+//! at the upstream's pace ([`SharingWriter`]); once the blob is verified and committed there, it is
+//! uploaded to the shared store in the background ([`Shared::upload_later`], at most
+//! [`UPLOADS_AT_ONCE`] at a time), hashed again on the way out, so a slow store never slows a miss
+//! and nothing unverified reaches it.
 //!
 //! The shared store is a network service that may be down or slow, and a miss must never wait on it
 //! for long: every lookup is bounded by [`LOOKUP_TIMEOUT`], and after a failure the shared store is
 //! left alone for a pause ([`Shared::paused`]) during which misses go straight to the upstream and
-//! fills write the hot tier only. What a fill could not write there is not retried: the next fill of
-//! the blob (on any replica) writes it.
+//! fills write the hot tier only. What could not be uploaded (the store failed, the blob was evicted
+//! first, wharf stopped) is not retried: the next fill of the blob (on any replica) uploads it.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, warn};
 
 use futures_util::StreamExt;
@@ -33,6 +36,9 @@ use crate::store::{Blob, BlobStore, BlobWriter, StagedBlob};
 /// The longest a lookup in the shared store (a `HEAD`, plus the `GET` of a small blob) may take
 /// before the miss goes to the upstream instead.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How many blobs are uploaded to the shared store at once; further ones wait their turn.
+pub const UPLOADS_AT_ONCE: usize = 2;
 
 /// The shared store and its health.
 pub struct Shared {
@@ -47,6 +53,12 @@ pub struct Shared {
     writes: AtomicU64,
     /// Failures (errors and timeouts), for metrics.
     failures: AtomicU64,
+    /// Uploads waiting or running.
+    uploading: AtomicUsize,
+    /// Woken when the last upload ends.
+    uploads_idle: Notify,
+    /// Turns to upload.
+    upload_turns: Semaphore,
 }
 
 /// What the shared tier did since start, for metrics.
@@ -72,6 +84,80 @@ impl Shared {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            uploading: AtomicUsize::new(0),
+            uploads_idle: Notify::new(),
+            upload_turns: Semaphore::new(UPLOADS_AT_ONCE),
+        }
+    }
+
+    /// Uploads a blob just committed to the local tier (`local`) to the shared store, in the
+    /// background: read back, hashed again and committed under its digest only when it matches. A
+    /// blob the store already has, or the local tier no longer has, is skipped; a failure pauses
+    /// the store. Nothing happens while the store is left alone.
+    pub fn upload_later(self: &Arc<Self>, local: Arc<dyn BlobStore>, digest: Digest) {
+        if self.paused() {
+            return;
+        }
+        self.uploading.fetch_add(1, Ordering::SeqCst);
+        let tier = self.clone();
+        tokio::spawn(async move {
+            if let Ok(_turn) = tier.upload_turns.acquire().await {
+                if !tier.paused() {
+                    match tier.upload(local.as_ref(), &digest).await {
+                        Ok(true) => {
+                            tier.writes.fetch_add(1, Ordering::Relaxed);
+                            debug!(%digest, "blob stored in the shared object store");
+                        }
+                        Ok(false) => {}
+                        Err(error) => tier.failed("uploading a blob", &error),
+                    }
+                }
+            }
+            if tier.uploading.fetch_sub(1, Ordering::SeqCst) == 1 {
+                tier.uploads_idle.notify_waiters();
+            }
+        });
+    }
+
+    /// One upload; `false` when there was nothing to do.
+    async fn upload(&self, local: &dyn BlobStore, digest: &Digest) -> io::Result<bool> {
+        let Some(blob) = local.open(digest).await? else {
+            return Ok(false); // Evicted since.
+        };
+        let size = blob.size();
+        if matches!(
+            tokio::time::timeout(LOOKUP_TIMEOUT, self.store.size(digest)).await,
+            Ok(Ok(Some(stored))) if stored == size
+        ) {
+            return Ok(false); // Another replica uploaded it.
+        }
+        let mut writer = self.store.writer().await?;
+        let mut verifier = Verifier::new();
+        let mut body = blob.stream_range(0, size);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk);
+            writer.write(std::slice::from_ref(&chunk)).await?;
+        }
+        let staged = writer.finish().await?;
+        if verifier.finish(digest, Some(size)).is_err() {
+            // The local copy changed on disk since it was verified: the upload is dropped.
+            return Err(io::Error::other(format!(
+                "the local copy of {digest} no longer matches its digest; not uploaded"
+            )));
+        }
+        staged.commit(digest).await?;
+        Ok(true)
+    }
+
+    /// Resolves once no upload is waiting or running.
+    pub async fn uploads_idle(&self) {
+        loop {
+            let notified = self.uploads_idle.notified();
+            if self.uploading.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -131,25 +217,6 @@ impl Shared {
             }
             Err(_) => {
                 self.failed("looking up a blob", &"no answer within the lookup timeout");
-                None
-            }
-        }
-    }
-
-    /// A writer for the shared copy of a new blob, or `None` while the store is left alone or when
-    /// it cannot start one in time.
-    pub async fn writer(&self) -> Option<Box<dyn BlobWriter>> {
-        if self.paused() {
-            return None;
-        }
-        match tokio::time::timeout(LOOKUP_TIMEOUT, self.store.writer()).await {
-            Ok(Ok(writer)) => Some(writer),
-            Ok(Err(error)) => {
-                self.failed("starting an upload", &error);
-                None
-            }
-            Err(_) => {
-                self.failed("starting an upload", &"no answer within the lookup timeout");
                 None
             }
         }
@@ -226,47 +293,42 @@ impl Cache {
     }
 }
 
-/// Writes a new blob to the local tier and, alongside, to the shared store. The local writer is
-/// the one that matters: its errors are the writer's errors. The shared copy is best effort: when
-/// it fails it is dropped (which discards what it uploaded) and the blob is kept locally only.
-pub struct TeeWriter {
+/// Writes a new blob to the local tier; when it is committed there, it is uploaded to the shared
+/// store in the background ([`Shared::upload_later`]). The local writer's errors are the writer's.
+pub struct SharingWriter {
     local: Box<dyn BlobWriter>,
-    shared: Option<Box<dyn BlobWriter>>,
+    local_store: Arc<dyn BlobStore>,
     tier: Arc<Shared>,
 }
 
-/// A blob staged in both tiers.
-struct TeeStaged {
+/// A blob staged locally, to be shared once committed.
+struct SharingStaged {
     local: Box<dyn StagedBlob>,
-    shared: Option<Box<dyn StagedBlob>>,
+    local_store: Arc<dyn BlobStore>,
     tier: Arc<Shared>,
 }
 
-// === impl TeeWriter ===
+// === impl SharingWriter ===
 
-impl TeeWriter {
-    /// Writes to `local` and `shared`.
-    pub fn new(local: Box<dyn BlobWriter>, shared: Box<dyn BlobWriter>, tier: Arc<Shared>) -> Self {
+impl SharingWriter {
+    /// Writes with `local` (a writer of `local_store`), sharing through `tier` at commit.
+    pub fn new(
+        local: Box<dyn BlobWriter>,
+        local_store: Arc<dyn BlobStore>,
+        tier: Arc<Shared>,
+    ) -> Self {
         Self {
             local,
-            shared: Some(shared),
+            local_store,
             tier,
         }
     }
 }
 
 #[async_trait]
-impl BlobWriter for TeeWriter {
+impl BlobWriter for SharingWriter {
     async fn write(&mut self, chunks: &[Bytes]) -> io::Result<()> {
-        let Some(shared) = self.shared.as_mut() else {
-            return self.local.write(chunks).await;
-        };
-        let (local, remote) = tokio::join!(self.local.write(chunks), shared.write(chunks));
-        if let Err(error) = remote {
-            self.tier.failed("uploading a blob", &error);
-            self.shared = None;
-        }
-        local
+        self.local.write(chunks).await
     }
 
     fn written(&self) -> u64 {
@@ -276,22 +338,12 @@ impl BlobWriter for TeeWriter {
     async fn finish(self: Box<Self>) -> io::Result<Box<dyn StagedBlob>> {
         let Self {
             local,
-            shared,
+            local_store,
             tier,
         } = *self;
-        let (local, shared) = match shared {
-            Some(shared) => {
-                let (local, shared) = tokio::join!(local.finish(), shared.finish());
-                let shared = shared
-                    .map_err(|error| tier.failed("finishing an upload", &error))
-                    .ok();
-                (local?, shared)
-            }
-            None => (local.finish().await?, None),
-        };
-        Ok(Box::new(TeeStaged {
-            local,
-            shared,
+        Ok(Box::new(SharingStaged {
+            local: local.finish().await?,
+            local_store,
             tier,
         }))
     }
@@ -301,10 +353,10 @@ impl BlobWriter for TeeWriter {
     }
 }
 
-// === impl TeeStaged ===
+// === impl SharingStaged ===
 
 #[async_trait]
-impl StagedBlob for TeeStaged {
+impl StagedBlob for SharingStaged {
     fn size(&self) -> u64 {
         self.local.size()
     }
@@ -313,24 +365,15 @@ impl StagedBlob for TeeStaged {
         self.local.read_all().await
     }
 
-    /// Commits the local copy, then makes the shared copy visible. A shared commit that fails is
-    /// logged and pauses the store; the blob is committed all the same.
+    /// Commits the local copy, then has it uploaded to the shared store in the background.
     async fn commit(self: Box<Self>, digest: &Digest) -> io::Result<()> {
         let Self {
             local,
-            shared,
+            local_store,
             tier,
         } = *self;
         local.commit(digest).await?;
-        if let Some(shared) = shared {
-            match shared.commit(digest).await {
-                Ok(()) => {
-                    tier.writes.fetch_add(1, Ordering::Relaxed);
-                    debug!(%digest, "blob stored in the shared object store");
-                }
-                Err(error) => tier.failed("committing an upload", &error),
-            }
-        }
+        tier.upload_later(local_store, *digest);
         Ok(())
     }
 }
@@ -347,18 +390,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tee_commits_both_tiers_and_nothing_before() {
+    async fn a_shared_blob_is_uploaded_after_the_local_commit_and_not_before() {
         let local = Arc::new(MemoryBlobStore::default());
         let remote = Arc::new(MemoryBlobStore::default());
         let tier = Arc::new(Shared::new(remote.clone(), Duration::from_secs(30)));
         let data = Bytes::from_static(b"layer bytes");
         let digest = Digest::of(&data);
-        let tee = TeeWriter::new(
-            local.writer().await.unwrap(),
-            tier.writer().await.unwrap(),
-            tier.clone(),
-        );
-        let staged = write(Box::new(tee), &data).await;
+        let writer = SharingWriter::new(local.writer().await.unwrap(), local.clone(), tier.clone());
+        let staged = write(Box::new(writer), &data).await;
+        tier.uploads_idle().await;
         assert_eq!(
             remote.size(&digest).await.unwrap(),
             None,
@@ -366,9 +406,26 @@ mod tests {
         );
         assert_eq!(local.size(&digest).await.unwrap(), None);
         staged.commit(&digest).await.unwrap();
-        assert_eq!(remote.size(&digest).await.unwrap(), Some(data.len() as u64));
         assert_eq!(local.size(&digest).await.unwrap(), Some(data.len() as u64));
+        tier.uploads_idle().await;
+        assert_eq!(remote.size(&digest).await.unwrap(), Some(data.len() as u64));
         assert!(tier.open(&digest).await.is_some());
+        assert_eq!(tier.counts().writes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_local_copy_that_no_longer_matches_is_not_uploaded() {
+        let local = Arc::new(MemoryBlobStore::default());
+        let remote = Arc::new(MemoryBlobStore::default());
+        let tier = Arc::new(Shared::new(remote.clone(), Duration::from_secs(30)));
+        let digest = Digest::of(b"what was verified");
+        // The local store holds other bytes under the digest (a disk that changed them).
+        let staged = write(local.writer().await.unwrap(), &Bytes::from_static(b"rot")).await;
+        staged.commit(&digest).await.unwrap();
+        tier.upload_later(local.clone(), digest);
+        tier.uploads_idle().await;
+        assert_eq!(remote.size(&digest).await.unwrap(), None);
+        assert!(tier.paused(), "counted as a failure");
     }
 
     #[tokio::test]
@@ -382,7 +439,6 @@ mod tests {
         assert!(tier.paused());
         let digest = Digest::of(b"x");
         assert!(tier.open(&digest).await.is_none());
-        assert!(tier.writer().await.is_none(), "no upload while paused");
         let short = Shared::new(Arc::new(MemoryBlobStore::default()), Duration::ZERO);
         short.failed("test", &"boom");
         assert!(!short.paused(), "the pause ends");
