@@ -184,12 +184,32 @@ def wharf_cmd(binary, upstream, tls=None):
 
 
 def nginx_cmd(upstream, tls=None):
-    """nginx as a proxy_cache of `upstream`; with `tls` = (port, cert, key), a second listener on that
-    port with `ssl` and `http2` on, serving the same cache."""
+    """nginx as a proxy_cache of `upstream`; with `tls` = (port, cert, key), a second server on that
+    port with `ssl` and `http2` on, serving the same cache. That one raises `keepalive_requests`
+    (default 1000 per connection, HTTP/2 included): h2load does not reconnect after nginx's GOAWAY,
+    so with the default each h2load connection would stop after 1000 requests."""
     def make(state, port):
         conf = os.path.join(state, "nginx.conf")
-        tls_listen = (f"    listen 127.0.0.1:{tls[0]} ssl http2;\n    ssl_certificate {tls[1]};\n"
-                      f"    ssl_certificate_key {tls[2]};\n") if tls else ""
+        location = f"""    location / {{
+      proxy_pass {upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache reg;
+      proxy_cache_key $request_uri;
+      proxy_cache_lock on;
+      proxy_cache_valid 200 206 1h;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie;
+      proxy_max_temp_file_size 2048m;
+      add_header X-Cache $upstream_cache_status;
+    }}
+"""
+        tls_server = f"""  server {{
+    listen 127.0.0.1:{tls[0]} ssl http2;
+    ssl_certificate {tls[1]};
+    ssl_certificate_key {tls[2]};
+    keepalive_requests 100000000;
+{location}  }}
+""" if tls else ""
         with open(conf, "w") as f:
             f.write(f"""
 user root;
@@ -209,20 +229,8 @@ http {{
   proxy_cache_path {state}/cache levels=1:2 keys_zone=reg:64m max_size=4g inactive=1h use_temp_path=off;
   server {{
     listen 127.0.0.1:{port};
-{tls_listen}    location / {{
-      proxy_pass {upstream};
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_cache reg;
-      proxy_cache_key $request_uri;
-      proxy_cache_lock on;
-      proxy_cache_valid 200 206 1h;
-      proxy_ignore_headers Cache-Control Expires Set-Cookie;
-      proxy_max_temp_file_size 2048m;
-      add_header X-Cache $upstream_cache_status;
-    }}
-  }}
-}}
+{location}  }}
+{tls_server}}}
 """)
         return ["nginx", "-c", conf, "-g", "daemon off;"]
 
@@ -617,7 +625,8 @@ def prod_rows(wharf, wharf_tls, nginx, upstream, paths, results, work):
                 plain[name].stop()
         direct = results["direct"]["cold"] = median(directs)
 
-    print("filling wharf, wharf over HTTPS and nginx...", flush=True)
+    print(f"filling wharf ({wharf.url}), wharf over HTTPS ({wharf_tls.url}) and nginx ({nginx.url}, "
+          f"{nginx.tls_url})...", flush=True)
     for s in (wharf, wharf_tls, nginx):
         s.start(fresh=True)
         for path in ("big", "mid", "small", "manifest"):
