@@ -6,8 +6,8 @@
 #   benches/compare.sh            (REPS=5 WRK_DURATION=3s by default)
 #   benches/compare.sh OLD_WHARF  (adds a column for another wharf binary to the first table: before/after)
 #   ROWS=prod benches/compare.sh  (only the production rows; ROWS=base only the first table)
-# Installs what it needs from Debian, builds wharf in release mode. Takes about 20 minutes (ROWS=prod
-# about 10).
+# Installs what it needs from Debian, builds wharf in release mode. Takes about 16 minutes (ROWS=prod
+# about 6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
