@@ -88,6 +88,18 @@ class Garage:
                 f'endpoint = "http://127.0.0.1:{self.s3_port}"\nregion = "garage"\npath_style = true\n'
                 f'access_key_id_file = "{self.dir}/key-id"\nsecret_access_key_file = "{self.dir}/secret"\n')
 
+    def settle(self, quiet=1.0, limit=120):
+        """Waits until the store has had no request for `quiet` seconds (background uploads done)."""
+        deadline = time.time() + limit
+        last = self.requests()
+        while time.time() < deadline:
+            time.sleep(quiet)
+            now = self.requests()
+            if now == last:
+                return
+            last = now
+        raise RuntimeError("the object store did not settle")
+
     def requests(self):
         """Garage's S3 request counters by endpoint (GetObject, PutObject, ...)."""
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics").read().decode()
@@ -204,7 +216,7 @@ def run():
         before = garage.requests()
         curl(filler.url + big_path)
         curl(filler.url + small_path)
-        time.sleep(1)  # the commits to the object store finish just after the last byte
+        garage.settle()  # wharf uploads to the object store in the background after the commit
         cost_fill = diff(garage.requests(), before)
         filler.stop()
         [reader] = replicas(binary, work, upstream, garage, 1, prefix, secret_file)
