@@ -459,8 +459,9 @@ pub async fn run_prefetch(path: &Path, config: &crate::Config, args: PrefetchArg
                 view.event(&event);
             }
             let summary = task.await.unwrap_or_default();
-            // Downloads whose clients are done are committed before the storage is let go.
-            app.cache.inflight().idle().await;
+            // Downloads whose clients are done are committed (and shared) before the storage is
+            // let go.
+            app.cache.settled().await;
             background.stop().await;
             if let Err(e) = app.cache.flush_access() {
                 eprintln!("wharf: cannot write access times: {e}");
@@ -870,6 +871,8 @@ pub async fn run_import(
             let result = import::run(&app, input, import::Options { pin, trusted })
                 .await
                 .map_err(|e| e.to_string());
+            // What was imported is uploaded to the shared store before the process exits.
+            app.cache.settled().await;
             let _ = app.cache.flush_access();
             result
         }

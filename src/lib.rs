@@ -448,10 +448,7 @@ impl Running {
 
     /// Resolves once no blob fill is running (every verified blob is committed or dropped).
     pub async fn fills_settled(&self) {
-        self.cache.inflight().idle().await;
-        if let Some(shared) = self.cache.shared() {
-            shared.uploads_idle().await;
-        }
+        self.cache.settled().await;
     }
 
     /// How many blob fills are running.
@@ -620,6 +617,14 @@ impl Running {
                 fills = fills.len(),
                 "blob downloads still running at the end of the shutdown grace; abandoning them"
             );
+        }
+        if let Some(shared) = self.cache.shared() {
+            if tokio::time::timeout_at(deadline, shared.uploads_idle())
+                .await
+                .is_err()
+            {
+                warn!("uploads to the shared object store still running at the end of the shutdown grace; abandoning them (the next fill of those blobs uploads them)");
+            }
         }
         self.poller.abort();
         if let Some(task) = &self.peers_dns {

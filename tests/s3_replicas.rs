@@ -301,3 +301,71 @@ async fn garage_killed_mid_pull_costs_no_client_its_bytes_and_nothing_bad_become
     assert!(body == after);
     assert_eq!(fake.count("GET", &after_digest), 1);
 }
+
+/// A configuration file for the commands, storage in `dir/data` in front of `garage` under
+/// `prefix`, with `upstream` as `upstream.test`.
+fn command_config(dir: &Path, garage: &Garage, prefix: &str, upstream: &str) -> std::path::PathBuf {
+    let path = dir.join("wharf.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = '{}'\nbackend = \"s3\"\n{}\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{upstream}\"\ninsecure = true\ndefault = true\n",
+            dir.join("data").display(),
+            garage.storage_toml(prefix)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs the wharf binary with `args` and `--config config`, off the runtime's threads; asserts it
+/// exits 0.
+async fn wharf_ok(args: &[&str], config: &Path) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+    command.args(args).arg("--config").arg(config);
+    let out = command.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "wharf {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_and_import_put_their_blobs_in_the_bucket_before_the_command_exits() {
+    let garage = Garage::start(1);
+    let fake = Fake::start().await;
+    let img = fake.add_image("org/app", "1", 2, 3 << 20, 65);
+
+    // Prefetch on the connected side: the process exits only once the layers are in the bucket.
+    let connected = tempfile::tempdir().unwrap();
+    let config = command_config(connected.path(), &garage, "prefetched/", &fake.url());
+    wharf_ok(&["prefetch", "upstream.test/org/app:1"], &config).await;
+    let bucket = bucket_of(&std::fs::read_to_string(&config).unwrap());
+    for layer in &img.layers {
+        assert!(
+            bucket.size(&d(layer)).await.unwrap().is_some(),
+            "{layer} in the bucket after prefetch"
+        );
+    }
+
+    // Export it, and import the bundle on a wharf with another prefix: the import, too, has put
+    // every layer in its bucket when it exits.
+    let bundle = connected.path().join("app.tar");
+    wharf_ok(
+        &["export", "--out", bundle.to_str().unwrap(), "--pinned"],
+        &config,
+    )
+    .await;
+    let site = tempfile::tempdir().unwrap();
+    let site_config = command_config(site.path(), &garage, "imported/", "http://127.0.0.1:9");
+    wharf_ok(&["import", bundle.to_str().unwrap()], &site_config).await;
+    let site_bucket = bucket_of(&std::fs::read_to_string(&site_config).unwrap());
+    for layer in &img.layers {
+        assert!(
+            site_bucket.size(&d(layer)).await.unwrap().is_some(),
+            "{layer} in the bucket after import"
+        );
+    }
+}

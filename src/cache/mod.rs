@@ -381,6 +381,15 @@ impl Cache {
         })
     }
 
+    /// Resolves once no fill is running and no upload to the shared store is waiting or running:
+    /// what a command that lets the storage go waits for.
+    pub async fn settled(&self) {
+        self.inflight.idle().await;
+        if let Some(shared) = &self.shared {
+            shared.uploads_idle().await;
+        }
+    }
+
     /// The storage directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -40,6 +40,10 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many blobs are uploaded to the shared store at once; further ones wait their turn.
 pub const UPLOADS_AT_ONCE: usize = 2;
 
+/// How many uploads may wait their turn; beyond that a blob is not uploaded from here (the next
+/// fill of it, on any replica, uploads it), so a burst of fills cannot pile up tasks without end.
+pub const MAX_PENDING_UPLOADS: usize = 4096;
+
 /// The shared store and its health.
 pub struct Shared {
     store: Arc<dyn BlobStore>,
@@ -98,7 +102,11 @@ impl Shared {
         if self.paused() {
             return;
         }
-        self.uploading.fetch_add(1, Ordering::SeqCst);
+        if self.uploading.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_UPLOADS {
+            self.uploading.fetch_sub(1, Ordering::SeqCst);
+            debug!(%digest, "too many uploads to the shared store waiting; this blob is not uploaded from here");
+            return;
+        }
         let tier = self.clone();
         tokio::spawn(async move {
             if let Ok(_turn) = tier.upload_turns.acquire().await {
