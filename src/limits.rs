@@ -36,6 +36,11 @@ pub const MAX_REDIRECTS: usize = 5;
 /// lifetime); a larger one is refused without being buffered.
 pub const MAX_TOKEN_BODY: usize = 1024 * 1024;
 
+/// The largest credential file wharf reads again while running (`password_file`, `auth_file`): a
+/// password or a Docker config is far smaller, and a path pointed at something huge must not fill
+/// memory.
+pub const MAX_CREDENTIAL_FILE: u64 = 1024 * 1024;
+
 // === air-gap bundles ===
 
 /// The largest `wharf-bundle.json` in a bundle.

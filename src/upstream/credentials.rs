@@ -40,6 +40,7 @@ use tracing::{info, warn};
 use crate::config::{
     resolve_docker_auth, CredentialHelper, CredentialSource, DockerAuth, UpstreamConfig,
 };
+use crate::limits::MAX_CREDENTIAL_FILE;
 use crate::reload::Reloadable;
 use crate::secret::{Credentials, Secret};
 
@@ -382,13 +383,31 @@ impl FileSource {
     }
 }
 
+/// A credential file's text, at most [`MAX_CREDENTIAL_FILE`] bytes; the reason when it cannot be
+/// read, is larger or is not UTF-8.
+fn read_credential_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let mut text = String::new();
+    file.take(MAX_CREDENTIAL_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if text.len() as u64 > MAX_CREDENTIAL_FILE {
+        return Err(format!(
+            "it is larger than {MAX_CREDENTIAL_FILE} bytes; point the key at the credential file itself"
+        ));
+    }
+    Ok(text)
+}
+
 /// A password file's password: one line, a trailing line ending dropped, not empty.
 fn read_password_file(path: &Path) -> Result<Secret, CredentialError> {
     let file = |reason: String| CredentialError::File {
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| file(format!("cannot read it ({e})")))?;
+    let text = read_credential_file(path).map_err(file)?;
     Secret::from_file_text(&text)
         .ok_or_else(|| file("it is empty; the previous password stays in use".into()))
 }
@@ -399,7 +418,7 @@ fn read_auth_file(path: &Path, host: &str) -> Result<DockerAuth, CredentialError
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| file(format!("cannot read it ({e})")))?;
+    let text = read_credential_file(path).map_err(file)?;
     resolve_docker_auth(&text, host)
         .map_err(file)?
         .ok_or_else(|| file(format!("it has no entry for {host} any more")))
@@ -694,6 +713,19 @@ pub fn parse_helper_output(out: &[u8]) -> Result<Option<Credentials>, &'static s
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn credential_files_are_read_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("pw");
+        std::fs::write(&small, "hunter2\n").unwrap();
+        assert_eq!(read_password_file(&small).unwrap().expose(), "hunter2");
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'x'; MAX_CREDENTIAL_FILE as usize + 1]).unwrap();
+        let error = read_password_file(&huge).unwrap_err().to_string();
+        assert!(error.contains("larger than"), "{error}");
+        assert!(!error.contains("xxxx"), "{error}");
+    }
 
     fn counting(fail: Arc<AtomicBool>) -> (Run, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
