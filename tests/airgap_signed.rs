@@ -18,6 +18,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::bundle::{entries, wharf, write_config, write_tar};
 use common::fake::{digest_of, Fake, Image, OCI_INDEX};
 use common::{client, files_under};
 
@@ -25,35 +26,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_wharf");
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const SPDX: &str = "application/spdx+json";
 const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-
-fn write_config(dir: &Path, url: &str, upstream_extra: &str, extra: &str) -> PathBuf {
-    let path = dir.join("wharf.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"upstream.test\"\nurl = \"{url}\"\ninsecure = true\n{upstream_extra}\n{extra}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-async fn wharf(args: &[&str], config: &Path) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `wharf keygen --out PREFIX` (no configuration): exit code and stdout.
 async fn keygen(prefix: &Path) -> (i32, String, String) {
@@ -68,40 +40,6 @@ async fn keygen(prefix: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn entries(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut archive = tar::Archive::new(&bytes[..]);
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let path = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            (path, data)
-        })
-        .collect()
-}
-
-fn write_tar(path: &Path, entries: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in entries {
-        let mut h = tar::Header::new_ustar();
-        if name.ends_with('/') {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-        } else {
-            h.set_size(data.len() as u64);
-        }
-        h.set_mode(0o644);
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_cksum();
-        b.append(&h, &data[..]).unwrap();
-    }
-    std::fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
 /// Every file of a storage outside its index with its size, and the index's blobs, tags, pins and

@@ -2,6 +2,7 @@
 //! the fake upstream in [`fake`].
 #![allow(dead_code)]
 
+pub mod bundle;
 pub mod fake;
 pub mod garage;
 pub mod hostile;
