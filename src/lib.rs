@@ -30,6 +30,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod size;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
