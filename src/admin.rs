@@ -1,7 +1,8 @@
-//! The operator's listener (`[metrics] listen`), apart from the public port: `/metrics` for
-//! Prometheus, `/healthz` (the process answers) and `/readyz` (the index answers, the storage takes
-//! writes, and no shutdown has begun: 503 with the reason otherwise, so a load balancer stops
-//! sending new pulls to a wharf that is draining or cannot cache).
+//! The operator's listener (`[metrics] listen`), apart from the public port: the status page (`/`
+//! and `/status`, [`crate::status::html`]), `/metrics` for Prometheus, `/healthz` (the process
+//! answers) and `/readyz` (the index answers, the storage takes writes, and no shutdown has begun:
+//! 503 with the reason otherwise, so a load balancer stops sending new pulls to a wharf that is
+//! draining or cannot cache).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -147,6 +148,15 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
             );
             r
         }
+        "/" | "/status" => {
+            let page = crate::status::html::render(&crate::status::report(&state.app()).await);
+            let mut r = text(StatusCode::OK, page);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
@@ -157,7 +167,7 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n".into(),
+            "not found; try /status, /metrics, /healthz or /readyz\n".into(),
         ),
     }
 }

@@ -3,6 +3,7 @@
 //! (`/status.json`) and for the terminal (`wharf status`, over the control socket). All three show
 //! one [`StatusReport`].
 
+pub mod html;
 pub mod report;
 
 pub use report::StatusReport;
