@@ -16,6 +16,8 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v curl >/dev/null || missing+=(curl)
 # The Docker daemon is the client of tests/e2e_docker.rs (a private dockerd, started by the test).
 command -v dockerd >/dev/null || missing+=(docker.io)
+# Headless Chromium loads the status page in tests/status_page.rs (console errors, charts, width).
+command -v chromium >/dev/null || missing+=(chromium)
 # umoci checks that an exported air-gap bundle is a standard OCI image layout.
 command -v umoci >/dev/null || missing+=(umoci)
 if ((${#missing[@]})); then

@@ -1,8 +1,9 @@
 //! The status page (`GET /` and `/status` on the admin listener): one [`StatusReport`] rendered as
 //! a single HTML document, on the server, with everything inline (CSS, SVG charts; no script, no
 //! web font, no other request), so it works air-gapped and costs the browser nothing to load. It
-//! reloads itself every [`REFRESH_SECONDS`] with `<meta http-equiv="refresh">`: no JavaScript, and
-//! a wharf that stops answering leaves the last page on screen.
+//! reloads itself every [`REFRESH_SECONDS`] with `<meta http-equiv="refresh">`: no JavaScript to
+//! fail, and a wharf that stops answering is not hidden behind a stale page (the browser shows that
+//! it cannot connect). An empty `data:` icon keeps browsers from asking for `/favicon.ico`.
 //!
 //! Every string that comes from the report (repository and image names, URLs, error messages,
 //! request ids) is untrusted and goes through [`Escaped`]; URLs are shown as text, never as links.
@@ -105,8 +106,10 @@ section{background:var(--card);border:1px solid var(--line);border-radius:8px;pa
 .meter.small>i{background:var(--miss);border-radius:3px}
 .mark{position:absolute;top:-4px;bottom:-4px;border-left:2px solid var(--text);opacity:.55}
 .mark.low{border-left-style:dotted}
-.scale{position:relative;height:18px;font-size:12px;color:var(--muted)}
-.scale span{position:absolute;transform:translateX(-50%);white-space:nowrap}
+.scale{font-size:12px;margin:8px 0 0}
+.scale .mark-key{width:0;height:12px;border-radius:0;margin:0 6px 0 0;border-left:2px solid var(--text);opacity:.55}
+.scale .mark-key.low{border-left-style:dotted}.scale .mark-key:first-child{margin-left:0}
+.msg{display:-webkit-box;-webkit-line-clamp:3;-webkit-box-orient:vertical;overflow:hidden}
 .charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:14px 20px}
 .chart{display:block;width:100%;height:110px;background:#fafbfc;border:1px solid var(--line);border-radius:4px}
 .chart .pt{fill:var(--hit)}.chart .pt.idle{fill:#d0d7de}
@@ -135,6 +138,7 @@ fn page(out: &mut String, r: &StatusReport) -> fmt::Result {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <link rel=\"icon\" href=\"data:,\">\
          <title>wharf status</title><style>{STYLE}</style></head><body>"
     )?;
     header(out, r)?;
@@ -250,18 +254,28 @@ fn cache(out: &mut String, c: &CacheStatus) -> fmt::Result {
                     )?;
                 }
             }
-            out.push_str("</div><div class=\"scale\">");
+            out.push_str("</div><p class=\"scale muted\">");
+            let mut first = true;
             for (name, at) in marks {
                 if let Some(at) = at {
+                    if !first {
+                        out.push_str(" · ");
+                    }
+                    first = false;
                     write!(
                         out,
-                        "<span style=\"left:{:.2}%\">{name} {}</span>",
-                        share(at, max) * 100.0,
-                        format_size(at)
+                        "<span class=\"sw mark-key {name}\"></span>{name} watermark {} ({})",
+                        format_size(at),
+                        Percent(at, max),
                     )?;
                 }
             }
-            out.push_str("</div>");
+            if first {
+                write!(out, "budget {}", format_size(max))?;
+            } else {
+                out.push_str(": eviction starts at high and stops at low");
+            }
+            out.push_str("</p>");
         }
         _ => out.push_str(
             "<p class=\"empty\">no size budget: storage.max_size is not set, nothing is evicted</p>",
@@ -278,7 +292,7 @@ fn upstreams(out: &mut String, r: &StatusReport) -> fmt::Result {
         return Ok(());
     }
     out.push_str(
-        "<table><colgroup><col style=\"width:24%\"><col style=\"width:22%\"><col>\
+        "<table><colgroup><col style=\"width:30%\"><col style=\"width:22%\"><col>\
          <col style=\"width:18%\"></colgroup>\
          <tr><th>Upstream</th><th>State</th><th>Last error</th><th>Rate limit</th></tr>",
     );
@@ -364,14 +378,18 @@ fn value(out: &mut String, r: &StatusReport) -> fmt::Result {
         )?;
     }
     let bytes = t.hit_bytes.saturating_add(t.miss_bytes);
-    tile(
-        out,
-        format_size(t.hit_bytes),
-        format_args!(
-            "upstream bandwidth saved ({} of bytes served)",
-            Percent(t.hit_bytes, bytes)
-        ),
-    )?;
+    if bytes == 0 {
+        tile(out, format_size(0), "upstream bandwidth saved")?;
+    } else {
+        tile(
+            out,
+            format_size(t.hit_bytes),
+            format_args!(
+                "upstream bandwidth saved ({} of bytes served)",
+                Percent(t.hit_bytes, bytes)
+            ),
+        )?;
+    }
     tile(out, format_size(t.miss_bytes), "fetched from upstreams")?;
     let day = v.day.points.iter().fold(Counts::default(), add);
     tile(
@@ -744,14 +762,14 @@ fn error_row(out: &mut String, now: u64, e: &ErrorStatus) -> fmt::Result {
         out,
         "<tr><td title=\"{}\">{}</td><td class=\"clip mono\" title=\"{id}\">{id}</td>\
          <td class=\"clip mono\" title=\"{method} {path}\">{method} {path}</td>\
-         <td><span class=\"badge {}\">{}</span></td><td class=\"clip mono\">{}</td><td>{}</td></tr>",
+         <td><span class=\"badge {}\">{}</span></td><td class=\"clip mono\">{}</td><td><div class=\"msg\" title=\"{message}\">{message}</div></td></tr>",
         Rfc3339(e.at),
         Ago(now, e.at),
         if e.status >= 500 { "bad" } else { "warn" },
         e.status,
         esc(e.code.as_deref().unwrap_or("")),
-        esc(&e.message),
         id = esc(&e.request_id),
+        message = esc(&e.message),
         method = esc(&e.method),
         path = esc(&e.path),
     )
@@ -815,7 +833,7 @@ impl Display for Num {
     }
 }
 
-/// A duration in seconds for people: `45 s`, `3 min`, `2 h 5 min`, `3 d 4 h`.
+/// A duration in seconds for people: `45 s`, `3 min`, `2 h 5 min`, `24 h`, `3 d 4 h`.
 struct Dur(u64);
 
 impl Display for Dur {
@@ -824,8 +842,8 @@ impl Display for Dur {
         match s {
             0..60 => write!(f, "{s} s"),
             60..3600 => write!(f, "{} min", s / 60),
-            3600..86_400 if s % 3600 < 60 => write!(f, "{} h", s / 3600),
-            3600..86_400 => write!(f, "{} h {} min", s / 3600, s % 3600 / 60),
+            3600..172_800 if s % 3600 < 60 => write!(f, "{} h", s / 3600),
+            3600..172_800 => write!(f, "{} h {} min", s / 3600, s % 3600 / 60),
             _ if s % 86_400 < 3600 => write!(f, "{} d", s / 86_400),
             _ => write!(f, "{} d {} h", s / 86_400, s % 86_400 / 3600),
         }
@@ -1113,7 +1131,8 @@ mod tests {
         assert_eq!(Dur(180).to_string(), "3 min");
         assert_eq!(Dur(3600).to_string(), "1 h");
         assert_eq!(Dur(7500).to_string(), "2 h 5 min");
-        assert_eq!(Dur(86_400).to_string(), "1 d");
+        assert_eq!(Dur(86_400).to_string(), "24 h");
+        assert_eq!(Dur(2 * 86_400).to_string(), "2 d");
         assert_eq!(Dur(3 * 86_400 + 4 * 3600).to_string(), "3 d 4 h");
         assert_eq!(Ago(100, 98).to_string(), "just now");
         assert_eq!(Ago(1000, 820).to_string(), "3 min ago");
