@@ -518,6 +518,54 @@ async fn a_full_report_fits_the_window_in_chromium() {
     .unwrap();
 }
 
+/// The checks above can fail: a page with a console error, an exception and a too-wide element is
+/// caught on each count, and a blank page has no variance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_catch_a_broken_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.html");
+    std::fs::write(
+        &broken,
+        "<!doctype html><html><head><link rel=\"icon\" href=\"data:,\"></head><body>\
+         <div style=\"width:2000px\">too wide</div>\
+         <script>console.error('broken'); throw new Error('boom');</script></body></html>",
+    )
+    .unwrap();
+    let blank = dir.path().join("blank.html");
+    std::fs::write(
+        &blank,
+        "<!doctype html><html><head><link rel=\"icon\" href=\"data:,\"></head><body></body></html>",
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let chromium = Chromium::start();
+        let mut page = chromium.page();
+        page.load(&format!("file://{}", broken.display()));
+        let looked = page.look();
+        let errors = page.errors();
+        for kind in ["Runtime.consoleAPICalled", "Runtime.exceptionThrown"] {
+            assert!(
+                errors.iter().any(|e| e["method"] == kind),
+                "{kind} not seen: {errors:?}"
+            );
+        }
+        assert_eq!(looked.facts["scripts"], 1);
+        assert!(
+            looked.facts["scrollWidth"].as_u64().unwrap() > WIDTH,
+            "{}",
+            looked.facts
+        );
+        let mut page = chromium.page();
+        page.load(&format!("file://{}", blank.display()));
+        let looked = page.look();
+        assert!(page.errors().is_empty(), "{:?}", page.errors());
+        let v = variance(&looked.png);
+        assert!(v < 1.0, "a blank page has variance {v}");
+    })
+    .await
+    .unwrap();
+}
+
 /// A report with every section full: long names, digests and messages, 50 errors, 10 of each top
 /// list, and one name that is markup.
 fn full_report(now: u64) -> StatusReport {
@@ -560,8 +608,8 @@ fn full_report(now: u64) -> StatusReport {
             bytes: 43 << 30,
             entries: 18_402,
             max_bytes: Some(50 << 30),
-            high_watermark_bytes: Some(475 << 27),
-            low_watermark_bytes: Some(425 << 27),
+            high_watermark_bytes: Some(380 << 27),
+            low_watermark_bytes: Some(340 << 27),
             pinned_bytes: 6 << 30,
             evictions: 1_204,
             evicted_bytes: 71 << 30,

@@ -96,7 +96,8 @@ section{background:var(--card);border:1px solid var(--line);border-radius:8px;pa
 .tiles{display:flex;flex-wrap:wrap;gap:8px 28px;margin:0 0 12px}
 .tile b{display:block;font-size:20px;font-weight:600;font-variant-numeric:tabular-nums}
 .tile span{font-size:12px;color:var(--muted)}
-.badge{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;line-height:20px;white-space:nowrap}
+.badge{display:inline-block;max-width:100%;overflow:hidden;text-overflow:ellipsis;vertical-align:top;
+padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;line-height:20px;white-space:nowrap}
 .ok{background:#dafbe1;color:#116329}.bad{background:#ffebe9;color:#a40e26}
 .warn{background:#fff8c5;color:#7d4e00}.idle{background:#eaeef2;color:#57606a}
 .meter{position:relative;height:14px;background:var(--track);border-radius:7px}
@@ -292,8 +293,8 @@ fn upstreams(out: &mut String, r: &StatusReport) -> fmt::Result {
         return Ok(());
     }
     out.push_str(
-        "<table><colgroup><col style=\"width:30%\"><col style=\"width:22%\"><col>\
-         <col style=\"width:18%\"></colgroup>\
+        "<table><colgroup><col style=\"width:27%\"><col style=\"width:23%\"><col>\
+         <col style=\"width:17%\"></colgroup>\
          <tr><th>Upstream</th><th>State</th><th>Last error</th><th>Rate limit</th></tr>",
     );
     for u in &r.upstreams {
@@ -322,7 +323,7 @@ fn upstream(out: &mut String, now: u64, u: &UpstreamStatus) -> fmt::Result {
     if let Some(wait) = u.backoff_seconds {
         write!(
             out,
-            " <span class=\"badge warn\">backing off {}</span>",
+            " <span class=\"badge warn\">back-off {}</span>",
             Dur(wait)
         )?;
     }
@@ -336,9 +337,13 @@ fn upstream(out: &mut String, now: u64, u: &UpstreamStatus) -> fmt::Result {
     out.push_str("</td><td>");
     match (&u.last_error, u.last_error_at) {
         (Some(error), at) => {
-            write!(out, "{}", esc(error))?;
+            write!(
+                out,
+                "<div class=\"msg\" title=\"{error}\">{error}</div>",
+                error = esc(error)
+            )?;
             if let Some(at) = at {
-                write!(out, "<br><span class=\"muted\">{}</span>", Ago(now, at))?;
+                write!(out, "<span class=\"muted\">{}</span>", Ago(now, at))?;
             }
         }
         (None, _) => out.push_str("<span class=\"muted\">none</span>"),
