@@ -174,9 +174,7 @@ impl Page {
         if !self.session.is_empty() {
             message["sessionId"] = json!(self.session);
         }
-        self.ws
-            .send(Message::text(message.to_string()))
-            .unwrap();
+        self.ws.send(Message::text(message.to_string())).unwrap();
         let deadline = Instant::now() + STEP;
         loop {
             let message = self.read(deadline, method);
@@ -349,7 +347,16 @@ fn check(page: &Page, looked: &Looked, shot: &Path) {
     assert_eq!(facts["innerWidth"], WIDTH);
     assert_eq!(
         facts["sections"],
-        json!(["cache", "upstreams", "value", "fills", "top", "pins", "sync", "errors"])
+        json!([
+            "cache",
+            "upstreams",
+            "value",
+            "fills",
+            "top",
+            "pins",
+            "sync",
+            "errors"
+        ])
     );
     for (window, n) in [("hour", 60), ("day", 144)] {
         let ratio = &facts["charts"][format!("{window}-ratio")];
@@ -364,7 +371,10 @@ fn check(page: &Page, looked: &Looked, shot: &Path) {
         }
     }
     let v = variance(&looked.png);
-    assert!(v > 100.0, "the screenshot is blank or nearly: variance {v:.1}");
+    assert!(
+        v > 100.0,
+        "the screenshot is blank or nearly: variance {v:.1}"
+    );
     eprintln!(
         "{}: variance {v:.0}, {} bytes of PNG, page {}x{}",
         shot.display(),
@@ -402,14 +412,32 @@ async fn the_status_page_renders_in_chromium() {
     let fake = Fake::start().await;
     fake.knobs().rate_limit = Some((100, 76));
     let images = [
-        ("library/alpine", "3.20", fake.add_image("library/alpine", "3.20", 1, 3 << 20, 1)),
-        ("library/postgres", "16", fake.add_image("library/postgres", "16", 3, 2 << 20, 2)),
-        ("team/api", "v1.4.2", fake.add_image("team/api", "v1.4.2", 2, 1 << 20, 3)),
-        ("library/redis", "7", fake.add_image("library/redis", "7", 2, 1 << 20, 4)),
+        (
+            "library/alpine",
+            "3.20",
+            fake.add_image("library/alpine", "3.20", 1, 3 << 20, 1),
+        ),
+        (
+            "library/postgres",
+            "16",
+            fake.add_image("library/postgres", "16", 3, 2 << 20, 2),
+        ),
+        (
+            "team/api",
+            "v1.4.2",
+            fake.add_image("team/api", "v1.4.2", 2, 1 << 20, 3),
+        ),
+        (
+            "library/redis",
+            "7",
+            fake.add_image("library/redis", "7", 2, 1 << 20, 4),
+        ),
     ];
     let held = fake.add_blob(fake::random_bytes(8 << 20, 5));
     let gate = Gate::new();
-    fake.knobs().hold.insert(held.clone(), (3 << 20, gate.clone()));
+    fake.knobs()
+        .hold
+        .insert(held.clone(), (3 << 20, gate.clone()));
 
     let dir = tempfile::tempdir().unwrap();
     let up = [Up {
@@ -447,7 +475,16 @@ async fn the_status_page_renders_in_chromium() {
     let held_url = w.url(&format!("/v2/team/api/blobs/{held}"));
     let reader = tokio::spawn({
         let c = c.clone();
-        async move { c.get(held_url).send().await.unwrap().bytes().await.unwrap().len() }
+        async move {
+            c.get(held_url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len()
+        }
     });
     let deadline = Instant::now() + STEP;
     while w.running.as_ref().unwrap().fills_in_flight() == 0 {
@@ -464,7 +501,11 @@ async fn the_status_page_renders_in_chromium() {
         assert!(body.starts_with("<!doctype html>"), "{path}");
         assert!(body.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
     }
-    let res = c.head(format!("http://{admin}/status")).send().await.unwrap();
+    let res = c
+        .head(format!("http://{admin}/status"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
     assert!(res.bytes().await.unwrap().is_empty());
@@ -487,7 +528,11 @@ async fn the_status_page_renders_in_chromium() {
         // The page reloads itself (meta refresh) and loads again without an error.
         let from = page.events.len();
         page.event("Page.loadEventFired", from);
-        assert_eq!(page.errors(), Vec::<Value>::new(), "console errors after a reload");
+        assert_eq!(
+            page.errors(),
+            Vec::<Value>::new(),
+            "console errors after a reload"
+        );
     })
     .await
     .unwrap();
@@ -633,7 +678,9 @@ fn full_report(now: u64) -> StatusReport {
                 offline: false,
                 reachable: Some(true),
                 last_ok: Some(now - 2),
-                last_error: Some(format!("429 Too Many Requests on /v2/{long}/manifests/latest")),
+                last_error: Some(format!(
+                    "429 Too Many Requests on /v2/{long}/manifests/latest"
+                )),
                 last_error_at: Some(now - 340),
                 backoff_seconds: Some(25),
                 rate_limit_remaining: Some(12),
@@ -667,7 +714,11 @@ fn full_report(now: u64) -> StatusReport {
         fills: (0..5)
             .map(|i| FillStatus {
                 upstream: "docker.io".into(),
-                repository: if i == 0 { long.into() } else { format!("library/app-{i}") },
+                repository: if i == 0 {
+                    long.into()
+                } else {
+                    format!("library/app-{i}")
+                },
                 digest: digest(i),
                 received: (i * 37) << 20,
                 size: if i == 4 { None } else { Some(200 << 20) },
@@ -725,7 +776,14 @@ fn full_report(now: u64) -> StatusReport {
                 method: "GET".into(),
                 path: format!("/v2/{long}/blobs/{}", digest(i)),
                 status: if i % 3 == 0 { 502 } else { 404 },
-                code: Some(if i % 3 == 0 { "UNKNOWN" } else { "BLOB_UNKNOWN" }.into()),
+                code: Some(
+                    if i % 3 == 0 {
+                        "UNKNOWN"
+                    } else {
+                        "BLOB_UNKNOWN"
+                    }
+                    .into(),
+                ),
                 message: if i == 0 {
                     hostile.into()
                 } else {

@@ -375,11 +375,7 @@ fn value(out: &mut String, r: &StatusReport) -> fmt::Result {
         tile(
             out,
             Percent(t.hits, requests),
-            format_args!(
-                "hit ratio ({} of {} requests)",
-                Num(t.hits),
-                Num(requests)
-            ),
+            format_args!("hit ratio ({} of {} requests)", Num(t.hits), Num(requests)),
         )?;
     }
     let bytes = t.hit_bytes.saturating_add(t.miss_bytes);
@@ -531,11 +527,7 @@ fn bytes_chart(out: &mut String, window: &str, s: &Series) -> fmt::Result {
     chart_close(
         out,
         s,
-        format_args!(
-            "bytes per {}, peak {}",
-            Dur(s.step),
-            format_size(max)
-        ),
+        format_args!("bytes per {}, peak {}", Dur(s.step), format_size(max)),
     )
 }
 
@@ -919,7 +911,10 @@ mod tests {
     fn escaping_replaces_every_special_character() {
         let cases = [
             ("plain/name", "plain/name"),
-            ("<script>alert(1)</script>", "&lt;script&gt;alert(1)&lt;/script&gt;"),
+            (
+                "<script>alert(1)</script>",
+                "&lt;script&gt;alert(1)&lt;/script&gt;",
+            ),
             ("a & b", "a &amp; b"),
             ("\"quoted\" 'single'", "&quot;quoted&quot; &#39;single&#39;"),
             ("&amp;", "&amp;amp;"),
@@ -1065,10 +1060,14 @@ mod tests {
                 let hook = format!("data-series=\"{series}-{kind}\" data-points=\"{n}\"");
                 assert_eq!(page.matches(&hook).count(), 1, "{hook}");
             }
-            let start = page.find(&format!("data-series=\"{series}-ratio\"")).unwrap();
+            let start = page
+                .find(&format!("data-series=\"{series}-ratio\""))
+                .unwrap();
             let end = start + page[start..].find("</svg>").unwrap();
             assert_eq!(page[start..end].matches("<rect class=\"pt").count(), n);
-            let start = page.find(&format!("data-series=\"{series}-bytes\"")).unwrap();
+            let start = page
+                .find(&format!("data-series=\"{series}-bytes\""))
+                .unwrap();
             let end = start + page[start..].find("</svg>").unwrap();
             let chart = &page[start..end];
             for class in ["hit", "miss"] {
