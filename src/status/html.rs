@@ -426,14 +426,22 @@ fn add(a: Counts, b: &Counts) -> Counts {
 }
 
 fn chart_open(out: &mut String, window: &str, kind: &str, s: &Series) -> fmt::Result {
+    let what = if kind == "ratio" {
+        "hit ratio"
+    } else {
+        "bytes served from the cache and fetched upstream"
+    };
     write!(
         out,
         "<div><svg class=\"chart\" data-series=\"{window}-{kind}\" data-points=\"{n}\" \
-         viewBox=\"0 0 {CHART_W} {CHART_H}\" preserveAspectRatio=\"none\" role=\"img\">\
+         viewBox=\"0 0 {CHART_W} {CHART_H}\" preserveAspectRatio=\"none\" role=\"img\" \
+         aria-label=\"{what} over the last {span}, one point per {step}\">\
          <line class=\"grid-line\" x1=\"0\" x2=\"{CHART_W}\" y1=\"{mid}\" y2=\"{mid}\" \
          vector-effect=\"non-scaling-stroke\"/>",
         n = s.points.len(),
         mid = CHART_H / 2.0,
+        span = Dur(span(s)),
+        step = Dur(s.step),
     )
 }
 
