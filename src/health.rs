@@ -102,9 +102,12 @@ impl Target {
     /// # Errors
     /// [`TargetError::MetricsOff`] when the configuration serves no metrics listener.
     pub fn from_config(config: &crate::Config, ready: bool) -> Result<Self, TargetError> {
-        let listen = config.metrics.listen.ok_or_else(|| TargetError::MetricsOff {
-            file: config.file.display().to_string(),
-        })?;
+        let listen = config
+            .metrics
+            .listen
+            .ok_or_else(|| TargetError::MetricsOff {
+                file: config.file.display().to_string(),
+            })?;
         let addr = probe_addr(listen);
         Ok(Self {
             host: addr.ip().to_string(),
@@ -318,7 +321,10 @@ pub fn command(config: &Path, url: Option<&str>, ready: bool, timeout: Duration)
         }
     };
     match runtime.block_on(target.probe(timeout)) {
-        Ok(Answer { status: 200, reason }) => {
+        Ok(Answer {
+            status: 200,
+            reason,
+        }) => {
             println!("{target}: 200 {reason}");
             ExitCode::SUCCESS
         }
@@ -355,8 +361,14 @@ mod tests {
     #[test]
     fn urls_parse_to_targets_or_say_what_is_wrong() {
         let ok = [
-            ("http://127.0.0.1:9095/healthz", "http://127.0.0.1:9095/healthz"),
-            ("http://localhost/readyz?x=1", "http://localhost:80/readyz?x=1"),
+            (
+                "http://127.0.0.1:9095/healthz",
+                "http://127.0.0.1:9095/healthz",
+            ),
+            (
+                "http://localhost/readyz?x=1",
+                "http://localhost:80/readyz?x=1",
+            ),
             ("http://[::1]:9095/healthz", "http://[::1]:9095/healthz"),
             ("http://127.0.0.1:9095", "http://127.0.0.1:9095/"),
         ];
@@ -380,20 +392,44 @@ mod tests {
     #[test]
     fn answers_parse_when_complete() {
         let cases: [(&[u8], bool, Option<(u16, &str)>); 8] = [
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n", false, Some((200, "ok"))),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
+                false,
+                Some((200, "ok")),
+            ),
             // The body has not all arrived.
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 30\r\n\r\nok\n", false, None),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 30\r\n\r\nok\n", true, Some((200, "ok"))),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 30\r\n\r\nok\n",
+                false,
+                None,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 30\r\n\r\nok\n",
+                true,
+                Some((200, "ok")),
+            ),
             // No length: the body ends with the connection.
-            (b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot ready: shutting down\n", false, None),
+            (
+                b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot ready: shutting down\n",
+                false,
+                None,
+            ),
             (
                 b"HTTP/1.0 503 Service Unavailable\r\n\r\nnot ready: shutting down\nmore",
                 true,
                 Some((503, "not ready: shutting down")),
             ),
-            (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false, Some((404, ""))),
+            (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                false,
+                Some((404, "")),
+            ),
             (b"HTTP/1.1 200 OK\r\nconte", false, None),
-            (b"HTTP/1.1 204\r\ncontent-length: 0\r\n\r\n", false, Some((204, ""))),
+            (
+                b"HTTP/1.1 204\r\ncontent-length: 0\r\n\r\n",
+                false,
+                Some((204, "")),
+            ),
         ];
         for (bytes, done, want) in cases {
             let got = parse(bytes, done).unwrap();

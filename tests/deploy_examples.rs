@@ -158,11 +158,13 @@ fn the_kubernetes_example_is_consistent_and_its_config_valid() {
     let port = |p: &Yaml| -> i64 {
         match p {
             Yaml::Integer(n) => *n,
-            Yaml::String(name) => ports
-                .iter()
-                .find(|(n, _)| n == name)
-                .unwrap_or_else(|| panic!("no container port named {name}: {ports:?}"))
-                .1,
+            Yaml::String(name) => {
+                ports
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .unwrap_or_else(|| panic!("no container port named {name}: {ports:?}"))
+                    .1
+            }
             other => panic!("a port is a number or a name: {other:?}"),
         }
     };
@@ -269,7 +271,10 @@ fn the_kubernetes_example_is_consistent_and_its_config_valid() {
     );
 
     // The image's user, and no write outside the volume.
-    assert_eq!(spec["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(
+        spec["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
     assert_eq!(
         int_of(&spec["securityContext"]["runAsUser"], "runAsUser"),
         UID
@@ -392,7 +397,10 @@ fn the_container_image_is_consistent_and_its_config_valid() {
         .split_whitespace()
         .map(|p| p.trim_end_matches("/tcp").parse().unwrap())
         .collect();
-    assert!(exposed.contains(&config.server.listen.port()), "{exposed:?}");
+    assert!(
+        exposed.contains(&config.server.listen.port()),
+        "{exposed:?}"
+    );
     assert!(exposed.contains(&metrics.port()), "{exposed:?}");
     assert_eq!(
         of("VOLUME"),
@@ -415,5 +423,8 @@ fn the_container_image_is_consistent_and_its_config_valid() {
         .collect();
     let mut want = vec!["*".to_owned()];
     want.extend(copies.iter().map(|(src, _)| format!("!{src}")));
-    assert_eq!(patterns, want, ".dockerignore excludes all but the copied files");
+    assert_eq!(
+        patterns, want,
+        ".dockerignore excludes all but the copied files"
+    );
 }

@@ -160,6 +160,19 @@ async fn bookworm_tarball() -> PathBuf {
         DEBOOTSTRAP_TIMEOUT,
     )
     .await;
+    // What apt fetched (package lists, downloaded .debs): most of the bytes, and not in the real
+    // slim image; the Containerfile's `apt-get update` fetches the lists again.
+    for dir in [
+        "var/lib/apt/lists",
+        "var/cache/apt/archives",
+        "var/cache/apt",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            if entry.file_type().unwrap().is_file() {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
     let partial = work.path().join("rootfs.tar");
     run(
         "tar",
@@ -276,7 +289,7 @@ async fn the_image_builds_runs_as_non_root_and_mirrors_byte_exact() {
     let containerfile = context.join("Containerfile");
     let build = tokio::process::Command::new("docker")
         .arg("-H")
-        .arg(format!("unix://{}", dockerd.dir().join("d.sock").display()))
+        .arg(format!("unix://{}", dockerd.socket().display()))
         .args(["build", "--network", "host", "-t", IMAGE, "-f"])
         .arg(&containerfile)
         .arg(&context_arg)
@@ -303,9 +316,19 @@ async fn the_image_builds_runs_as_non_root_and_mirrors_byte_exact() {
     let size: u64 = size.trim().parse().unwrap();
     let binary = std::fs::metadata(BIN).unwrap().len();
     eprintln!(
-        "e2e_image: image {IMAGE}: {:.1} MiB, of which the (debug) binary {:.1} MiB",
+        "e2e_image: image {IMAGE}: {:.1} MiB, of which the (debug) binary {:.1} MiB; layers:\n{}",
         size as f64 / 1048576.0,
-        binary as f64 / 1048576.0
+        binary as f64 / 1048576.0,
+        dockerd
+            .docker(&[
+                "history",
+                "--no-trunc",
+                "--format",
+                "{{.Size}}\t{{.CreatedBy}}",
+                IMAGE
+            ])
+            .await
+            .unwrap_or_else(|e| e)
     );
     assert!(
         dockerd
@@ -359,12 +382,7 @@ async fn the_image_builds_runs_as_non_root_and_mirrors_byte_exact() {
         .unwrap()
         .trim()
         .to_owned();
-    let logs = || async {
-        dockerd
-            .docker(&["logs", &container])
-            .await
-            .unwrap_or_else(|e| e)
-    };
+    let logs = || dockerd.logs(&container);
 
     // The HEALTHCHECK reaches healthy.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -460,7 +478,12 @@ async fn the_image_builds_runs_as_non_root_and_mirrors_byte_exact() {
     .await;
     assert_eq!(through.manifest_digest, digest);
     assert_eq!(through, direct);
-    for file in through.blobs.iter().map(String::as_str).chain(["manifest.json"]) {
+    for file in through
+        .blobs
+        .iter()
+        .map(String::as_str)
+        .chain(["manifest.json"])
+    {
         assert_eq!(
             std::fs::read(work.path().join("through").join(file)).unwrap(),
             std::fs::read(work.path().join("direct").join(file)).unwrap(),
@@ -500,8 +523,12 @@ fn the_debian_mirror_is_read_from_either_sources_format() {
         mirror_in_one_line(one_line).as_deref(),
         Some("http://mirror.example/debian")
     );
-    assert_eq!(mirror_in_one_line("deb-src http://x/debian bookworm main\n"), None);
-    let deb822 = "Types: deb\nURIs: http://deb.example/debian-security\nSuites: bookworm-security\n\n\
+    assert_eq!(
+        mirror_in_one_line("deb-src http://x/debian bookworm main\n"),
+        None
+    );
+    let deb822 =
+        "Types: deb\nURIs: http://deb.example/debian-security\nSuites: bookworm-security\n\n\
         Types: deb deb-src\nURIs: http://deb.example/debian http://other/debian\n\
         Suites: bookworm bookworm-updates\nComponents: main\n";
     assert_eq!(

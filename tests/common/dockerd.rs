@@ -93,6 +93,33 @@ impl Dockerd {
         self.docker_within(args, DOCKER_TIMEOUT, None).await
     }
 
+    /// What a container wrote, standard output and standard error together (`docker logs` passes
+    /// them on separately); the error text when `docker logs` fails.
+    pub async fn logs(&self, container: &str) -> String {
+        let run = tokio::process::Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["logs", container])
+            .env("DOCKER_CONFIG", self.dir.path().join("client"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(DOCKER_TIMEOUT, run).await {
+            Ok(Ok(out)) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Ok(Err(e)) => format!("docker logs {container}: {e}"),
+            Err(_) => format!("docker logs {container} took more than {DOCKER_TIMEOUT:?}"),
+        }
+    }
+
+    /// The path of the daemon's socket, for a `docker` command a test runs itself.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// As [`Dockerd::docker`], bounded by `timeout`, with `stdin` fed to the command when given
     /// (a file, e.g. a tarball for `docker import -`).
     pub async fn docker_within(
