@@ -391,7 +391,9 @@ mod tests {
 
     #[test]
     fn answers_parse_when_complete() {
-        let cases: [(&[u8], bool, Option<(u16, &str)>); 8] = [
+        /// The bytes received, whether the connection closed, and the answer expected.
+        type Case<'a> = (&'a [u8], bool, Option<(u16, &'a str)>);
+        let cases: [Case<'_>; 8] = [
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
                 false,

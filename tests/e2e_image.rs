@@ -3,7 +3,9 @@
 //! distribution registry on loopback. skopeo pulls an image through it, byte for byte what the
 //! registry holds; the wharf process runs as the image's non-root user; `/healthz` answers; the
 //! `HEALTHCHECK` (`wharf health`) makes the container `healthy`; `/readyz` says the volume takes
-//! writes; and `docker stop` ends wharf cleanly (exit 0) as the container's PID 1.
+//! writes while the rest of the file system is read-only (`--read-only`, as the Kubernetes
+//! example's `readOnlyRootFilesystem`); and `docker stop` ends wharf cleanly (exit 0) as the
+//! container's PID 1.
 //!
 //! The binary in the image is the one under test (`CARGO_BIN_EXE_wharf`, a debug build: CI does
 //! not build release), copied as `target/release/wharf` into a build context that holds only what
@@ -151,6 +153,9 @@ async fn bookworm_tarball() -> PathBuf {
     std::fs::create_dir_all(&cache).unwrap();
     // Apart from other runs; renamed into place only when complete.
     let work = tempfile::tempdir_in(&cache).unwrap();
+    // Dropped before `work`: a debootstrap that failed or was killed may have left /proc and
+    // /sys mounted in the root, which must be undone before the directory is removed.
+    let _unmount = Unmount(work.path().to_owned());
     let root = work.path().join("root");
     let mirror = debian_mirror();
     let root_arg = root.to_str().unwrap();
@@ -189,6 +194,26 @@ async fn bookworm_tarball() -> PathBuf {
     .await;
     std::fs::rename(&partial, &tarball).unwrap();
     tarball
+}
+
+/// Unmounts, when dropped, whatever is mounted under its path (deepest first).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| Path::new(m).starts_with(&self.0))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &m])
+                .status();
+        }
+    }
 }
 
 /// A build context as a release build would send it: the Containerfile, .dockerignore, the
@@ -370,6 +395,9 @@ async fn the_image_builds_runs_as_non_root_and_mirrors_byte_exact() {
             "-d",
             "--network",
             "host",
+            // As the Kubernetes example runs it (readOnlyRootFilesystem): wharf writes only to
+            // its storage, the volume.
+            "--read-only",
             "--health-interval",
             "1s",
             "--health-start-period",
