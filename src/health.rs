@@ -21,9 +21,6 @@ use tokio::net::TcpStream;
 
 use crate::cli::EX_USAGE;
 
-/// How long the whole probe may take when `--timeout` is not given.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The most bytes of a response read: the admin listener's health answers are a few dozen.
 pub const MAX_RESPONSE: usize = 4096;
 
