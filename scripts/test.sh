@@ -20,6 +20,9 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v chromium >/dev/null || missing+=(chromium)
 # umoci checks that an exported air-gap bundle is a standard OCI image layout.
 command -v umoci >/dev/null || missing+=(umoci)
+# debootstrap makes the debian:bookworm-slim base of tests/e2e_image.rs (no image registry is
+# reachable): once per machine, from the Debian mirror apt uses, cached under target/e2e-cache/.
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} (needed by the end-to-end tests)"
   apt-get update -qq

@@ -23,6 +23,7 @@ pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod oci;

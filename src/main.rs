@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand};
 use wharf::airgap::{export, prefetch, referrers};
@@ -268,6 +269,28 @@ enum Command {
         #[arg(long, short, value_name = "PATH", default_value = "./config.toml")]
         config: PathBuf,
     },
+    /// Ask a running wharf whether it is up: GET /healthz (or /readyz) on its metrics listener.
+    ///
+    /// For a container's HEALTHCHECK and for scripts where curl is not installed. The address is
+    /// the configuration's [metrics] listen (0.0.0.0 and [::] are asked on loopback), or --url.
+    /// Prints "URL: 200 ok" and exits 0 when the answer is 200; otherwise prints one line saying
+    /// what came back (a status and its reason, no connection, no answer within --timeout) and
+    /// exits 1. A bad configuration or URL, or metrics listen off, exits 64.
+    #[command(after_help = AFTER_HELP)]
+    Health {
+        /// The configuration file whose [metrics] listen to ask.
+        #[arg(long, short, value_name = "PATH", default_value = "./config.toml")]
+        config: PathBuf,
+        /// Ask this http:// URL instead (e.g. http://127.0.0.1:9095/healthz).
+        #[arg(long, value_name = "URL", conflicts_with_all = ["ready", "config"])]
+        url: Option<String>,
+        /// Ask /readyz (the storage takes writes, no shutdown has begun) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// How long the whole request may take ("500ms", "2s").
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// The end of every help page: what an operator scripting or supervising wharf needs.
@@ -386,6 +409,12 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Keygen { out } => keygen(&out),
+        Command::Health {
+            config,
+            url,
+            ready,
+            timeout,
+        } => wharf::health::command(&config, url.as_deref(), ready, timeout),
     }
 }
 

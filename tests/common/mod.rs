@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bundle;
+pub mod dockerd;
 pub mod fake;
 pub mod garage;
 pub mod hostile;
