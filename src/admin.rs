@@ -1,5 +1,5 @@
 //! The operator's listener (`[metrics] listen`), apart from the public port: `/metrics` for
-//! Prometheus, `/healthz` (the process answers) and `/readyz` (the index answers, the storage takes
+//! Prometheus, `/status.json` (the status report, [`crate::status`]), `/healthz` (the process answers) and `/readyz` (the index answers, the storage takes
 //! writes, and no shutdown has begun: 503 with the reason otherwise, so a load balancer stops
 //! sending new pulls to a wharf that is draining or cannot cache).
 
@@ -147,6 +147,18 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
             );
             r
         }
+        "/status.json" => {
+            let report = crate::status::report(&state.app()).await;
+            let mut r = text(
+                StatusCode::OK,
+                serde_json::to_string(&report).unwrap_or_default(),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
@@ -157,7 +169,7 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n".into(),
+            "not found; try /metrics, /status.json, /healthz or /readyz\n".into(),
         ),
     }
 }
