@@ -14,8 +14,8 @@ use clap::{ArgGroup, Parser, Subcommand};
 use wharf::airgap::{export, prefetch, referrers};
 use wharf::cache::check::CheckOptions;
 use wharf::cli::{
-    chain, check, gc, keygen, list_bundle, pin, pins, run_export, run_import, run_prefetch, setup, status,
-    ExportExtras, Kind, PrefetchArgs, EX_USAGE,
+    chain, check, gc, keygen, list_bundle, pin, pins, run_export, run_import, run_prefetch, setup,
+    status, ExportExtras, Kind, PrefetchArgs, EX_USAGE,
 };
 
 /// wharf: a pull-through caching mirror for OCI / Docker container registries.

@@ -36,7 +36,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "store",
         &["config", "upstream", "cache", "server", "airgap", "status"],
     ),
-    ("upstream", &["store", "cache", "server", "airgap", "status"]),
+    (
+        "upstream",
+        &["store", "cache", "server", "airgap", "status"],
+    ),
     ("cache", &["server", "airgap", "status"]),
     ("cluster", &["store", "cache", "server", "airgap", "status"]),
     (

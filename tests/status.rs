@@ -138,7 +138,10 @@ async fn status_reports_a_known_sequence_of_pulls_exactly() {
     let layer = format!("/v2/org/app/blobs/{}", img.layers[0]);
     assert_eq!(get(manifest.clone()).await, (200, Some("miss".into()), m));
     assert_eq!(get(manifest.clone()).await, (200, Some("hit".into()), m));
-    assert_eq!(get(layer.clone()).await, (200, Some("miss".into()), layer_len));
+    assert_eq!(
+        get(layer.clone()).await,
+        (200, Some("miss".into()), layer_len)
+    );
     w.settled().await;
     assert_eq!(get(layer).await, (200, Some("hit".into()), layer_len));
     // Not counted: a HEAD, and a 404 (normal client traffic, not an error either).
@@ -262,7 +265,12 @@ async fn status_reports_a_known_sequence_of_pulls_exactly() {
     let e = &s.errors[0];
     assert_eq!(e.request_id, request_id);
     assert_eq!(
-        (e.method.as_str(), e.path.as_str(), e.status, e.code.as_deref()),
+        (
+            e.method.as_str(),
+            e.path.as_str(),
+            e.status,
+            e.code.as_deref()
+        ),
         ("GET", limited_path.as_str(), 429, Some("TOOMANYREQUESTS"))
     );
     assert_eq!(
@@ -346,10 +354,7 @@ async fn status_reports_a_known_sequence_of_pulls_exactly() {
     has("  stored ");
     has("of 4.0 MiB");
     has("  since start     2       6        25%            98.0 KiB        4.1 MiB");
-    has(&format!(
-        "  upstream.test  {}/  reachable  ",
-        fake.url()
-    ));
+    has(&format!("  upstream.test  {}/  reachable  ", fake.url()));
     has("76/100      answered 429 Too Many Requests (");
     has("  upstream.test/org/app:1  ");
     has(&format!(

@@ -135,14 +135,15 @@ pub async fn run_once(
             types: entry.referrers_types.clone(),
         },
     };
-    let outcomes: Vec<(Option<String>, bool, prefetch::ImageStats)> = futures_util::stream::iter(images)
-        .map(|image| {
-            let (app, options) = (app.clone(), options.clone());
-            async move { sync_image(&app, n, image, options).await }
-        })
-        .buffer_unordered(DEFAULT_JOBS)
-        .collect()
-        .await;
+    let outcomes: Vec<(Option<String>, bool, prefetch::ImageStats)> =
+        futures_util::stream::iter(images)
+            .map(|image| {
+                let (app, options) = (app.clone(), options.clone());
+                async move { sync_image(&app, n, image, options).await }
+            })
+            .buffer_unordered(DEFAULT_JOBS)
+            .collect()
+            .await;
     let mut report = RunReport {
         started: started_at,
         ..RunReport::default()

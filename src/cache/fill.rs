@@ -436,9 +436,8 @@ impl Fill {
         let rx = self.state.clone();
         self.readers.fetch_add(1, Ordering::Relaxed);
         let reader = Reader(self.readers.clone());
-        Box::pin(futures_util::stream::unfold(
-            Follow::Fill(self, rx, start),
-            move |state| async move {
+        Box::pin(
+            futures_util::stream::unfold(Follow::Fill(self, rx, start), move |state| async move {
                 let (fill, mut rx, pos) = match state {
                     Follow::Fill(fill, rx, pos) => (fill, rx, pos),
                     Follow::Handoff(mut rest) => {
@@ -514,13 +513,13 @@ impl Fill {
                         ));
                     }
                 }
-            },
+            })
+            .map(move |item| {
+                // Counted as a reader as long as the stream lives.
+                let _ = &reader;
+                item
+            }),
         )
-        .map(move |item| {
-            // Counted as a reader as long as the stream lives.
-            let _ = &reader;
-            item
-        }))
     }
 }
 

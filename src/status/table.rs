@@ -434,7 +434,10 @@ fn table(
     if let Some(headers) = headers {
         line(
             out,
-            headers.iter().map(|h| ((*h).to_owned(), Some("1"))).collect(),
+            headers
+                .iter()
+                .map(|h| ((*h).to_owned(), Some("1")))
+                .collect(),
         );
     }
     for row in rows {
