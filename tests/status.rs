@@ -384,3 +384,56 @@ async fn wharf_status_says_in_one_line_when_no_wharf_runs() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_sync_runs_and_the_pins_they_make() {
+    let fake = Fake::start().await;
+    let img = fake.add_image("org/app", "1", 1, 50_000, 51);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[[sync]]\nimages = [\"upstream.test/org/app:1\"]\ninterval = \"1h\"\n",
+        config(dir.path(), &fake.url())
+    );
+    let w = Wharf::start_text(dir, &text).await;
+    let admin = w.running.as_ref().unwrap().metrics_addr().unwrap();
+    // The entry runs at start.
+    let s = status_when(admin, "a sync run", |s| {
+        s.sync.first().is_some_and(|e| e.last_run.is_some())
+    })
+    .await;
+    assert_eq!(s.sync.len(), 1);
+    let e = &s.sync[0];
+    assert_eq!(
+        (e.entry, e.images.as_slice(), e.interval),
+        (0, &["upstream.test/org/app:1".to_owned()][..], 3600)
+    );
+    let run = e.last_run.as_ref().unwrap();
+    let config_len = w
+        .cache()
+        .index()
+        .blob_size(&img.config.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (run.images, run.failed, run.blobs_fetched, run.bytes_fetched),
+        (1, 0, 2, config_len + 50_000)
+    );
+    assert_eq!(
+        run.changed,
+        vec![format!(
+            "upstream.test/org/app:1: none -> {}",
+            img.manifest_digest
+        )]
+    );
+    assert!(run.started >= s.started && run.started <= s.now, "{run:?}");
+    // Synced images are pinned (`pin` defaults to true): the manifest, config and layer.
+    w.settled().await;
+    let s = status(admin).await;
+    assert_eq!(s.pins.len(), 1, "{:?}", s.pins);
+    assert_eq!(s.pins[0].image, "upstream.test/org/app:1");
+    assert_eq!(s.pins[0].source, "command");
+    assert_eq!(
+        s.cache.pinned_bytes,
+        img.manifest.len() as u64 + config_len + 50_000
+    );
+}
