@@ -437,3 +437,49 @@ async fn status_reports_sync_runs_and_the_pins_they_make() {
         img.manifest.len() as u64 + config_len + 50_000
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_activity_survives_a_configuration_reload() {
+    let fake = Fake::start().await;
+    let img = fake.add_image("org/app", "1", 1, 1000, 61);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), &fake.url());
+    let w = Wharf::start_text(dir, &text).await;
+    let admin = w.running.as_ref().unwrap().metrics_addr().unwrap();
+    let res = common::client()
+        .get(w.url("/v2/org/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res.bytes().await);
+    let before = status_when(admin, "the pull counted", |s| requests(s) == 1).await;
+    // Another upstream: a new App, around the same cache and metrics.
+    let changed = format!(
+        "{text}[[upstream]]\nname = \"other.test\"\nurl = \"http://127.0.0.1:9\"\ninsecure = true\n"
+    );
+    let config = wharf::Config::from_toml(&changed, Path::new("test.toml")).unwrap();
+    w.running
+        .as_ref()
+        .unwrap()
+        .reload_config(config)
+        .await
+        .unwrap();
+    let after = status(admin).await;
+    assert_eq!(after.upstreams.len(), 2);
+    assert_eq!(after.started, before.started);
+    assert_eq!(after.value.total, before.value.total);
+    assert_eq!(
+        after.value.total,
+        Counts {
+            hits: 0,
+            misses: 1,
+            hit_bytes: 0,
+            miss_bytes: img.manifest.len() as u64
+        }
+    );
+    assert_eq!(after.top, before.top);
+    // The kept upstream client keeps its health.
+    assert_eq!(after.upstreams[0].reachable, Some(true));
+    assert_eq!(after.upstreams[1].reachable, None);
+}
