@@ -1,6 +1,9 @@
 //! The request log: one line per request, written when its response body is finished or dropped, so
 //! it carries the bytes actually sent and whether the body was cut short. The same moment counts
-//! the request in the metrics, so a request is counted once, with what the log says of it.
+//! the request in the metrics and in the status page's activity ([`crate::activity`]: manifest and
+//! blob `GET`s in the charts and top lists, failures in the recent errors), so a request is counted
+//! once, with what the log says of it. A failure there is every 5xx and 429 and any other 4xx but
+//! 401 and 404, which are normal client traffic (a login challenge, a tag that does not exist).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
