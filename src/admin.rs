@@ -1,8 +1,8 @@
 //! The operator's listener (`[metrics] listen`), apart from the public port: the status page (`/`
-//! and `/status`, [`crate::status::html`]), `/metrics` for Prometheus, `/healthz` (the process
-//! answers) and `/readyz` (the index answers, the storage takes writes, and no shutdown has begun:
-//! 503 with the reason otherwise, so a load balancer stops sending new pulls to a wharf that is
-//! draining or cannot cache).
+//! and `/status`, [`crate::status::html`]) and its data (`/status.json`, [`crate::status`]),
+//! `/metrics` for Prometheus, `/healthz` (the process answers) and `/readyz` (the index answers,
+//! the storage takes writes, and no shutdown has begun: 503 with the reason otherwise, so a load
+//! balancer stops sending new pulls to a wharf that is draining or cannot cache).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -157,6 +157,18 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
             );
             r
         }
+        "/status.json" => {
+            let report = crate::status::report(&state.app()).await;
+            let mut r = text(
+                StatusCode::OK,
+                serde_json::to_string(&report).unwrap_or_default(),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
@@ -167,7 +179,7 @@ async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<By
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /status, /metrics, /healthz or /readyz\n".into(),
+            "not found; try /status, /status.json, /metrics, /healthz or /readyz\n".into(),
         ),
     }
 }

@@ -7,7 +7,7 @@
 //! stdout; the work itself is in [`crate::cache`]. The air-gap commands (`prefetch`, `export`,
 //! `import`) and `pin`, `unpin`, `pins` open the storage too when no wharf serves it, and otherwise
 //! ask the wharf that does over its control socket ([`crate::airgap::control`]), printing the same
-//! either way.
+//! either way. `status` only asks the running wharf.
 //!
 //! Exit codes: 0 success, [`EX_USAGE`] (64) for a bad configuration, 1 for a failure (or problems
 //! `check` found and did not repair), [`EX_TEMPFAIL`] (75) when a command that needs the storage to
@@ -362,6 +362,39 @@ pub async fn pins(config: &crate::Config) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `wharf status`: asks the wharf serving the configured storage for its status report over the
+/// control socket, and prints it as tables (coloured on a terminal) or, with `json`, as the JSON
+/// `/status.json` serves. Exit 75 (with one line naming the socket) when no wharf answers there.
+pub async fn status(config: &crate::Config, json: bool) -> ExitCode {
+    use std::io::IsTerminal as _;
+    let client = Client::new(&config.storage.path);
+    let report = match client.status().await {
+        Ok(report) => report,
+        Err(crate::airgap::client::ClientError::Connect { source, .. }) => {
+            eprintln!(
+                "wharf: no wharf is running on this storage: its control socket {} does not answer ({source}); start wharf serve with --config {}",
+                client.socket().display(),
+                config.file.display()
+            );
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+        Err(e) => return remote_failure(&e),
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("wharf: cannot write the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let colour = std::io::stdout().is_terminal();
+        print!("{}", crate::status::table::render(&report, colour));
+    }
+    ExitCode::SUCCESS
 }
 
 /// `wharf prefetch`'s arguments.

@@ -16,6 +16,7 @@
 //! wires these together.
 
 pub mod access;
+pub mod activity;
 pub mod admin;
 pub mod airgap;
 pub mod bucket;

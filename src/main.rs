@@ -16,7 +16,7 @@ use wharf::airgap::{export, prefetch, referrers};
 use wharf::cache::check::CheckOptions;
 use wharf::cli::{
     chain, check, gc, keygen, list_bundle, pin, pins, run_export, run_import, run_prefetch, setup,
-    ExportExtras, Kind, PrefetchArgs, EX_USAGE,
+    status, ExportExtras, Kind, PrefetchArgs, EX_USAGE,
 };
 
 /// wharf: a pull-through caching mirror for OCI / Docker container registries.
@@ -291,6 +291,20 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Show what the running wharf is doing: cache, hit ratio, upstreams, fills in flight, top
+    /// repositories and images, pins, sync runs and recent errors (what /status.json serves).
+    ///
+    /// Asks the wharf serving the configured storage over its control socket; exits 75 when none
+    /// answers.
+    #[command(after_help = AFTER_HELP)]
+    Status {
+        /// The configuration file.
+        #[arg(long, short, value_name = "PATH", default_value = "./config.toml")]
+        config: PathBuf,
+        /// Print the report as JSON (the /status.json document) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The end of every help page: what an operator scripting or supervising wharf needs.
@@ -337,6 +351,10 @@ fn main() -> ExitCode {
         },
         Command::Pins { config } => match setup(&config, Kind::Maintenance) {
             Ok((config, runtime, _log)) => runtime.block_on(pins(&config)),
+            Err(code) => code,
+        },
+        Command::Status { config, json } => match setup(&config, Kind::Maintenance) {
+            Ok((config, runtime, _log)) => runtime.block_on(status(&config, json)),
             Err(code) => code,
         },
         Command::Prefetch {

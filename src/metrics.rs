@@ -61,6 +61,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Client connections closed at once because their address held `max_connections_per_ip`.
     pub connections_refused: Counter,
+    /// What the status page shows of the traffic (pull charts, top lists, failed requests, sync
+    /// runs): kept here so it lives as long as the metrics, across configuration reloads.
+    pub activity: crate::activity::Activity,
 }
 
 /// Labels of `wharf_http_requests_total`.
@@ -200,6 +203,7 @@ impl Metrics {
             reloads,
             connections_open,
             connections_refused,
+            activity: crate::activity::Activity::new(),
         }
     }
 

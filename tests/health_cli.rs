@@ -94,7 +94,7 @@ async fn health_asks_a_serving_wharf() {
     assert_eq!(stdout, "");
     assert_eq!(
         stderr,
-        format!("wharf: http://127.0.0.1:{port}/nope: 404 not found; try /metrics, /healthz or /readyz\n")
+        format!("wharf: http://127.0.0.1:{port}/nope: 404 not found; try /status, /status.json, /metrics, /healthz or /readyz\n")
     );
 }
 

@@ -34,11 +34,20 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "store",
-        &["config", "upstream", "cache", "server", "airgap"],
+        &["config", "upstream", "cache", "server", "airgap", "status"],
     ),
-    ("upstream", &["store", "cache", "server", "airgap"]),
-    ("cache", &["server", "airgap"]),
-    ("cluster", &["store", "cache", "server", "airgap"]),
+    (
+        "upstream",
+        &["store", "cache", "server", "airgap", "status"],
+    ),
+    ("cache", &["server", "airgap", "status"]),
+    ("cluster", &["store", "cache", "server", "airgap", "status"]),
+    (
+        "activity",
+        &[
+            "config", "store", "upstream", "cache", "server", "airgap", "status", "metrics",
+        ],
+    ),
     // The object store's settings, shared by config/ (which parses them) and store/ (which uses
     // them): below both.
     (

@@ -239,9 +239,26 @@ impl Client {
     /// # Errors
     /// When the request is refused or the connection breaks.
     pub async fn pins(&self) -> Result<pins::Output, ClientError> {
+        self.get_json("/pins").await
+    }
+
+    /// The running wharf's status report (what `/status.json` serves).
+    ///
+    /// # Errors
+    /// When the request is refused or the connection breaks.
+    pub async fn status(&self) -> Result<crate::status::StatusReport, ClientError> {
+        self.get_json("/status").await
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.path
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let request = Request::builder()
             .method(Method::GET)
-            .uri("/pins")
+            .uri(path)
             .header(header::HOST, "wharf")
             .body(
                 Full::new(Bytes::new())

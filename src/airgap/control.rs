@@ -1,4 +1,4 @@
-//! The control socket: how `wharf prefetch`, `export`, `import` and `pin` reach a wharf that is
+//! The control socket: how `wharf prefetch`, `export`, `import`, `pin` and `status` reach a wharf that is
 //! serving from the storage they were pointed at.
 //!
 //! sled lets one process open the index, so while `wharf serve` runs, these commands cannot open
@@ -18,7 +18,9 @@
 //!   error before the first byte when something is not cached;
 //! - `POST /import?pin=true|false`: the tar as the body, with one `x-wharf-trusted-key` header per
 //!   key the bundle must be signed with, answered with an [`import::Report`];
-//! - `POST /pin`: `{"images":[...],"pin":true|false}`, and `GET /pins`: [`pins::Output`].
+//! - `POST /pin`: `{"images":[...],"pin":true|false}`, and `GET /pins`: [`pins::Output`];
+//! - `GET /status`: the [`crate::status::StatusReport`] (what `/status.json` serves), for
+//!   `wharf status`.
 //!
 //! Errors are `{"error":"..."}` with a 4xx (the request or bundle is wrong) or 5xx status.
 
@@ -295,9 +297,13 @@ async fn answer(state: &Arc<State>, request: Request<Incoming>) -> Response<Body
             Err(r) => r,
         },
         (&Method::GET, "/pins") => json(StatusCode::OK, &pins::list(&state.app().cache).await),
+        (&Method::GET, "/status") => json(
+            StatusCode::OK,
+            &crate::status::report(&state.app()).await,
+        ),
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such request; this wharf knows POST /prefetch, /export, /import, /pin and GET /pins",
+            "no such request; this wharf knows POST /prefetch, /export, /import, /pin and GET /pins, /status",
         ),
     }
 }

@@ -30,6 +30,12 @@ pub struct RunReport {
     pub images: u64,
     /// Tags that moved.
     pub changed: u64,
+    /// Which, as `image: old -> new` (at most [`crate::activity::MAX_CHANGED`]).
+    pub changed_tags: Vec<String>,
+    /// When the run began (Unix seconds).
+    pub started: u64,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
     /// Images that failed.
     pub failed: u64,
     /// Blobs fetched.
@@ -44,6 +50,17 @@ pub fn spawn(
     entries: &[SyncConfig],
     upstreams: &[UpstreamConfig],
 ) -> Vec<JoinHandle<()>> {
+    app.metrics.activity.set_sync(
+        entries
+            .iter()
+            .map(|e| {
+                (
+                    e.images.iter().map(ToString::to_string).collect(),
+                    e.interval.as_secs(),
+                )
+            })
+            .collect(),
+    );
     if !entries.is_empty() && app.upstreams.iter().all(|u| u.offline()) {
         info!(
             entries = entries.len(),
@@ -61,7 +78,19 @@ pub fn spawn(
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
-                    run_once(&app, n, &entry, &upstreams).await;
+                    let report = run_once(&app, n, &entry, &upstreams).await;
+                    app.metrics.activity.sync_ran(
+                        n,
+                        crate::activity::SyncRun {
+                            started: report.started,
+                            millis: report.millis,
+                            images: report.images,
+                            changed: report.changed_tags,
+                            failed: report.failed,
+                            blobs_fetched: report.blobs_fetched,
+                            bytes_fetched: report.bytes_fetched,
+                        },
+                    );
                 }
             })
         })
@@ -76,6 +105,7 @@ pub async fn run_once(
     upstreams: &[UpstreamConfig],
 ) -> RunReport {
     let started = Instant::now();
+    let started_at = crate::activity::unix_now();
     let mut images = entry.images.clone();
     if let Some(file) = &entry.file {
         let listed = tokio::fs::read_to_string(file)
@@ -105,22 +135,32 @@ pub async fn run_once(
             types: entry.referrers_types.clone(),
         },
     };
-    let outcomes: Vec<(bool, bool, prefetch::ImageStats)> = futures_util::stream::iter(images)
-        .map(|image| {
-            let (app, options) = (app.clone(), options.clone());
-            async move { sync_image(&app, n, image, options).await }
-        })
-        .buffer_unordered(DEFAULT_JOBS)
-        .collect()
-        .await;
-    let mut report = RunReport::default();
+    let outcomes: Vec<(Option<String>, bool, prefetch::ImageStats)> =
+        futures_util::stream::iter(images)
+            .map(|image| {
+                let (app, options) = (app.clone(), options.clone());
+                async move { sync_image(&app, n, image, options).await }
+            })
+            .buffer_unordered(DEFAULT_JOBS)
+            .collect()
+            .await;
+    let mut report = RunReport {
+        started: started_at,
+        ..RunReport::default()
+    };
     for (changed, failed, stats) in outcomes {
         report.images += 1;
-        report.changed += u64::from(changed);
+        if let Some(changed) = changed {
+            report.changed += 1;
+            if report.changed_tags.len() < crate::activity::MAX_CHANGED {
+                report.changed_tags.push(changed);
+            }
+        }
         report.failed += u64::from(failed);
         report.blobs_fetched += stats.blobs_fetched;
         report.bytes_fetched += stats.bytes_fetched;
     }
+    report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     info!(
         sync = n,
         images = report.images,
@@ -128,20 +168,21 @@ pub async fn run_once(
         failed = report.failed,
         blobs_fetched = report.blobs_fetched,
         bytes_fetched = report.bytes_fetched,
-        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        elapsed_ms = report.millis,
         "sync run done"
     );
     report
 }
 
-/// Revalidates one image's tag and fetches what it needs; returns (tag changed, failed, stats).
+/// Revalidates one image's tag and fetches what it needs; returns (the tag's move as
+/// `image: old -> new` when it moved, failed, stats).
 async fn sync_image(
     app: &Arc<App>,
     n: usize,
     image: ImageRef,
     options: prefetch::Options,
-) -> (bool, bool, prefetch::ImageStats) {
-    let mut changed = false;
+) -> (Option<String>, bool, prefetch::ImageStats) {
+    let mut changed = None;
     if let Reference::Tag(tag) = &image.reference {
         let old = app
             .cache
@@ -152,14 +193,14 @@ async fn sync_image(
             .map(|e| e.digest);
         match revalidate(app, &image).await {
             Ok(new) if old != Some(new) => {
-                changed = true;
                 let old = old.map_or_else(|| "none".to_owned(), |d: Digest| d.to_string());
                 info!(sync = n, image = %image, %old, %new, "tag changed");
+                changed = Some(format!("{image}: {old} -> {new}"));
             }
             Ok(_) => {}
             Err(error) => {
                 warn!(sync = n, image = %image, %error, "cannot ask the upstream about the tag; trying again at the next run");
-                return (false, true, prefetch::ImageStats::default());
+                return (None, true, prefetch::ImageStats::default());
             }
         }
     }

@@ -33,6 +33,7 @@
 //! resumed like one that broke off, and after [`MAX_RESUMES`] the fill fails.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -84,6 +85,39 @@ pub struct Fill {
     spool: Spool,
     /// Set once the fill's task is over: the blob committed and indexed, or not kept.
     ended: watch::Sender<bool>,
+    /// When it started (Unix seconds), for the status page.
+    started_at: u64,
+    /// Streams reading it now ([`Fill::follow`]), for the status page (apart from the fill, which a
+    /// reader lets go of after a handoff).
+    readers: Arc<AtomicU64>,
+}
+
+/// A fill as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillProgress {
+    /// The upstream it comes from.
+    pub upstream: String,
+    /// The repository it was asked for in.
+    pub repository: String,
+    /// The blob.
+    pub digest: Digest,
+    /// Bytes received so far.
+    pub received: u64,
+    /// The size the upstream announced, if it did.
+    pub size: Option<u64>,
+    /// Clients reading it now.
+    pub clients: u64,
+    /// When it started (Unix seconds).
+    pub started: u64,
+}
+
+/// Counts a reader of a fill while it lives.
+struct Reader(Arc<AtomicU64>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How far a fill got before the storage could not take the rest, for its readers to continue
@@ -248,6 +282,16 @@ impl Inflight {
         }
     }
 
+    /// The fills running now with their progress, oldest first.
+    pub fn progress(&self) -> Vec<FillProgress> {
+        let fills: Vec<Arc<Fill>> = self.fills.lock().values().flatten().cloned().collect();
+        let mut progress: Vec<FillProgress> = fills.iter().map(|f| f.progress()).collect();
+        progress.sort_by(|a, b| {
+            (a.started, a.digest.to_string()).cmp(&(b.started, b.digest.to_string()))
+        });
+        progress
+    }
+
     /// How many fills are running.
     pub fn len(&self) -> usize {
         self.fills.lock().values().map(Vec::len).sum()
@@ -279,6 +323,8 @@ impl Fill {
             repo: repo.clone(),
             spool: Spool::new(),
             ended: watch::Sender::new(false),
+            started_at: crate::activity::unix_now(),
+            readers: Arc::new(AtomicU64::new(0)),
         });
         let task_fill = fill.clone();
         tokio::spawn(async move {
@@ -336,6 +382,26 @@ impl Fill {
         &self.digest
     }
 
+    /// Where it is, for the status page.
+    pub fn progress(&self) -> FillProgress {
+        let (received, size) = match &*self.state.borrow() {
+            FillState::Connecting => (0, None),
+            FillState::Streaming { size, received, .. } => (*received, *size),
+            FillState::Done { size } => (*size, Some(*size)),
+            FillState::Handoff(h) => (h.written, h.size),
+            FillState::Failed(_) => (0, None),
+        };
+        FillProgress {
+            upstream: self.upstream.name().to_owned(),
+            repository: self.repo.to_string(),
+            digest: self.digest,
+            received,
+            size,
+            clients: self.readers.load(Ordering::Relaxed),
+            started: self.started_at,
+        }
+    }
+
     /// Whether the fill handed its readers off to the upstream (nothing will be cached).
     pub fn handed_off(&self) -> bool {
         matches!(&*self.state.borrow(), FillState::Handoff(_))
@@ -368,9 +434,10 @@ impl Fill {
     /// the fill fails, and after a handoff it goes on from the upstream.
     pub fn follow(self: Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
         let rx = self.state.clone();
-        Box::pin(futures_util::stream::unfold(
-            Follow::Fill(self, rx, start),
-            move |state| async move {
+        self.readers.fetch_add(1, Ordering::Relaxed);
+        let reader = Reader(self.readers.clone());
+        Box::pin(
+            futures_util::stream::unfold(Follow::Fill(self, rx, start), move |state| async move {
                 let (fill, mut rx, pos) = match state {
                     Follow::Fill(fill, rx, pos) => (fill, rx, pos),
                     Follow::Handoff(mut rest) => {
@@ -446,8 +513,13 @@ impl Fill {
                         ));
                     }
                 }
-            },
-        ))
+            })
+            .map(move |item| {
+                // Counted as a reader as long as the stream lives.
+                let _ = &reader;
+                item
+            }),
+        )
     }
 }
 
@@ -1090,7 +1162,23 @@ mod tests {
             repo: "org/app".parse().unwrap(),
             spool: Spool::new(),
             ended: watch::Sender::new(false),
+            started_at: 7,
+            readers: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    #[tokio::test]
+    async fn a_fill_counts_its_readers_while_their_streams_live() {
+        let fill = Arc::new(fill());
+        let (a, b) = (fill.clone().follow(0, None), fill.clone().follow(0, None));
+        assert_eq!(fill.progress().clients, 2);
+        drop(a);
+        assert_eq!(fill.progress().clients, 1);
+        drop(b);
+        let p = fill.progress();
+        assert_eq!((p.clients, p.received, p.size, p.started), (0, 0, None, 7));
+        assert_eq!(p.upstream, "u.test");
+        assert_eq!(p.repository, "org/app");
     }
 
     #[test]

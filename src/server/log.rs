@@ -1,6 +1,9 @@
 //! The request log: one line per request, written when its response body is finished or dropped, so
 //! it carries the bytes actually sent and whether the body was cut short. The same moment counts
-//! the request in the metrics, so a request is counted once, with what the log says of it.
+//! the request in the metrics and in the status page's activity ([`crate::activity`]: manifest and
+//! blob `GET`s in the charts and top lists, failures in the recent errors), so a request is counted
+//! once, with what the log says of it. A failure there is every 5xx and 429 and any other 4xx but
+//! 401 and 404, which are normal client traffic (a login challenge, a tag that does not exist).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,13 +18,33 @@ use tracing::{error, info, warn};
 
 use super::request_id::RequestId;
 use super::response::{header, Body, ErrorDetail, Fault};
+use super::route::{Endpoint, Route};
+use super::App;
+use crate::activity::{self, FailedRequest, Pulled};
 use crate::metrics::{self, Metrics, RequestLabels};
+use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::upstream::Upstream;
 
 /// A response body that logs the request line when it is dropped.
 pub struct Logged {
     inner: Body,
     line: Line,
     metrics: Arc<Metrics>,
+    pull: Option<Pull>,
+}
+
+/// What a manifest or blob `GET` that routed asked for: counted in the status page's top lists
+/// with the bytes sent ([`crate::activity`]).
+pub struct Pull {
+    upstream: Arc<Upstream>,
+    name: RepoName,
+    what: PullOf,
+}
+
+enum PullOf {
+    Tag(Tag),
+    Manifest(Digest),
+    Blob(Digest),
 }
 
 /// What the log line says about the request itself.
@@ -64,6 +87,7 @@ impl Logged {
         request: RequestLine,
         metrics: Arc<Metrics>,
         response: Response<Body>,
+        pull: Option<Pull>,
     ) -> Response<Self> {
         let (mut parts, inner) = response.into_parts();
         let route = route_label(&request.path);
@@ -101,8 +125,81 @@ impl Logged {
                 inner,
                 line,
                 metrics,
+                pull,
             },
         )
+    }
+
+    /// Records the request in the status page's activity: manifest and blob `GET`s with a cache
+    /// outcome in the charts and top lists, failures in the recent errors.
+    fn record(&self) {
+        let l = &self.line;
+        let activity = &self.metrics.activity;
+        let hit = match l.cache {
+            "hit" | "revalidated" | "stale" => Some(true),
+            "miss" | "coalesced" | "bypass" => Some(false),
+            _ => None,
+        };
+        let counted = matches!(l.route, "manifest" | "blob") && l.request.method == Method::GET;
+        let status = l.status.as_u16();
+        let failed = status >= 500 || (status >= 400 && status != 401 && status != 404);
+        if !(failed || (counted && hit.is_some())) {
+            return;
+        }
+        let now = activity::unix_now();
+        if let (true, Some(hit)) = (counted, hit) {
+            activity.count(now, hit, l.bytes);
+            if let Some(pull) = &self.pull {
+                let what = match &pull.what {
+                    PullOf::Tag(tag) => Pulled::Tag(tag.as_str()),
+                    PullOf::Manifest(digest) => Pulled::Manifest(digest),
+                    PullOf::Blob(digest) => Pulled::Blob(digest),
+                };
+                activity.pulled(
+                    now,
+                    &activity::Pull {
+                        upstream: pull.upstream.name(),
+                        repository: pull.name.as_str(),
+                        what,
+                    },
+                    l.bytes,
+                );
+            }
+        }
+        if failed {
+            let (code, message) = match &l.error {
+                Some(e) => (e.code, e.message.clone()),
+                None => (None, String::new()),
+            };
+            activity.failed(FailedRequest {
+                at: now,
+                request_id: l.request.id.as_str().to_owned(),
+                method: metrics::method_label(&l.request.method),
+                path: l.request.path.clone(),
+                status,
+                code,
+                message,
+            });
+        }
+    }
+}
+
+// === impl Pull ===
+
+impl Pull {
+    /// What `route` (a manifest or blob request) asks for; `None` for other endpoints.
+    pub fn of(app: &App, route: Route) -> Option<Self> {
+        let what = match route.endpoint {
+            Endpoint::Manifest(Reference::Tag(tag)) => PullOf::Tag(tag),
+            Endpoint::Manifest(Reference::Digest(digest)) => PullOf::Manifest(digest),
+            Endpoint::Blob(digest) => PullOf::Blob(digest),
+            _ => return None,
+        };
+        Some(Self {
+            upstream: app.upstreams.get(route.upstream)?.clone(),
+            name: route.name,
+            what,
+        })
     }
 }
 
@@ -161,6 +258,7 @@ impl http_body::Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        self.record();
         let l = &self.line;
         let r = &l.request;
         let outcome = if l.failed {
@@ -198,14 +296,17 @@ impl Drop for Logged {
             Some(ErrorDetail {
                 fault: Fault::Client,
                 detail,
+                ..
             }) => line!(info, error = %detail),
             Some(ErrorDetail {
                 fault: Fault::Upstream,
                 detail,
+                ..
             }) => line!(warn, error = %detail),
             Some(ErrorDetail {
                 fault: Fault::Internal,
                 detail,
+                ..
             }) => line!(error, error = %detail),
         }
     }

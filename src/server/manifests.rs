@@ -38,6 +38,18 @@ pub async fn get(
     let body = if *method == Method::HEAD {
         response::empty()
     } else {
+        // For the status page: which image this manifest, and what it names, belong to.
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag.as_str()),
+            Reference::Digest(_) => None,
+        };
+        app.metrics.activity.manifest_served(
+            upstream.name(),
+            route.name.as_str(),
+            tag,
+            &manifest.digest(),
+            bytes,
+        );
         response::full(bytes.clone())
     };
     let mut response = Response::new(body);

@@ -104,6 +104,12 @@ impl App {
     /// Answers one request. Never fails: errors become OCI error responses.
     /// The request body is never read: every endpoint wharf serves is a GET or HEAD.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+        self.handle_pull(request).await.0
+    }
+
+    /// As [`App::handle`], with what a manifest or blob `GET` that routed asked for (for the
+    /// status page's top lists: moved out of the route, so nothing is copied).
+    pub async fn handle_pull<B>(&self, request: Request<B>) -> (Response<Body>, Option<log::Pull>) {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let head = method == Method::HEAD;
@@ -116,7 +122,7 @@ impl App {
                     header::API_VERSION,
                     HeaderValue::from_static("registry/2.0"),
                 );
-                return response;
+                return (response, None);
             }
         };
         let authenticated = if from_peer {
@@ -125,6 +131,7 @@ impl App {
             let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
             self.access.authenticate(request.headers(), client).await
         };
+        let mut pull = None;
         let result = match authenticated {
             Err(refusal) => Err(unauthorized(refusal)),
             Ok(()) => match parsed {
@@ -141,8 +148,15 @@ impl App {
                     ))
                 }
                 parsed => {
-                    self.route(parsed, &method, &uri, request.headers(), from_peer)
-                        .await
+                    let result = self
+                        .route(&parsed, &method, &uri, request.headers(), from_peer)
+                        .await;
+                    if method == Method::GET {
+                        if let Ok(Parsed::Api(route)) = parsed {
+                            pull = log::Pull::of(self, route);
+                        }
+                    }
+                    result
                 }
             },
         };
@@ -157,12 +171,12 @@ impl App {
             header::API_VERSION,
             HeaderValue::from_static("registry/2.0"),
         );
-        response
+        (response, pull)
     }
 
     async fn route(
         &self,
-        parsed: Result<Parsed, route::RouteError>,
+        parsed: &Result<Parsed, route::RouteError>,
         method: &Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
@@ -170,7 +184,7 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let head = *method == Method::HEAD;
         match parsed {
-            Err(e) => Err(ApiError::from(e)),
+            Err(e) => Err(ApiError::from(e.clone())),
             Ok(Parsed::Base) => {
                 let mut base = Response::new(if head {
                     response::empty()
@@ -185,15 +199,15 @@ impl App {
             }
             Ok(Parsed::Api(route)) => match &route.endpoint {
                 Endpoint::Manifest(reference) => {
-                    manifests::get(self, &route, reference, method, headers).await
+                    manifests::get(self, route, reference, method, headers).await
                 }
                 Endpoint::Blob(digest) => {
-                    blobs::get(self, &route, *digest, method, headers, from_peer).await
+                    blobs::get(self, route, *digest, method, headers, from_peer).await
                 }
                 Endpoint::Referrers {
                     digest,
                     artifact_type,
-                } => referrers::get(self, &route, *digest, artifact_type.as_deref(), method).await,
+                } => referrers::get(self, route, *digest, artifact_type.as_deref(), method).await,
                 Endpoint::TagsList { n, last } => {
                     let ns = uri.query().and_then(|q| {
                         url::form_urlencoded::parse(q.as_bytes())
@@ -205,7 +219,7 @@ impl App {
                         last: last.as_deref(),
                         ns: ns.as_deref(),
                     };
-                    tags::list(self, &route, &query, method).await
+                    tags::list(self, route, &query, method).await
                 }
             },
         }
@@ -465,11 +479,11 @@ async fn connection<I>(
                 request.extensions_mut().insert(ClientAddr(peer));
             }
             let span = tracing::info_span!("request", id = %id);
-            let mut response = app.handle(request).instrument(span).await;
+            let (mut response, pull) = app.handle_pull(request).instrument(span).await;
             response
                 .headers_mut()
                 .insert(request_id::X_REQUEST_ID, id.header_value());
-            let response = log::Logged::wrap(line, app.metrics.clone(), response);
+            let response = log::Logged::wrap(line, app.metrics.clone(), response, pull);
             Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, active)))
         }
     });

@@ -83,6 +83,10 @@ pub struct ErrorDetail {
     pub fault: Fault,
     /// The full error chain, for operators.
     pub detail: String,
+    /// The OCI error code the client was sent.
+    pub code: Option<&'static str>,
+    /// The message the client was sent (never internal detail or secrets).
+    pub message: String,
 }
 
 /// An error on its way to the client.
@@ -379,6 +383,8 @@ impl ApiError {
         }
         response.extensions_mut().insert(ErrorDetail {
             fault: self.fault,
+            code: Some(self.code.as_str()),
+            message: self.message.clone(),
             detail: self
                 .detail
                 .unwrap_or_else(|| format!("{}: {}", self.code.as_str(), self.message)),

@@ -36,7 +36,7 @@
 //! by the fill's minimum rate instead. Bodies read whole are also bounded in size
 //! ([`MAX_TOKEN_BODY`], the caller's limit, [`MAX_ERROR_BODY`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,6 +92,8 @@ pub struct Upstream {
     backoff: Backoff,
     /// The upstream's last `RateLimit-Limit` / `RateLimit-Remaining` (Docker Hub sends them).
     rate_limit: Mutex<Option<RateLimit>>,
+    /// How its requests went lately, for the status page.
+    health: Health,
     /// Where every request sent is counted.
     metrics: Arc<Metrics>,
     /// How fast blob bodies must arrive (`min_rate` over `min_rate_window`).
@@ -137,6 +139,31 @@ pub struct RateLimit {
 #[derive(Debug, Default)]
 pub struct Backoff {
     until: Mutex<Option<Instant>>,
+}
+
+/// How an upstream's requests went lately: recorded at each request sent (a miss, never a hit),
+/// read by the status page.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// 0 before the first request, 1 when the last one got a response, 2 when it did not.
+    reachable: AtomicU8,
+    /// When the last response came (Unix seconds; 0 for never).
+    last_ok: AtomicU64,
+    /// The last failure (no response, a 5xx or a 429) and when (Unix seconds).
+    last_error: Mutex<Option<(String, u64)>>,
+}
+
+/// What [`Health`] holds, at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Whether the last request got a response; `None` before the first.
+    pub reachable: Option<bool>,
+    /// When the last response came.
+    pub last_ok: Option<u64>,
+    /// The last failure, one line with no secrets (no URL, no header).
+    pub last_error: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<u64>,
 }
 
 /// A request to an upstream that did not give a usable answer.
@@ -273,6 +300,7 @@ impl Upstream {
             offline: config.offline,
             backoff: Backoff::default(),
             rate_limit: Mutex::new(None),
+            health: Health::default(),
             metrics,
             pace: Pace::from_config(config),
             signer: None,
@@ -337,7 +365,18 @@ impl Upstream {
         };
         self.metrics
             .upstream(&self.name, method, status, started.elapsed());
+        self.health.record(&result, crate::activity::unix_now());
         result
+    }
+
+    /// How its requests went lately.
+    pub fn health(&self) -> HealthReport {
+        self.health.report()
+    }
+
+    /// How long wharf still waits before asking again, after a 429.
+    pub fn backoff_remaining(&self) -> Option<Duration> {
+        self.backoff.remaining(Instant::now())
     }
 
     /// Waits (for the configured bounded time) for a slot to run one blob fill in.
@@ -1141,6 +1180,55 @@ pub fn retry_after(value: Option<&HeaderValue>, now: SystemTime) -> Duration {
         DEFAULT_BACKOFF
     };
     wait.min(MAX_BACKOFF)
+}
+
+// === impl Health ===
+
+impl Health {
+    /// Records the outcome of a request sent at `now` (Unix seconds).
+    pub fn record(&self, result: &Result<reqwest::Response, reqwest::Error>, now: u64) {
+        let failure = match result {
+            Ok(response) => {
+                self.reachable.store(1, Ordering::Relaxed);
+                self.last_ok.store(now, Ordering::Relaxed);
+                let status = response.status();
+                (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+                    .then(|| format!("answered {status}"))
+            }
+            Err(error) => {
+                self.reachable.store(2, Ordering::Relaxed);
+                // Never the error's text: it carries the URL.
+                Some(if error.is_timeout() {
+                    "no response: timed out".to_owned()
+                } else if error.is_connect() {
+                    "no response: cannot connect".to_owned()
+                } else {
+                    "no response: the connection failed".to_owned()
+                })
+            }
+        };
+        if let Some(failure) = failure {
+            *self.last_error.lock() = Some((failure, now));
+        }
+    }
+
+    /// What it holds now.
+    pub fn report(&self) -> HealthReport {
+        let (last_error, last_error_at) = self
+            .last_error
+            .lock()
+            .clone()
+            .map_or((None, None), |(e, at)| (Some(e), Some(at)));
+        HealthReport {
+            reachable: match self.reachable.load(Ordering::Relaxed) {
+                0 => None,
+                n => Some(n == 1),
+            },
+            last_ok: Some(self.last_ok.load(Ordering::Relaxed)).filter(|t| *t > 0),
+            last_error,
+            last_error_at,
+        }
+    }
 }
 
 // === impl Backoff ===
