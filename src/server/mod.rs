@@ -338,7 +338,13 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // conn::Guarded bounds reading a request and idling; hyper's header timer would also cut
     // keep-alive connections at the header timeout (see conn's module docs).
-    builder.http1().keep_alive(true).header_read_timeout(None);
+    // The write buffer bound: a response body waits in hyper's queue up to this much before hyper
+    // stops polling it and flushes (see limits::HTTP1_MAX_BUF).
+    builder
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(crate::limits::HTTP1_MAX_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())
