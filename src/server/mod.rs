@@ -193,7 +193,17 @@ impl App {
                 Endpoint::Referrers {
                     digest,
                     artifact_type,
-                } => referrers::get(self, &route, *digest, artifact_type.as_deref(), method).await,
+                } => {
+                    // Boxed, as tags::list: large futures that would make every hit's as large.
+                    Box::pin(referrers::get(
+                        self,
+                        &route,
+                        *digest,
+                        artifact_type.as_deref(),
+                        method,
+                    ))
+                    .await
+                }
                 Endpoint::TagsList { n, last } => {
                     let ns = uri.query().and_then(|q| {
                         url::form_urlencoded::parse(q.as_bytes())
@@ -205,7 +215,10 @@ impl App {
                         last: last.as_deref(),
                         ns: ns.as_deref(),
                     };
-                    tags::list(self, &route, &query, method).await
+                    // Boxed: the upstream exchange makes this future tens of KiB, and inline it
+                    // would make every request's future as large (copied whole on every move; by
+                    // hyper's HTTP/2 server, at every stream it spawns).
+                    Box::pin(tags::list(self, &route, &query, method)).await
                 }
             },
         }
