@@ -72,6 +72,14 @@ pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long an HTTP/2 ping may go unanswered before the connection is closed.
 pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// hyper's buffer bound on an HTTP/1.1 connection, both ways: the largest request head it reads
+/// (a larger one is answered `431`), and how much of a response body it queues before it stops
+/// polling the body and flushes. hyper's default (408 KiB) let every connection streaming a large
+/// blob hold four 128 KiB reads at once: 64 clients pulling a layer from cache peaked at 80 MiB.
+/// At 128 KiB a connection holds one read, and a request head may still be 128 KiB (nginx takes
+/// 32 KiB at most).
+pub const HTTP1_MAX_BUF: usize = 128 * 1024;
+
 /// The longest `X-Request-Id` a client may send (a longer one is replaced).
 pub const MAX_REQUEST_ID: usize = 64;
 

@@ -280,11 +280,14 @@ impl Manifests {
         match reference {
             Reference::Digest(digest) => match self.cached(digest).await? {
                 Some(m) => Ok((m, ManifestStatus::Hit)),
+                // Boxed: the upstream exchange's future is tens of KiB, and inline it would make
+                // every hit's future as large (copied whole on every move; by hyper's HTTP/2
+                // server, at every stream it spawns). A miss can afford the allocation.
                 None => {
-                    self.flight(upstream, repo, reference, async {
+                    Box::pin(self.flight(upstream, repo, reference, async {
                         let manifest = self.fetch(upstream, repo, reference, accept).await?;
                         Ok((manifest, ManifestStatus::Miss))
-                    })
+                    }))
                     .await
                 }
             },
@@ -353,14 +356,14 @@ impl Manifests {
         }
         let reference = Reference::Tag(tag.clone());
         let known_manifest = known.as_ref().map(|(_, m)| m.clone());
-        let result = self
-            .flight(
-                upstream,
-                repo,
-                &reference,
-                self.refresh_tag(upstream, repo, tag, accept, known_manifest),
-            )
-            .await;
+        // Boxed as in `get`: a fresh tag's answer stays a small future.
+        let result = Box::pin(self.flight(
+            upstream,
+            repo,
+            &reference,
+            self.refresh_tag(upstream, repo, tag, accept, known_manifest),
+        ))
+        .await;
         match (result, known) {
             (Ok(found), _) => Ok(found),
             (Err(error), Some((entry, manifest)))

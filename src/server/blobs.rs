@@ -53,8 +53,10 @@ pub async fn get(
         app.cache.touch(digest);
         return Ok(serve_bytes(&bytes, digest, range, head));
     }
+    // The paths that may ask the upstream are boxed: their futures are KiB large, and inline they
+    // would make every hit's future as large (copied whole on every move).
     if head {
-        return head_blob(app, route, digest).await;
+        return Box::pin(head_blob(app, route, digest)).await;
     }
     let upstream = &app.upstreams[route.upstream];
     let source = app
@@ -78,9 +80,7 @@ pub async fn get(
             Ok(serve_fill(fill, size, digest, range, status))
         }
         BlobSource::Bypass => {
-            let bypass = app
-                .cache
-                .bypass(upstream, &route.name, digest)
+            let bypass = Box::pin(app.cache.bypass(upstream, &route.name, digest))
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, Area::Blob))?;
             Ok(serve_bypass(bypass, digest, range))

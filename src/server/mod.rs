@@ -207,7 +207,17 @@ impl App {
                 Endpoint::Referrers {
                     digest,
                     artifact_type,
-                } => referrers::get(self, route, *digest, artifact_type.as_deref(), method).await,
+                } => {
+                    // Boxed, as tags::list: large futures that would make every hit's as large.
+                    Box::pin(referrers::get(
+                        self,
+                        route,
+                        *digest,
+                        artifact_type.as_deref(),
+                        method,
+                    ))
+                    .await
+                }
                 Endpoint::TagsList { n, last } => {
                     let ns = uri.query().and_then(|q| {
                         url::form_urlencoded::parse(q.as_bytes())
@@ -219,7 +229,10 @@ impl App {
                         last: last.as_deref(),
                         ns: ns.as_deref(),
                     };
-                    tags::list(self, route, &query, method).await
+                    // Boxed: the upstream exchange makes this future tens of KiB, and inline it
+                    // would make every request's future as large (copied whole on every move; by
+                    // hyper's HTTP/2 server, at every stream it spawns).
+                    Box::pin(tags::list(self, route, &query, method)).await
                 }
             },
         }
@@ -352,7 +365,13 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // conn::Guarded bounds reading a request and idling; hyper's header timer would also cut
     // keep-alive connections at the header timeout (see conn's module docs).
-    builder.http1().keep_alive(true).header_read_timeout(None);
+    // The write buffer bound: a response body waits in hyper's queue up to this much before hyper
+    // stops polling it and flushes (see limits::HTTP1_MAX_BUF).
+    builder
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(crate::limits::HTTP1_MAX_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())
