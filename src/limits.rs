@@ -80,6 +80,18 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// 32 KiB at most).
 pub const HTTP1_MAX_BUF: usize = 128 * 1024;
 
+/// How much of one HTTP/2 stream's response h2 queues before it stops polling the body (hyper's
+/// default is 400 KiB): one storage read, as on HTTP/1.1 ([`HTTP1_MAX_BUF`]), so a connection's
+/// streams hold no more memory than as many HTTP/1.1 connections would, and a blob's read buffers
+/// come free for reuse as they are sent.
+pub const H2_MAX_SEND_BUF: usize = 128 * 1024;
+
+/// The write buffer in front of a TLS connection, so the small writes of several responses (an
+/// HTTP/2 connection writes each stream's frames apart) go out as one TLS record and one system
+/// call instead of one each. One TLS record's worth of plaintext; a larger write (a blob's data)
+/// passes through unbuffered and uncopied.
+pub const TLS_WRITE_BUF: usize = 16 * 1024;
+
 /// The longest `X-Request-Id` a client may send (a longer one is replaced).
 pub const MAX_REQUEST_ID: usize = 64;
 

@@ -376,7 +376,8 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(crate::limits::H2_PING_INTERVAL))
-        .keep_alive_timeout(crate::limits::H2_PING_TIMEOUT);
+        .keep_alive_timeout(crate::limits::H2_PING_TIMEOUT)
+        .max_send_buf_size(crate::limits::H2_MAX_SEND_BUF);
     let builder = Arc::new(builder);
     let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
     let limits = options.limits;
@@ -437,6 +438,11 @@ pub async fn serve(
                     {
                         Ok(Ok(stream)) => {
                             let io = conn::Guarded::new(stream, state.clone(), timeouts);
+                            // hyper flushes after every batch of writes, so nothing waits here.
+                            let io = tokio::io::BufWriter::with_capacity(
+                                crate::limits::TLS_WRITE_BUF,
+                                io,
+                            );
                             connection(&builder, io, peer, state, app, watcher).await;
                         }
                         Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),

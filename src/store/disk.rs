@@ -138,19 +138,23 @@ fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
-/// Reads up to `len` bytes of `file` at `at` without waiting for the disk: only what the page
-/// cache holds (`preadv2` with `RWF_NOWAIT`), on the calling thread. `Ok(Err(buf))` when none of it
-/// is cached (or the kernel or filesystem cannot tell), handing back the buffer for a blocking
-/// read; a short read returns the cached part. Reading at or past the end of the file is
+/// Reads up to `buf.len()` bytes of `file` at `at` into `buf` without waiting for the disk: only
+/// what the page cache holds (`preadv2` with `RWF_NOWAIT`), on the calling thread. `Ok(Err(buf))`
+/// when none of it is cached (or the kernel or filesystem cannot tell), handing back the buffer for
+/// a blocking read; a short read returns the cached part. Reading at or past the end of the file is
 /// `UnexpectedEof`.
 ///
 /// # Errors
 /// I/O errors other than "would block".
 #[cfg(target_os = "linux")]
-pub fn read_cached_at(file: &File, at: u64, len: usize) -> io::Result<Result<Bytes, BytesMut>> {
+pub fn read_cached_at(
+    file: &File,
+    at: u64,
+    mut buf: BytesMut,
+) -> io::Result<Result<Bytes, BytesMut>> {
     use rustix::io::{Errno, ReadWriteFlags};
 
-    let mut buf = BytesMut::zeroed(len);
+    let len = buf.len();
     if NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
         return Ok(Err(buf));
     }
@@ -181,8 +185,12 @@ pub fn read_cached_at(file: &File, at: u64, len: usize) -> io::Result<Result<Byt
 /// # Errors
 /// None.
 #[cfg(not(target_os = "linux"))]
-pub fn read_cached_at(_file: &File, _at: u64, len: usize) -> io::Result<Result<Bytes, BytesMut>> {
-    Ok(Err(BytesMut::zeroed(len)))
+pub fn read_cached_at(
+    _file: &File,
+    _at: u64,
+    buf: BytesMut,
+) -> io::Result<Result<Bytes, BytesMut>> {
+    Ok(Err(buf))
 }
 
 /// Set once a `RWF_NOWAIT` read was refused as unsupported: later reads skip the attempt.
@@ -203,6 +211,8 @@ impl BlobRead for DiskRead {
             pos: start,
             end,
             pending: None,
+            spent: Default::default(),
+            next_spent: 0,
         }))
     }
 }
@@ -217,7 +227,18 @@ struct DiskStream {
     end: u64,
     /// A read of `[pos, pos + n)` on the blocking pool.
     pending: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
+    /// The last pieces handed out, kept so their memory serves the next reads once the consumer
+    /// has let go of them. A read takes initialized memory, and zeroing a fresh 128 KiB buffer
+    /// first had cost a tenth of the CPU of serving a 1.6 MiB blob over HTTP/2; a piece is reused
+    /// only when this is its last handle, so nothing still being sent is ever overwritten.
+    spent: [Option<Bytes>; SPENT_PIECES],
+    /// The slot of `spent` the next piece goes to.
+    next_spent: usize,
 }
+
+/// How many pieces a [`DiskStream`] keeps for reuse: hyper holds one while it writes the one
+/// before, so two are enough to find one free most of the time.
+const SPENT_PIECES: usize = 2;
 
 // === impl DiskStream ===
 
@@ -234,6 +255,7 @@ impl Stream for DiskStream {
                     match result.map_err(io::Error::other).and_then(|r| r) {
                         Ok(bytes) => {
                             this.pos += bytes.len() as u64;
+                            this.spend(&bytes);
                             Ok(bytes)
                         }
                         Err(e) => {
@@ -250,9 +272,11 @@ impl Stream for DiskStream {
             let len = usize::try_from(this.end - this.pos)
                 .unwrap_or(usize::MAX)
                 .min(READ_CHUNK);
-            match read_cached_at(&this.read.file, this.pos, len) {
+            let buf = this.buffer(len);
+            match read_cached_at(&this.read.file, this.pos, buf) {
                 Ok(Ok(bytes)) => {
                     this.pos += bytes.len() as u64;
+                    this.spend(&bytes);
                     return Poll::Ready(Some(Ok(bytes)));
                 }
                 Ok(Err(mut buf)) => {
@@ -269,6 +293,28 @@ impl Stream for DiskStream {
                 }
             }
         }
+    }
+}
+
+impl DiskStream {
+    /// A buffer of `len` bytes to read into: a spent piece nobody else holds any more (only its
+    /// part beyond the old length is zeroed), or a fresh zeroed one.
+    fn buffer(&mut self, len: usize) -> BytesMut {
+        for slot in &mut self.spent {
+            if slot.as_ref().is_some_and(Bytes::is_unique) {
+                if let Some(Ok(mut buf)) = slot.take().map(Bytes::try_into_mut) {
+                    buf.resize(len, 0);
+                    return buf;
+                }
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    /// Keeps a handle on a piece just handed out, for [`Self::buffer`] to reuse once it is sent.
+    fn spend(&mut self, piece: &Bytes) {
+        self.spent[self.next_spent] = Some(piece.clone());
+        self.next_spent = (self.next_spent + 1) % SPENT_PIECES;
     }
 }
 
@@ -599,6 +645,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_reuses_a_piece_only_once_nothing_else_holds_it() {
+        use futures_util::StreamExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let data = Bytes::from(
+            (0..READ_CHUNK * 5)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<_>>(),
+        );
+        let digest = Digest::of(&data);
+        let mut writer = store.writer().await.unwrap();
+        writer.write(std::slice::from_ref(&data)).await.unwrap();
+        writer
+            .finish()
+            .await
+            .unwrap()
+            .commit(&digest)
+            .await
+            .unwrap();
+        let blob = store.open(&digest).await.unwrap().unwrap();
+        let mut stream = blob.stream_range(0, data.len() as u64);
+        let chunk = |i: usize| data.slice(i * READ_CHUNK..(i + 1) * READ_CHUNK);
+
+        let first = stream.next().await.unwrap().unwrap();
+        let second = stream.next().await.unwrap().unwrap();
+        let second_at = second.as_ptr();
+        drop(second);
+        // The second piece's memory is free again, the first is still held (being sent). Were
+        // it given back to the allocator, this would most likely take it.
+        let decoy = vec![1_u8; READ_CHUNK];
+        let third = stream.next().await.unwrap().unwrap();
+        assert_eq!(third.as_ptr(), second_at, "a free piece is reused");
+        assert_ne!(third.as_ptr(), first.as_ptr());
+        // Held pieces keep their bytes while later ones are read, reused or not.
+        let rest: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+        assert_eq!(first, chunk(0));
+        assert_eq!(third, chunk(2));
+        assert_eq!(rest.concat(), &data[3 * READ_CHUNK..]);
+        assert!(decoy.iter().all(|&b| b == 1));
+    }
+
+    #[tokio::test]
     async fn a_stream_reads_the_range_and_stops_at_a_short_file() {
         use futures_util::StreamExt;
 
@@ -621,7 +710,12 @@ mod tests {
             .unwrap();
 
         // Cached (just written): read on this thread, whole pieces, the right bytes.
-        let got = read_cached_at(&File::open(store.blob_path(&digest)).unwrap(), 7, 100).unwrap();
+        let got = read_cached_at(
+            &File::open(store.blob_path(&digest)).unwrap(),
+            7,
+            BytesMut::zeroed(100),
+        )
+        .unwrap();
         if cfg!(target_os = "linux") {
             assert_eq!(got.unwrap(), data.slice(7..107));
         }
