@@ -644,17 +644,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_stream_reuses_a_piece_only_once_nothing_else_holds_it() {
-        use futures_util::StreamExt;
-
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::open(dir.path()).unwrap();
-        let data = Bytes::from(
-            (0..READ_CHUNK * 5)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<_>>(),
-        );
+    /// Commits a blob of `len` bytes counting up modulo `modulo`; returns its bytes and digest.
+    async fn committed(store: &FsBlobStore, len: usize, modulo: usize) -> (Bytes, Digest) {
+        let data = Bytes::from((0..len).map(|i| (i % modulo) as u8).collect::<Vec<_>>());
         let digest = Digest::of(&data);
         let mut writer = store.writer().await.unwrap();
         writer.write(std::slice::from_ref(&data)).await.unwrap();
@@ -665,6 +657,16 @@ mod tests {
             .commit(&digest)
             .await
             .unwrap();
+        (data, digest)
+    }
+
+    #[tokio::test]
+    async fn a_stream_reuses_a_piece_only_once_nothing_else_holds_it() {
+        use futures_util::StreamExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        let (data, digest) = committed(&store, READ_CHUNK * 5, 251).await;
         let blob = store.open(&digest).await.unwrap().unwrap();
         let mut stream = blob.stream_range(0, data.len() as u64);
         let chunk = |i: usize| data.slice(i * READ_CHUNK..(i + 1) * READ_CHUNK);
@@ -693,21 +695,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).unwrap();
-        let data = Bytes::from(
-            (0..READ_CHUNK * 3)
-                .map(|i| (i % 253) as u8)
-                .collect::<Vec<_>>(),
-        );
-        let digest = Digest::of(&data);
-        let mut writer = store.writer().await.unwrap();
-        writer.write(std::slice::from_ref(&data)).await.unwrap();
-        writer
-            .finish()
-            .await
-            .unwrap()
-            .commit(&digest)
-            .await
-            .unwrap();
+        let (data, digest) = committed(&store, READ_CHUNK * 3, 253).await;
 
         // Cached (just written): read on this thread, whole pieces, the right bytes.
         let got = read_cached_at(
